@@ -1,0 +1,3 @@
+/* Portable scalar instance of the kernel. */
+#include "simd_scalar.h"
+#include "kernel_impl.h"

@@ -1,0 +1,35 @@
+/* AVX-512F mapping: 16 float lanes. */
+#include <immintrin.h>
+
+#define LRT_VLEN 16
+#define LRT_FN(name) name##_avx512
+#define LRT_TARGET __attribute__((target("avx512f,avx2,fma")))
+
+typedef __m512 vf;
+
+static inline LRT_TARGET vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline LRT_TARGET void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline LRT_TARGET vf vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline LRT_TARGET vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline LRT_TARGET vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline LRT_TARGET vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline LRT_TARGET vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline LRT_TARGET vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline LRT_TARGET vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline LRT_TARGET vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline LRT_TARGET vf vf_abs(vf a) {
+    return _mm512_castsi512_ps(_mm512_and_epi32(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+}
+static inline LRT_TARGET vf vf_round(vf a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline LRT_TARGET vf vf_copysign(vf mag, vf sgn) {
+    const __m512i sign_bit = _mm512_set1_epi32((int)0x80000000u);
+    __m512i m = _mm512_andnot_epi32(sign_bit, _mm512_castps_si512(mag));
+    __m512i s = _mm512_and_epi32(sign_bit, _mm512_castps_si512(sgn));
+    return _mm512_castsi512_ps(_mm512_or_epi32(m, s));
+}
+static inline LRT_TARGET vf vf_pow2i(vf n) {
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_castsi512_ps(bits);
+}

@@ -1,0 +1,32 @@
+/* Portable one-lane "vector" mapping: builds on any C99 compiler and CPU. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LRT_VLEN 1
+#define LRT_FN(name) name##_scalar
+#define LRT_TARGET
+
+typedef float vf;
+
+static inline vf vf_load(const float *p) { return *p; }
+static inline void vf_store(float *p, vf v) { *p = v; }
+static inline vf vf_set1(float x) { return x; }
+static inline vf vf_add(vf a, vf b) { return a + b; }
+static inline vf vf_sub(vf a, vf b) { return a - b; }
+static inline vf vf_mul(vf a, vf b) { return a * b; }
+static inline vf vf_div(vf a, vf b) { return a / b; }
+static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
+static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
+static inline vf vf_abs(vf a) { return fabsf(a); }
+static inline vf vf_round(vf a) { return rintf(a); }
+/* copysign(magnitude, sign-source) */
+static inline vf vf_copysign(vf mag, vf sgn) { return copysignf(mag, sgn); }
+/* 2^n for integral-valued n in [-126, 127] */
+static inline vf vf_pow2i(vf n) {
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}

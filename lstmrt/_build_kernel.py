@@ -1,0 +1,52 @@
+"""cffi build script for the C kernel in csrc/ (used by setup.py's cffi_modules).
+
+Run directly to build a variant elsewhere, e.g. under AddressSanitizer:
+    LSTMRT_SANITIZE=address python lstmrt/_build_kernel.py build/asan
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+SOURCES = ["lstmrt.c", "kernel_scalar.c", "kernel_avx2.c", "kernel_avx512.c"]
+
+
+def _public_declarations() -> str:
+    """The header minus preprocessor lines and the C++ guard: what cffi's cdef parses."""
+    text = (CSRC / "lstmrt.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    text = "\n".join(lines).replace('extern "C" {', "")
+    # with the #ifdef lines gone, the C++ guard leaves a lone closing brace
+    return re.sub(r"^\s*}\s*$", "", text, flags=re.M)
+
+
+def _compile_args() -> list:
+    if os.name == "nt":
+        return ["/O2"]
+    args = ["-O2", "-std=c99", "-Wall", "-Wextra", "-fno-math-errno"]
+    sanitize = os.environ.get("LSTMRT_SANITIZE")
+    if sanitize:
+        args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    return args
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_public_declarations())
+ffibuilder.set_source(
+    "lstmrt._kernel",
+    '#include "lstmrt.h"',
+    sources=[os.path.relpath(CSRC / s) for s in SOURCES],  # setuptools refuses absolute paths
+    include_dirs=[os.path.relpath(CSRC)],
+    extra_compile_args=_compile_args(),
+    extra_link_args=[f"-fsanitize={os.environ['LSTMRT_SANITIZE']}"] if os.environ.get("LSTMRT_SANITIZE") else [],
+    libraries=[] if os.name == "nt" else ["m"],
+)
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "build/kernel")
+    out.mkdir(parents=True, exist_ok=True)
+    print(ffibuilder.compile(tmpdir=str(out), verbose=True))

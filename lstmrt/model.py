@@ -1,0 +1,108 @@
+"""Loading an ONNX model and describing its interface (file -> model)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output, shaped like onnxruntime's NodeArg (.name .shape .type)."""
+    name: str
+    shape: list | None      # ints for fixed dims, str for named dims, None for unknown
+    type: str               # e.g. "tensor(float)"
+    elem_type: int
+
+    @property
+    def dtype(self):
+        return helper.tensor_dtype_to_np_dtype(self.elem_type)
+
+
+def _tensor_info(value_info) -> TensorInfo:
+    t = value_info.type.tensor_type
+    shape = None
+    if t.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    type_name = helper.tensor_dtype_to_string(t.elem_type).replace("TensorProto.", "").lower()
+    return TensorInfo(value_info.name, shape, f"tensor({type_name})", t.elem_type)
+
+
+def _read(source) -> tuple[onnx.ModelProto, str]:
+    if isinstance(source, onnx.ModelProto):
+        return source, "<ModelProto>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            return onnx.load_from_string(bytes(source)), "<bytes>"
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise ModelError(f"model bytes are not a valid ONNX model (corrupt or truncated): {e}") from None
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ModelError(f"model file '{path}' does not exist")
+        try:
+            return onnx.load(path), path
+        except (DecodeError, ValueError, RuntimeError, OSError) as e:
+            raise ModelError(f"'{path}' is not a valid ONNX model (corrupt or truncated): {e}") from None
+    raise ModelError(f"model must be a path, bytes or onnx.ModelProto, not {type(source).__name__}")
+
+
+class Model:
+    """A checked ONNX model: its graph, constants and interface."""
+
+    def __init__(self, source):
+        self.proto, self.origin = _read(source)
+        try:
+            onnx.checker.check_model(self.proto)
+        except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
+            raise ModelError(f"'{self.origin}' is not a valid ONNX model: {str(e).strip().splitlines()[0]}") from None
+        graph = self.proto.graph
+        self.graph = graph
+        self.initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        # graph inputs that are also initializers are optional overrides, not required feeds
+        self.inputs = [_tensor_info(v) for v in graph.input if v.name not in self.initializers]
+        self.outputs = [_tensor_info(v) for v in graph.output]
+        self.opset = next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if self.opset is None:
+            raise ModelError(f"'{self.origin}' imports no version of the default ONNX domain")
+        self.metadata = {p.key: p.value for p in self.proto.metadata_props}
+
+    def input(self, name: str) -> TensorInfo:
+        return next(i for i in self.inputs if i.name == name)
+
+    def output(self, name: str) -> TensorInfo:
+        return next(o for o in self.outputs if o.name == name)
+
+    def producers(self) -> dict:
+        """value name -> (node, output index)"""
+        return {out: (node, i) for node in self.graph.node for i, out in enumerate(node.output) if out}
+
+    def consumers(self) -> dict:
+        """value name -> [(node, input index)]"""
+        users: dict = {}
+        for node in self.graph.node:
+            for i, name in enumerate(node.input):
+                if name:
+                    users.setdefault(name, []).append((node, i))
+        return users
+
+
+def zeros_for(info: TensorInfo, dims: dict) -> np.ndarray | None:
+    """Zeros shaped like `info`, resolving named dims from `dims`; None if a dim is unknown."""
+    if info.shape is None:
+        return None
+    shape = []
+    for d in info.shape:
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif isinstance(d, str) and d in dims:
+            shape.append(dims[d])
+        else:
+            return None
+    return np.zeros(shape, dtype=info.dtype)

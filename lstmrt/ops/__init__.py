@@ -1,0 +1,84 @@
+"""Native implementations of ONNX ops, found by op type.
+
+Each op is a *maker*: called once at load with the node, it checks the node's
+attributes (raising UnsupportedModelError naming the node) and returns the
+function that computes the node's outputs from its input arrays at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from onnx import helper
+
+from ..errors import UnsupportedModelError
+
+Kernel = Callable[[list], list]
+_MAKERS: dict[str, Callable[["NodeInfo"], Kernel]] = {}
+
+
+def _decode(value):
+    """String attributes arrive as bytes (or lists of bytes)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    op_type: str
+    inputs: list          # names; "" for an omitted optional input
+    outputs: list
+    attrs: dict
+    opset: int            # opset of the default domain
+    constants: dict       # name -> array for values known at load
+    options: dict         # session options (e.g. simd path)
+
+    @classmethod
+    def from_proto(cls, node, index, opset, constants, options):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: _decode(v) for k, v in attrs.items()}
+        return cls(node.name or f"{node.op_type}_{index}", node.op_type, list(node.input),
+                   list(node.output), attrs, opset, constants, options)
+
+    def fail(self, message: str) -> UnsupportedModelError:
+        return UnsupportedModelError(f"node '{self.name}' ({self.op_type}): {message}")
+
+    def const_input(self, index: int):
+        """A load-time constant input, or None if absent or computed at run time."""
+        if index >= len(self.inputs) or not self.inputs[index]:
+            return None
+        return self.constants.get(self.inputs[index])
+
+
+def op(*op_types: str):
+    def register(maker):
+        for name in op_types:
+            _MAKERS[name] = maker
+        return maker
+    return register
+
+
+def supported_ops() -> list[str]:
+    return sorted(_MAKERS)
+
+
+def make_kernel(node: NodeInfo) -> Kernel:
+    maker = _MAKERS.get(node.op_type)
+    if maker is None:
+        raise UnsupportedModelError(
+            f"node '{node.name}' uses op {node.op_type}, which the native backend does not support "
+            f"(supported: {', '.join(supported_ops())})")
+    return maker(node)
+
+
+def as_ints(array) -> list[int]:
+    return [int(v) for v in np.asarray(array).reshape(-1)]
+
+
+# registration happens on import
+from . import math as _math, recurrent as _recurrent, tensor as _tensor  # noqa: E402,F401

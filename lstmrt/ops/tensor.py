@@ -1,0 +1,167 @@
+"""Shape and data-movement glue that exporters put around recurrent nodes."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+from . import NodeInfo, as_ints, op
+
+
+def _input_or_attr(node: NodeInfo, inputs: list, index: int, attr: str, since_opset: int):
+    """Opsets moved several attributes (axes, split, starts...) into inputs."""
+    if node.opset >= since_opset:
+        return as_ints(inputs[index]) if len(inputs) > index and inputs[index] is not None else None
+    value = node.attrs.get(attr)
+    return None if value is None else [int(v) for v in value]
+
+
+@op("Identity", "Dropout")
+def _identity(node):
+    # Dropout at inference is the identity; its optional mask output is all ones
+    def run(inputs):
+        x = inputs[0]
+        return [x, np.ones(x.shape, dtype=bool)][:len(node.outputs)]
+    return run
+
+
+@op("Transpose")
+def _transpose(node):
+    perm = node.attrs.get("perm")
+    return lambda inputs: [np.transpose(inputs[0], perm)]
+
+
+@op("Squeeze")
+def _squeeze(node):
+    def run(inputs):
+        axes = _input_or_attr(node, inputs, 1, "axes", 13)
+        x = inputs[0]
+        if axes is None:
+            return [np.squeeze(x)]
+        return [np.squeeze(x, axis=tuple(a % x.ndim for a in axes))]
+    return run
+
+
+@op("Unsqueeze")
+def _unsqueeze(node):
+    def run(inputs):
+        axes = _input_or_attr(node, inputs, 1, "axes", 13)
+        x = inputs[0]
+        rank = x.ndim + len(axes)
+        return [np.expand_dims(x, tuple(sorted(a % rank for a in axes)))]
+    return run
+
+
+@op("Reshape")
+def _reshape(node):
+    allow_zero = node.attrs.get("allowzero", 0)
+
+    def run(inputs):
+        x, shape = inputs[0], as_ints(inputs[1])
+        if not allow_zero:
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return [np.reshape(x, shape)]
+    return run
+
+
+@op("Flatten")
+def _flatten(node):
+    axis = node.attrs.get("axis", 1)
+
+    def run(inputs):
+        x = inputs[0]
+        a = axis % x.ndim if x.ndim else 0
+        return [np.reshape(x, (int(np.prod(x.shape[:a])), -1))]
+    return run
+
+
+@op("Concat")
+def _concat(node):
+    axis = node.attrs["axis"]
+    return lambda inputs: [np.concatenate([x for x in inputs if x is not None], axis=axis)]
+
+
+@op("Slice")
+def _slice(node):
+    def run(inputs):
+        x = inputs[0]
+        if node.opset >= 10:
+            starts, ends = as_ints(inputs[1]), as_ints(inputs[2])
+            axes = as_ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else range(len(starts))
+            steps = as_ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+        else:
+            starts, ends = node.attrs["starts"], node.attrs["ends"]
+            axes, steps = node.attrs.get("axes", range(len(starts))), [1] * len(starts)
+        index = [slice(None)] * x.ndim
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            index[axis % x.ndim] = slice(start, end, step)   # Python clamps out-of-range bounds as ONNX does
+        return [x[tuple(index)]]
+    return run
+
+
+@op("Split")
+def _split(node):
+    axis = node.attrs.get("axis", 0)
+    count = len(node.outputs)
+
+    def run(inputs):
+        x = inputs[0]
+        sizes = _input_or_attr(node, inputs, 1, "split", 13)
+        if sizes is None:
+            chunk = -(-x.shape[axis] // count)   # ceil: the last part may be smaller (opset 18)
+            sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(count)]
+        return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+    return run
+
+
+@op("Gather")
+def _gather(node):
+    axis = node.attrs.get("axis", 0)
+    return lambda inputs: [np.take(inputs[0], inputs[1].astype(np.int64), axis=axis)]
+
+
+@op("Shape")
+def _shape(node):
+    start, end = node.attrs.get("start", 0), node.attrs.get("end")
+    return lambda inputs: [np.array(inputs[0].shape[start:end], dtype=np.int64)]
+
+
+@op("Constant")
+def _constant(node):
+    attrs = node.attrs
+    if "value" in attrs:
+        value = numpy_helper.to_array(attrs["value"])
+    elif "value_float" in attrs:
+        value = np.array(attrs["value_float"], dtype=np.float32)
+    elif "value_floats" in attrs:
+        value = np.array(attrs["value_floats"], dtype=np.float32)
+    elif "value_int" in attrs:
+        value = np.array(attrs["value_int"], dtype=np.int64)
+    elif "value_ints" in attrs:
+        value = np.array(attrs["value_ints"], dtype=np.int64)
+    else:
+        raise node.fail(f"unsupported constant attribute {sorted(attrs)}")
+    return lambda inputs: [value]
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(node):
+    fill = numpy_helper.to_array(node.attrs["value"]) if "value" in node.attrs else np.zeros(1, np.float32)
+    return lambda inputs: [np.full(as_ints(inputs[0]), fill.reshape(-1)[0], dtype=fill.dtype)]
+
+
+@op("Expand")
+def _expand(node):
+    def run(inputs):
+        x, shape = inputs[0], as_ints(inputs[1])
+        return [np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))))]
+    return run
+
+
+@op("Cast")
+def _cast(node):
+    to = node.attrs["to"]
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(to)
+    except KeyError:
+        raise node.fail(f"cannot cast to ONNX type {to}") from None
+    return lambda inputs: [inputs[0].astype(dtype)]

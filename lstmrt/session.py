@@ -1,0 +1,85 @@
+"""InferenceSession: onnxruntime's call shape over lstmrt's backends."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .backends.native import NativeBackend
+from .errors import InputError
+from .model import Model, TensorInfo
+
+BACKENDS = ("auto", "native")
+
+
+def _check_value(info: TensorInfo, value) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise InputError(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != info.dtype:
+        raise InputError(f"input '{info.name}' has dtype {value.dtype}; expected {np.dtype(info.dtype)} ({info.type})")
+    if info.shape is not None:
+        if value.ndim != len(info.shape):
+            raise InputError(f"input '{info.name}' has rank {value.ndim} (shape {list(value.shape)}); "
+                             f"expected rank {len(info.shape)} {info.shape}")
+        for axis, (got, want) in enumerate(zip(value.shape, info.shape)):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputError(f"input '{info.name}' has shape {list(value.shape)}; "
+                                 f"dimension {axis} must be {want} (expected {info.shape})")
+    # a strided view is copied, never read as if it were contiguous
+    return np.ascontiguousarray(value)
+
+
+class InferenceSession:
+    """Load a model once; run it whole (`run`) or in chunks (`stream`).
+
+    model: a path, the bytes of an .onnx file, or an onnx.ModelProto.
+    backend: "native" (the C kernel) or "auto".
+    simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best available.
+    """
+
+    def __init__(self, model, backend: str = "auto", simd: str | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if simd is not None and simd not in ("scalar", "avx2", "avx512"):
+            raise ValueError(f"simd must be 'scalar', 'avx2' or 'avx512'; got {simd!r}")
+        self.model = Model(model)
+        self._backend = NativeBackend(self.model, simd=simd)
+        self.backend = self._backend.name
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self.model.inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self.model.outputs)
+
+    def check_feed(self, input_feed) -> dict:
+        """The feed, checked against the graph's inputs: names, dtypes, ranks, fixed dims."""
+        if not isinstance(input_feed, Mapping):
+            raise InputError(f"input_feed must be a dict of name -> numpy array, got {type(input_feed).__name__}")
+        expected = {i.name: i for i in self.model.inputs}
+        unknown = [n for n in input_feed if n not in expected]
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(expected)}")
+        missing = [n for n in expected if n not in input_feed]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
+        return {name: _check_value(expected[name], value) for name, value in input_feed.items()}
+
+    def _output_names(self, output_names) -> list[str]:
+        known = [o.name for o in self.model.outputs]
+        if output_names is None:
+            return known
+        unknown = [n for n in output_names if n not in known]
+        if unknown:
+            raise InputError(f"unknown output name(s) {unknown}; the model's outputs are {known}")
+        return list(output_names)
+
+    def run(self, output_names, input_feed, run_options=None) -> list:
+        """Run the whole model: like onnxruntime, returns the outputs named (all if None) in order."""
+        del run_options  # accepted for onnxruntime compatibility
+        return self._backend.run(self.check_feed(input_feed), self._output_names(output_names))
+
+    def stream(self, state: dict | None = None):
+        """A Stream that carries recurrent state across calls; see lstmrt.stream."""
+        from .stream import Stream
+        return Stream(self, state)
