@@ -1,0 +1,132 @@
+"""The `lstmrt` command: run and inspect models."""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LstmrtError
+from .session import InferenceSession
+from .state_pairs import time_axes
+
+console = Console()
+
+
+def _load_inputs(session: InferenceSession, specs: tuple) -> dict:
+    names = [i.name for i in session.get_inputs()]
+    feed = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:   # a bare path names the model's only input
+            if len(names) != 1:
+                raise click.BadParameter(f"'{spec}': give NAME=PATH; the model's inputs are {names}")
+            name, path = names[0], spec
+        try:
+            feed[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"cannot read input '{name}' from '{path}': {e}") from None
+    return feed
+
+
+def _concat_axis(session, name: str, chunks: list, chunk_lens: list, input_time_dim) -> int | None:
+    """The axis along which an output's chunks join, or None if the output is not per-step."""
+    declared = session.model.output(name).shape or []
+    if isinstance(input_time_dim, str) and input_time_dim in declared:
+        return declared.index(input_time_dim)
+    ndim = chunks[0].ndim
+    candidates = [a for a in range(ndim) if all(c.shape[a] == n for c, n in zip(chunks, chunk_lens))]
+    return candidates[0] if candidates else None
+
+
+def _run_streamed(session, feed: dict, chunk: int, time_axis: int | None) -> dict:
+    stream = session.stream()
+    axes = time_axes(session.model)
+    streamed = {n: (time_axis if time_axis is not None else axes.get(n)) for n in feed if n not in stream.pairs}
+    if any(a is None for a in streamed.values()):
+        raise click.UsageError(f"cannot tell the time axis of {[n for n, a in streamed.items() if a is None]}; "
+                               "pass --time-axis")
+    steps = {feed[n].shape[a] for n, a in streamed.items()}
+    if len(steps) != 1:
+        raise click.UsageError(f"streamed inputs disagree on their number of steps: {steps}")
+    total = steps.pop()
+    if any(n in feed for n in stream.pairs):
+        stream.set_state({n: feed[n] for n in stream.pairs if n in feed})
+    out_names = [o.name for o in session.get_outputs() if o.name not in stream.pairs.values()]
+    pieces, lens = {n: [] for n in out_names}, []
+    for start in range(0, total, chunk):
+        part = {n: np.take(feed[n], range(start, min(start + chunk, total)), axis=a) for n, a in streamed.items()}
+        lens.append(min(chunk, total - start))
+        for n, value in zip(out_names, stream.run(part)):
+            pieces[n].append(value)
+    first_input, first_axis = next(iter(streamed.items()))
+    time_dim = (session.model.input(first_input).shape or [None] * (first_axis + 1))[first_axis]
+    results = {}
+    for n, chunks in pieces.items():
+        axis = _concat_axis(session, n, chunks, lens, time_dim)
+        results[n] = chunks[-1] if axis is None else np.concatenate(chunks, axis=axis)
+    results.update({out: stream.state[inp] for inp, out in stream.pairs.items()})
+    return results
+
+
+def _summary(results: dict) -> Table:
+    table = Table(title="outputs")
+    for col in ("name", "shape", "dtype", "min", "max", "mean"):
+        table.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
+    for name, v in results.items():
+        numeric = v.size and np.issubdtype(v.dtype, np.number)
+        stats = [f"{v.min():.6g}", f"{v.max():.6g}", f"{v.mean():.6g}"] if numeric else ["", "", ""]
+        table.add_row(name, str(list(v.shape)), str(v.dtype), *stats)
+    return table
+
+
+@click.group()
+@click.version_option(package_name="lstmrt")
+def main():
+    """Run and stream ONNX LSTM/GRU/RNN models on lstmrt's C kernel."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input array (repeat)")
+@click.option("--stream", is_flag=True, help="feed the inputs in chunks through a stream that carries state")
+@click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True, help="steps per streamed call")
+@click.option("--time-axis", type=int, default=None, help="time axis of the streamed inputs (default: from the graph)")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="save all outputs to this .npz")
+@click.option("--backend", type=click.Choice(["auto", "native"]), default="auto", show_default=True)
+@click.option("--simd", type=click.Choice(["scalar", "avx2", "avx512"]), default=None, help="force a SIMD path")
+def run(model, inputs, stream, chunk, time_axis, output, backend, simd):
+    """Run MODEL on inputs read from .npy files, whole or streamed in chunks."""
+    try:
+        session = InferenceSession(model, backend=backend, simd=simd)
+        feed = _load_inputs(session, inputs)
+        missing = [i.name for i in session.get_inputs() if i.name not in feed]
+        if stream or missing:
+            # a whole run without its state inputs starts from zero state, as one chunk
+            results = _run_streamed(session, feed, chunk if stream else sys.maxsize, time_axis)
+        else:
+            names = [o.name for o in session.get_outputs()]
+            results = dict(zip(names, session.run(None, feed)))
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    console.print(_summary(results))
+    if output:
+        np.savez(output, **results)
+        console.print(f"saved {len(results)} output(s) to {output}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+def inspect(model):
+    """Describe MODEL: interface, recurrent layers, state pairs and which backend runs it."""
+    from .report import inspect_model
+    try:
+        inspect_model(model, console)
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

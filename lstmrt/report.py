@@ -1,0 +1,62 @@
+"""What `lstmrt inspect` prints: a model's interface, recurrent layers, state and backend."""
+from __future__ import annotations
+
+from onnx import helper
+from rich.console import Console
+from rich.table import Table
+
+from .backends.native import NativeBackend
+from .errors import LstmrtError
+from .kernel import available_simd_paths
+from .model import Model
+from .state_pairs import RECURRENT_OPS, streaming_pairs
+
+
+def _io_table(title: str, infos) -> Table:
+    table = Table(title=title)
+    for col in ("name", "type", "shape"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(i.name, i.type, "?" if i.shape is None else str(i.shape))
+    return table
+
+
+def _recurrent_table(model: Model) -> Table:
+    table = Table(title="recurrent layers")
+    for col in ("node", "op", "direction", "input", "hidden", "layout", "details"):
+        table.add_column(col)
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        W = model.initializers.get(node.input[1]) if len(node.input) > 1 else None
+        R = model.initializers.get(node.input[2]) if len(node.input) > 2 else None
+        details = [k for k, slot in (("sequence_lens", 4), ("initial_h", 5), ("initial_c", 6), ("peepholes", 7))
+                   if len(node.input) > slot and node.input[slot]]
+        details += [f"{k}={v.decode() if isinstance(v, bytes) else v}" for k, v in attrs.items()
+                    if k in ("clip", "linear_before_reset", "input_forget")]
+        if "activations" in attrs:
+            details.append("activations=" + ",".join(a.decode() for a in attrs["activations"]))
+        table.add_row(node.name, node.op_type, attrs.get("direction", b"forward").decode(),
+                      "?" if W is None else str(W.shape[2]), "?" if R is None else str(R.shape[2]),
+                      str(attrs.get("layout", 0)), " ".join(details))
+    return table
+
+
+def inspect_model(path: str, console: Console) -> None:
+    model = Model(path)
+    producer = f"{model.proto.producer_name} {model.proto.producer_version}".strip() or "unknown"
+    console.print(f"[bold]{path}[/bold]  opset {model.opset}, {len(model.graph.node)} nodes, made by {producer}")
+    console.print(_io_table("inputs", model.inputs))
+    console.print(_io_table("outputs", model.outputs))
+    console.print(_recurrent_table(model))
+    try:
+        pairs = streaming_pairs(model)
+        console.print("streaming: state carried " + ", ".join(f"{i} -> {o}" for i, o in pairs.items()))
+    except LstmrtError as e:
+        console.print(f"streaming: not possible: {e}")
+    try:
+        backend = NativeBackend(model)
+        console.print(f"backend: {backend.describe()} (SIMD paths here: {', '.join(available_simd_paths())})")
+    except LstmrtError as e:
+        console.print(f"backend: native cannot run it: {e}")
