@@ -34,19 +34,27 @@ def _compile_args() -> list:
     return args
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_public_declarations())
-ffibuilder.set_source(
-    "lstmrt._kernel",
-    '#include "lstmrt.h"',
-    sources=[os.path.relpath(CSRC / s) for s in SOURCES],  # setuptools refuses absolute paths
-    include_dirs=[os.path.relpath(CSRC)],
-    extra_compile_args=_compile_args(),
-    extra_link_args=[f"-fsanitize={os.environ['LSTMRT_SANITIZE']}"] if os.environ.get("LSTMRT_SANITIZE") else [],
-    libraries=[] if os.name == "nt" else ["m"],
-)
+def make_builder(absolute_paths: bool = False) -> FFI:
+    # setuptools refuses absolute source paths; ffi.compile() changes directory and needs them
+    path = (lambda p: str(p)) if absolute_paths else os.path.relpath
+    sanitize = os.environ.get("LSTMRT_SANITIZE")
+    builder = FFI()
+    builder.cdef(_public_declarations())
+    builder.set_source(
+        "lstmrt._kernel",
+        '#include "lstmrt.h"',
+        sources=[path(CSRC / s) for s in SOURCES],
+        include_dirs=[path(CSRC)],
+        extra_compile_args=_compile_args(),
+        extra_link_args=[f"-fsanitize={sanitize}"] if sanitize else [],
+        libraries=[] if os.name == "nt" else ["m"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "build/kernel")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "build/kernel").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print(ffibuilder.compile(tmpdir=str(out), verbose=True))
+    print(make_builder(absolute_paths=True).compile(tmpdir=str(out), verbose=False))
