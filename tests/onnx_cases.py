@@ -201,7 +201,10 @@ def make_recurrent_model(spec: RecurrentSpec, weights: dict, node_name: str = "r
     if cell == "GRU" and spec.linear_before_reset is not None:
         attrs["linear_before_reset"] = int(spec.linear_before_reset)
 
+    float_lists = {k: attrs.pop(k) for k in ("activation_alpha", "activation_beta") if k in attrs}
     node = helper.make_node(cell, node_inputs, node_outputs, name=node_name, **attrs)
+    for key, values in float_lists.items():  # may be empty: helper cannot infer the type of []
+        node.attribute.append(helper.make_attribute(key, values, attr_type=onnx.AttributeProto.FLOATS))
     graph = helper.make_graph([node], f"{cell.lower()}_test", inputs, outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)],
                               producer_name="lstmrt-tests")
@@ -251,8 +254,17 @@ def resolve_activations(spec: RecurrentSpec) -> list:
     return [resolved[d * slots:(d + 1) * slots] for d in range(spec.num_directions)]
 
 
-def numpy_reference(spec: RecurrentSpec, weights: dict, feed: dict) -> list:
-    """Outputs (spec.output_names order, spec's layout) computed in float64 per the ONNX spec."""
+def numpy_reference(spec: RecurrentSpec, weights: dict, feed: dict, return_peak: bool = False):
+    """Outputs (spec.output_names order, spec's layout) computed in float64 per the ONNX spec.
+
+    return_peak: also return the largest |h| / |c| reached at any step (how large the state grew,
+    which bounds the float32 rounding error one can expect; inf if it overflowed), as (outputs, peak).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _numpy_reference(spec, weights, feed, return_peak)
+
+
+def _numpy_reference(spec: RecurrentSpec, weights: dict, feed: dict, return_peak: bool):
     feed0 = feed_to_layout(feed, 0, from_layout=spec.layout)
     x = feed0["X"].astype(np.float64)
     T, Bsz, _ = x.shape
@@ -274,6 +286,7 @@ def numpy_reference(spec: RecurrentSpec, weights: dict, feed: dict) -> list:
     Y = np.zeros((T, D, Bsz, H))
     Yh = np.zeros((D, Bsz, H))
     Yc = np.zeros((D, Bsz, H))
+    peak = 0.0
     for d in range(D):
         reverse = spec.direction == "reverse" or d == 1
         fns = [_activation(*a) for a in acts[d]]
@@ -310,12 +323,16 @@ def numpy_reference(spec: RecurrentSpec, weights: dict, feed: dict) -> list:
                     o = f(cl(pre[H:2 * H] + po * c))
                     h = o * hf(c)
                 Y[t, d, b] = h
+                peak = max(peak, float(np.max(np.abs(h))), float(np.max(np.abs(c))))
             Yh[d, b] = h
             Yc[d, b] = c
+    if not (np.all(np.isfinite(Y)) and np.all(np.isfinite(Yh)) and np.all(np.isfinite(Yc))):
+        peak = float("inf")
     result = {"Y": Y, "Y_h": Yh, "Y_c": Yc}
     names = spec.output_names
     outs = [result[n].astype(np.float32) for n in names]
-    return outputs_to_layout(names, outs, spec.layout, from_layout=0)
+    outs = outputs_to_layout(names, outs, spec.layout, from_layout=0)
+    return (outs, peak) if return_peak else outs
 
 
 def recurrent_test_cases(op_types=CELLS) -> list:
