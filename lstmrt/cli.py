@@ -95,7 +95,7 @@ def main():
 @click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True, help="steps per streamed call")
 @click.option("--time-axis", type=int, default=None, help="time axis of the streamed inputs (default: from the graph)")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="save all outputs to this .npz")
-@click.option("--backend", type=click.Choice(["auto", "native"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "native", "onnxruntime"]), default="auto", show_default=True)
 @click.option("--simd", type=click.Choice(["scalar", "avx2", "avx512"]), default=None, help="force a SIMD path")
 def run(model, inputs, stream, chunk, time_axis, output, backend, simd):
     """Run MODEL on inputs read from .npy files, whole or streamed in chunks."""
@@ -126,6 +126,36 @@ def inspect(model):
         inspect_model(model, console)
     except LstmrtError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input (others are random)")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="largest allowed difference")
+def verify(model, inputs, tolerance):
+    """Run MODEL on every available backend and compare each with onnxruntime CPU."""
+    from .model import Model
+    from .verify import REFERENCE, compare, random_feed
+    try:
+        loaded = Model(model)
+        given = _load_inputs(InferenceSession(loaded.proto, backend="onnxruntime"), inputs) if inputs else {}
+        names, diffs, missing = compare(loaded, random_feed(loaded, given=given))
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    table = Table(title=f"max |difference| vs {REFERENCE} (tolerance {tolerance:g})")
+    table.add_column("output")
+    for label in diffs:
+        table.add_column(label, justify="right")
+    for i, name in enumerate(names):
+        table.add_row(name, *[f"{d[i]:.3g}" for d in diffs.values()])
+    console.print(table)
+    for note in missing:
+        console.print(f"not compared: {note}")
+    worst = max(max(d) if d else 0.0 for d in diffs.values())
+    if worst > tolerance:
+        console.print(f"[red]FAIL[/red]: largest difference {worst:.3g} exceeds {tolerance:g}")
+        sys.exit(1)
+    console.print(f"OK: {len(diffs)} backend(s) agree within {tolerance:g}")
 
 
 if __name__ == "__main__":

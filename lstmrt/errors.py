@@ -1,4 +1,5 @@
 """The exceptions lstmrt raises.  Each message names the input, node or file at fault."""
+from __future__ import annotations
 
 
 class LstmrtError(Exception):
@@ -11,6 +12,10 @@ class ModelError(LstmrtError, ValueError):
 
 class UnsupportedModelError(ModelError):
     """The model is valid ONNX but uses an op, attribute or type this backend cannot run."""
+
+    def __init__(self, message: str, op_type: str | None = None, node: str | None = None):
+        super().__init__(message)
+        self.op_type, self.node = op_type, node
 
 
 class InputError(LstmrtError, ValueError):

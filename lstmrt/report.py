@@ -5,6 +5,7 @@ from onnx import helper
 from rich.console import Console
 from rich.table import Table
 
+from .backends import choose
 from .backends.native import NativeBackend
 from .errors import LstmrtError
 from .kernel import available_simd_paths
@@ -56,7 +57,8 @@ def inspect_model(path: str, console: Console) -> None:
     except LstmrtError as e:
         console.print(f"streaming: not possible: {e}")
     try:
-        backend = NativeBackend(model)
-        console.print(f"backend: {backend.describe()} (SIMD paths here: {', '.join(available_simd_paths())})")
+        native = NativeBackend(model).describe()
     except LstmrtError as e:
-        console.print(f"backend: native cannot run it: {e}")
+        native = f"native cannot run it: {e}"
+    console.print(f"{native} (SIMD paths here: {', '.join(available_simd_paths())})")
+    console.print(f"backend auto: {choose(model)[1]}")

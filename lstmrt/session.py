@@ -5,11 +5,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .backends.native import NativeBackend
+from .backends import BACKENDS, choose
 from .errors import InputError
 from .model import Model, TensorInfo
-
-BACKENDS = ("auto", "native")
 
 
 def _check_value(info: TensorInfo, value) -> np.ndarray:
@@ -33,18 +31,25 @@ class InferenceSession:
     """Load a model once; run it whole (`run`) or in chunks (`stream`).
 
     model: a path, the bytes of an .onnx file, or an onnx.ModelProto.
-    backend: "native" (the C kernel) or "auto".
-    simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best available.
+    backend: "auto" (onnxruntime on CUDA when a CUDA session loads, else native when it
+        supports every node, else onnxruntime on the CPU), "native" or "onnxruntime".
+    providers: onnxruntime providers, as onnxruntime takes them (implies backend onnxruntime).
+    simd: force a native SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
+    After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 
-    def __init__(self, model, backend: str = "auto", simd: str | None = None):
+    def __init__(self, model, backend: str = "auto", providers=None, simd: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         if simd is not None and simd not in ("scalar", "avx2", "avx512"):
             raise ValueError(f"simd must be 'scalar', 'avx2' or 'avx512'; got {simd!r}")
         self.model = Model(model)
-        self._backend = NativeBackend(self.model, simd=simd)
+        self._backend, self.backend_reason = choose(self.model, backend, providers, simd)
         self.backend = self._backend.name
+
+    def get_providers(self) -> list[str]:
+        """onnxruntime's providers in use, or ["lstmrt-native"]."""
+        return list(getattr(self._backend, "providers", ["lstmrt-native"]))
 
     def get_inputs(self) -> list[TensorInfo]:
         return list(self.model.inputs)
@@ -52,15 +57,16 @@ class InferenceSession:
     def get_outputs(self) -> list[TensorInfo]:
         return list(self.model.outputs)
 
-    def check_feed(self, input_feed) -> dict:
-        """The feed, checked against the graph's inputs: names, dtypes, ranks, fixed dims."""
+    def check_feed(self, input_feed, optional=()) -> dict:
+        """The feed, checked against the graph's inputs: names, dtypes, ranks, fixed dims.
+        Inputs named in `optional` may be left out."""
         if not isinstance(input_feed, Mapping):
             raise InputError(f"input_feed must be a dict of name -> numpy array, got {type(input_feed).__name__}")
         expected = {i.name: i for i in self.model.inputs}
         unknown = [n for n in input_feed if n not in expected]
         if unknown:
             raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(expected)}")
-        missing = [n for n in expected if n not in input_feed]
+        missing = [n for n in expected if n not in input_feed and n not in optional]
         if missing:
             raise InputError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
         return {name: _check_value(expected[name], value) for name, value in input_feed.items()}

@@ -1,13 +1,14 @@
 """Streams: a session's model run chunk after chunk, recurrent state carried inside.
 
 This is what Keras' stateful=True gives, for any framework's model: feed a
-sequence in any split into chunks and get what one whole call returns.
+sequence in any split into chunks and get what one whole call returns.  The
+state lives where the backend keeps it (on the GPU for onnxruntime CUDA).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError, StreamError
+from .errors import StreamError
 from .model import zeros_for
 from .session import _check_value
 from .state_pairs import batch_axes, streaming_pairs
@@ -16,6 +17,7 @@ from .state_pairs import batch_axes, streaming_pairs
 class Stream:
     def __init__(self, session, state: dict | None = None):
         self._session = session
+        self._backend = session._backend
         model = session.model
         self.pairs = streaming_pairs(model, state)
         self._state: dict = {}
@@ -24,8 +26,8 @@ class Stream:
 
     @property
     def state(self) -> dict:
-        """{state input name: array} as of the last call; empty before the first."""
-        return {k: v.copy() for k, v in self._state.items()}
+        """{state input name: numpy array} as of the last call; empty before the first."""
+        return {k: np.array(self._backend.to_host(v)) for k, v in self._state.items()}
 
     def set_state(self, state: dict) -> None:
         """Replace some or all of the carried state (e.g. to resume a saved stream)."""
@@ -33,7 +35,7 @@ class Stream:
             if name not in self.pairs:
                 raise StreamError(f"'{name}' is not a state input of this stream; its state inputs are "
                                   f"{list(self.pairs)}")
-            self._state[name] = _check_value(self._session.model.input(name), value).copy()
+            self._state[name] = self._backend.from_host(_check_value(self._session.model.input(name), value).copy())
 
     def reset(self) -> None:
         """Forget the carried state: the next call starts from zeros."""
@@ -44,14 +46,13 @@ class Stream:
         info = model.input(name)
         dims = {}
         for other in model.inputs:
-            if other.name in feed and other.shape is not None and isinstance(feed[other.name], np.ndarray):
+            if other.name in feed and other.shape is not None:
                 dims.update({d: n for d, n in zip(other.shape, feed[other.name].shape) if isinstance(d, str)})
         zeros = zeros_for(info, dims)
         unresolved = [d for d in (info.shape or []) if not (isinstance(d, int) and d > 0) and d not in dims]
         if zeros is None and len(unresolved) == 1:
             # the one unnamed dim of a state is its batch; read the batch from a streamed input
-            batches = {feed[i].shape[a] for i, a in self._batch_axes.items()
-                       if isinstance(feed.get(i), np.ndarray) and feed[i].ndim > a}
+            batches = {feed[i].shape[a] for i, a in self._batch_axes.items() if i in feed and feed[i].ndim > a}
             if len(batches) == 1:
                 dims[unresolved[0]] = batches.pop()
                 zeros = zeros_for(info, dims)
@@ -61,19 +62,24 @@ class Stream:
         return zeros
 
     def run(self, input_feed: dict, output_names=None) -> list:
-        """Run one chunk; returns the non-state outputs (or those named), in graph order."""
-        if not isinstance(input_feed, dict):
-            raise InputError(f"input_feed must be a dict of name -> numpy array, got {type(input_feed).__name__}")
-        feed = dict(input_feed)
+        """Run one chunk; returns the non-state outputs (or those named), in graph order.
+        A state input given in the feed replaces the carried one for this call."""
+        feed = self._session.check_feed(input_feed, optional=self.pairs)
+        streamed = {k: v for k, v in feed.items() if k not in self.pairs}
+        state = {}
         for name in self.pairs:
-            if name not in feed:   # a state given in the feed overrides the carried one
-                feed[name] = self._state[name] if name in self._state else self._zero_state(name, feed)
-        wanted = self._outputs if output_names is None else list(output_names)
-        names = wanted + [o for o in self.pairs.values() if o not in wanted]
-        results = dict(zip(names, self._session.run(names, feed)))
+            if name in feed:
+                state[name] = self._backend.from_host(feed[name])
+            elif name in self._state:
+                state[name] = self._state[name]
+            else:
+                state[name] = self._backend.from_host(self._zero_state(name, feed))
+        wanted = self._outputs if output_names is None else self._session._output_names(output_names)
+        results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
         for inp, out in self.pairs.items():
-            if results[out].shape != feed[inp].shape:
-                raise StreamError(f"state output '{out}' came out {list(results[out].shape)} but state input "
-                                  f"'{inp}' is {list(feed[inp].shape)}; they cannot be carried across calls")
-        self._state = {inp: results[out] for inp, out in self.pairs.items()}
-        return [results[n] for n in wanted]
+            before, after = self._backend.shape_of(state[inp]), self._backend.shape_of(new_state[inp])
+            if tuple(before) != tuple(after):
+                raise StreamError(f"state output '{out}' came out {list(after)} but state input "
+                                  f"'{inp}' is {list(before)}; they cannot be carried across calls")
+        self._state = new_state
+        return results

@@ -40,7 +40,9 @@ def streaming_model(cell: str = "LSTM", input_size: int = 5, hidden: int = 7, se
         inputs.append(state("c0"))
         outputs.append(state("cn"))
     graph = helper.make_graph(nodes, f"{cell.lower()}_stream", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8   # loadable by every onnxruntime build we support
+    return model
 
 
 def random_feed(model: onnx.ModelProto, dims: dict, seed: int = 0) -> dict:

@@ -1,5 +1,5 @@
-"""Models exported by torch.onnx, tf2onnx and paddle2onnx (tests/fixtures/exporters/) run
-natively and match onnxruntime, at two (batch, time) shapes."""
+"""Models exported by torch.onnx, tf2onnx and paddle2onnx (tests/fixtures/exporters/) run on
+both backends and match onnxruntime run directly, at two (batch, time) shapes."""
 import json
 from pathlib import Path
 
@@ -11,8 +11,7 @@ import lstmrt
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-RUNNABLE = sorted(name for name, m in MANIFEST.items() if m["recurrent_nodes"])
-LOOP_MODELS = sorted(name for name, m in MANIFEST.items() if "Loop" in m["op_types"])
+MODELS = sorted(MANIFEST)
 
 
 def feed_for(meta: dict, batch: int, steps: int, seed: int) -> dict:
@@ -32,11 +31,13 @@ def feed_for(meta: dict, batch: int, steps: int, seed: int) -> dict:
     return feed
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("batch, steps", [(1, 1), (3, 11)])
-def test_native_matches_onnxruntime(name, batch, steps):
+def test_backends_match_onnxruntime(name, batch, steps, backend):
     meta = MANIFEST[name]
-    sess = lstmrt.InferenceSession(str(FIXTURES / name), backend="native")
+    sess = lstmrt.InferenceSession(str(FIXTURES / name), backend=backend)
+    assert sess.backend == backend
     ref = ort.InferenceSession(str(FIXTURES / name), providers=["CPUExecutionProvider"])
     feed = feed_for(meta, batch, steps, seed=steps)
     got, want = sess.run(None, feed), ref.run(None, feed)
@@ -46,8 +47,9 @@ def test_native_matches_onnxruntime(name, batch, steps):
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", LOOP_MODELS)
-def test_loop_models_are_refused_with_the_node_named(name):
-    """tf2onnx turns Keras GRUs into Loop; running those natively is the next issue's work."""
-    with pytest.raises(lstmrt.UnsupportedModelError, match=r"node '.*' uses op (Loop|Less|And)"):
-        lstmrt.InferenceSession(str(FIXTURES / name), backend="native")
+def test_tf2onnx_keras_gru_loop_runs_natively():
+    """tf2onnx turns Keras GRUs into Loop; auto picks native for it, and says so."""
+    sess = lstmrt.InferenceSession(str(FIXTURES / "keras_gru_loop.onnx"))
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        assert sess.backend == "native"
+        assert sess.backend_reason.startswith("native: all 58 nodes supported")

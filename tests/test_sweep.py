@@ -240,6 +240,11 @@ def check_against_oracles(ex: Example):
     peak = state_peak(ex, weights, feed)
     got = run_lstmrt(ex.spec, weights, feed)
     expected = run_onnxruntime(ex.spec, weights, feed)
+    if not all(np.isfinite(e).all() for e in expected):
+        # onnxruntime itself overflowed (seen: Softplus gates in onnxruntime-gpu 1.31) on an example
+        # whose float64 spec reference stays bounded: that reference is the oracle here
+        event("onnxruntime overflowed; checked against the float64 reference")
+        expected = [r.astype(np.float32) for r in numpy_reference(ex.spec, weights, feed)]
     assert_outputs_close(ex, got, expected, "lstmrt vs onnxruntime", peak, weights, feed)
     if reference_applies(ex):
         event("also checked against onnx.reference")

@@ -1,5 +1,39 @@
-"""Backends: objects that run a loaded Model on a feed of named arrays.
+"""Backends run a loaded Model: `native` (our C kernel) and `onnxruntime` (CPU or CUDA).
 
-A backend exposes `run(feeds: dict, output_names: list) -> list` and
-`describe() -> str`; the session checks feeds before handing them over.
+Each exposes run(feeds, output_names), run_stateful(...) for streams, describe(),
+and from_host/to_host/shape_of for the state values it keeps.  choose() picks one.
 """
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from ..model import Model
+
+BACKENDS = ("auto", "native", "onnxruntime")
+
+
+def choose(model: Model, backend: str = "auto", providers=None, simd: str | None = None):
+    """(backend, why): onnxruntime on CUDA when a CUDA session loads; else native when it
+    supports every node; else onnxruntime on the CPU."""
+    from .native import NativeBackend
+    from .onnxruntime import OnnxruntimeBackend, cuda_listed
+
+    if backend == "native":
+        chosen = NativeBackend(model, simd=simd)
+        return chosen, chosen.describe()
+    if backend == "onnxruntime" or providers:
+        chosen = OnnxruntimeBackend(model, providers)
+        return chosen, f"{chosen.describe()}: requested"
+    notes = []
+    if cuda_listed():
+        gpu = OnnxruntimeBackend(model)
+        if gpu.device == "cuda":
+            return gpu, "onnxruntime CUDA: a CUDA session loads"
+        notes.append("CUDA is listed but a CUDA session did not load")
+    else:
+        notes.append("no CUDA")
+    try:
+        native = NativeBackend(model, simd=simd)
+        return native, f"{native.describe()} ({'; '.join(notes)})"
+    except UnsupportedModelError as e:
+        lacking = f"native lacks {e.op_type} at node '{e.node}'" if e.op_type else f"native cannot run it: {e}"
+        return OnnxruntimeBackend(model, ["CPUExecutionProvider"]), f"onnxruntime CPU: {lacking}"

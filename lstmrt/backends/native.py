@@ -3,16 +3,20 @@
 Built once per session (model -> plan): every node is checked and turned into
 a callable, everything computable from constants is folded, and recurrent
 weights are packed.  Running the plan is then a straight walk over the steps.
+If/Loop bodies are plans of their own, run with the enclosing scope's values.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
 from ..model import Model
 from ..ops import Kernel, NodeInfo, make_kernel
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+NEVER_FOLDED = RECURRENT_OPS + ("If", "Loop")   # weights to pack / bodies that read runtime scope
 
 
 @dataclass
@@ -24,23 +28,27 @@ class Step:
     outputs: list
 
 
-class NativeBackend:
-    name = "native"
+class Plan:
+    """One graph — the model's or a control-flow body — ready to run."""
 
-    def __init__(self, model: Model, simd: str | None = None):
-        self.model = model
-        self.constants = dict(model.initializers)
+    def __init__(self, graph, opset: int, options: dict, outer_constants: dict | None = None):
+        self.graph = graph
+        self.constants = {**(outer_constants or {}),
+                          **{t.name: numpy_helper.to_array(t) for t in graph.initializer}}
         self.steps: list[Step] = []
-        options = {"simd": simd}
-        for index, node in enumerate(model.graph.node):
+        options = {**options, "subplan": lambda body: Plan(body, opset, options, self.constants)}
+        for index, node in enumerate(graph.node):
             if node.domain not in ("", "ai.onnx"):
                 raise UnsupportedModelError(
                     f"node '{node.name or index}' uses op {node.domain}:{node.op_type}; "
-                    "the native backend runs only the default ONNX domain")
-            info = NodeInfo.from_proto(node, index, model.opset, self.constants, options)
+                    "the native backend runs only the default ONNX domain",
+                    f"{node.domain}:{node.op_type}", node.name or str(index))
+            info = NodeInfo.from_proto(node, index, opset, self.constants, options)
             kernel = make_kernel(info)
-            step = Step(info.name, node.op_type, kernel, info.inputs, [o for o in info.outputs])
-            if node.op_type not in RECURRENT_OPS and all(not n or n in self.constants for n in step.inputs):
+            # control-flow bodies read enclosing-scope values: they arrive as extra inputs
+            step = Step(info.name, node.op_type, kernel, info.inputs + getattr(kernel, "outer_inputs", []),
+                        list(info.outputs))
+            if node.op_type not in NEVER_FOLDED and all(not n or n in self.constants for n in step.inputs):
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
@@ -49,24 +57,49 @@ class NativeBackend:
     def _execute(step: Step, values: dict) -> list:
         args = [values[n] if n else None for n in step.inputs]
         try:
-            results = step.kernel(args)
+            return step.kernel(args)
         except LstmrtError:
             raise
         except Exception as e:  # numpy's own complaint, tied to the node that raised it
             raise InputError(f"node '{step.name}' ({step.op_type}) failed on these inputs: {e}") from e
-        return results
 
-    def run(self, feeds: dict, output_names: list) -> list:
-        values = {**self.constants, **feeds}
+    def run(self, scope: dict, output_names: list) -> list:
+        values = {**self.constants, **scope}
         for step in self.steps:
             for name, value in zip(step.outputs, self._execute(step, values)):
                 if name:
                     values[name] = value
         return [values[name] for name in output_names]
 
-    def describe(self) -> str:
-        return f"native: all {len(self.model.graph.node)} nodes supported"
 
-    def recurrent_weights(self) -> list:
-        """(node name, [CellWeights per direction]) for every recurrent node packed at load."""
-        return [(s.name, s.kernel.packed) for s in self.steps if s.op_type in RECURRENT_OPS]
+def count_nodes(graph) -> int:
+    """Nodes in a graph, bodies of If/Loop included."""
+    total = 0
+    for node in graph.node:
+        total += 1
+        for attr in node.attribute:
+            if attr.type == attr.GRAPH:
+                total += count_nodes(attr.g)
+    return total
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, model: Model, simd: str | None = None):
+        self.model = model
+        self.plan = Plan(model.graph, model.opset, {"simd": simd})
+
+    def run(self, feeds: dict, output_names: list) -> list:
+        return self.plan.run(feeds, output_names)
+
+    def describe(self) -> str:
+        return f"native: all {count_nodes(self.model.graph)} nodes supported"
+
+    # -- streams: state stays a numpy array ------------------------------------
+    from_host = to_host = staticmethod(lambda value: value)
+    shape_of = staticmethod(lambda value: value.shape)
+
+    def run_stateful(self, feeds: dict, state: dict, pairs: dict, output_names: list):
+        results = self.run({**feeds, **state}, output_names + list(pairs.values()))
+        return results[:len(output_names)], dict(zip(pairs, results[len(output_names):]))

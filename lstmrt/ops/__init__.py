@@ -46,7 +46,7 @@ class NodeInfo:
                    list(node.output), attrs, opset, constants, options)
 
     def fail(self, message: str) -> UnsupportedModelError:
-        return UnsupportedModelError(f"node '{self.name}' ({self.op_type}): {message}")
+        return UnsupportedModelError(f"node '{self.name}' ({self.op_type}): {message}", self.op_type, self.name)
 
     def const_input(self, index: int):
         """A load-time constant input, or None if absent or computed at run time."""
@@ -72,8 +72,12 @@ def make_kernel(node: NodeInfo) -> Kernel:
     if maker is None:
         raise UnsupportedModelError(
             f"node '{node.name}' uses op {node.op_type}, which the native backend does not support "
-            f"(supported: {', '.join(supported_ops())})")
+            f"(supported: {', '.join(supported_ops())})", node.op_type, node.name)
     return maker(node)
+
+
+def optional_input(inputs: list, index: int):
+    return inputs[index] if index < len(inputs) else None
 
 
 def as_ints(array) -> list[int]:
@@ -81,4 +85,5 @@ def as_ints(array) -> list[int]:
 
 
 # registration happens on import
-from . import math as _math, recurrent as _recurrent, tensor as _tensor  # noqa: E402,F401
+from . import control as _control, logic as _logic, math as _math, nn as _nn  # noqa: E402,F401
+from . import recurrent as _recurrent, tensor as _tensor  # noqa: E402,F401

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import op
+from . import as_ints, op, optional_input
 
 
 def _int_divide(a, b):
@@ -13,7 +13,7 @@ def _int_divide(a, b):
 
 
 _BINARY = {
-    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Pow": np.power,
     "Div": lambda a, b: _int_divide(a, b) if np.issubdtype(a.dtype, np.integer) else np.divide(a, b),
 }
 
@@ -28,13 +28,95 @@ def _sigmoid(x):
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(x.dtype, copy=False)   # overflow-free form
 
 
-_UNARY = {"Relu": lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "Tanh": np.tanh, "Sigmoid": _sigmoid}
+def _erf(x):
+    """Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7, enough for float32 (no scipy needed)."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x.astype(np.float64)))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return (np.sign(x) * (1.0 - poly * np.exp(-np.square(x.astype(np.float64))))).astype(x.dtype)
+
+
+def _softplus(x):
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
+
+
+_UNARY = {"Relu": lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "Tanh": np.tanh, "Sigmoid": _sigmoid,
+          "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Abs": np.abs, "Neg": np.negative, "Erf": _erf,
+          "Softplus": _softplus}
 
 
 @op(*_UNARY)
 def _unary(node):
     fn = _UNARY[node.op_type]
     return lambda inputs: [fn(inputs[0])]
+
+
+@op("LeakyRelu")
+def _leaky_relu(node):
+    alpha = node.attrs.get("alpha", 0.01)
+    return lambda inputs: [np.where(inputs[0] >= 0, inputs[0], inputs[0] * inputs[0].dtype.type(alpha))]
+
+
+@op("HardSigmoid")
+def _hard_sigmoid(node):
+    alpha, beta = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
+
+    def run(inputs):
+        x = inputs[0]
+        return [np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)]
+    return run
+
+
+@op("Gelu")
+def _gelu(node):
+    tanh_form = node.attrs.get("approximate", "none") == "tanh"
+
+    def run(inputs):
+        x = inputs[0]
+        if tanh_form:
+            inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
+            return [(0.5 * x * (1 + np.tanh(inner))).astype(x.dtype)]
+        return [(0.5 * x * (1 + _erf(x / np.sqrt(2).astype(x.dtype)))).astype(x.dtype)]
+    return run
+
+
+@op("Clip")
+def _clip(node):
+    def run(inputs):
+        x = inputs[0]
+        if node.opset < 11:
+            low, high = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+        else:
+            low, high = optional_input(inputs, 1), optional_input(inputs, 2)
+        if low is not None:
+            x = np.maximum(x, low)
+        if high is not None:
+            x = np.minimum(x, high)
+        return [x.astype(inputs[0].dtype, copy=False)]
+    return run
+
+
+_REDUCE = {"ReduceMean": np.mean, "ReduceSum": np.sum, "ReduceMax": np.max}
+_AXES_AS_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18}
+
+
+@op(*_REDUCE)
+def _reduce(node):
+    fn = _REDUCE[node.op_type]
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    noop_if_empty = bool(node.attrs.get("noop_with_empty_axes", 0))
+    axes_as_input = node.opset >= _AXES_AS_INPUT_SINCE[node.op_type]
+
+    def run(inputs):
+        x = inputs[0]
+        if axes_as_input:
+            axes = optional_input(inputs, 1)
+            axes = None if axes is None or axes.size == 0 else tuple(as_ints(axes))
+        else:
+            axes = tuple(node.attrs["axes"]) if "axes" in node.attrs else None
+        if axes is None and noop_if_empty:
+            return [x]
+        return [np.asarray(fn(x, axis=axes, keepdims=keepdims)).astype(x.dtype, copy=False)]
+    return run
 
 
 @op("Softmax")

@@ -165,3 +165,30 @@ def _cast(node):
     except KeyError:
         raise node.fail(f"cannot cast to ONNX type {to}") from None
     return lambda inputs: [inputs[0].astype(dtype)]
+
+
+@op("ReverseSequence")
+def _reverse_sequence(node):
+    batch_axis, time_axis = node.attrs.get("batch_axis", 1), node.attrs.get("time_axis", 0)
+
+    def run(inputs):
+        x, lens = inputs[0].copy(), as_ints(inputs[1])
+        for b, n in enumerate(lens):
+            index = [slice(None)] * x.ndim
+            index[batch_axis], index[time_axis] = b, slice(0, n)
+            x[tuple(index)] = np.flip(inputs[0][tuple(index)], axis=time_axis - (batch_axis < time_axis))
+        return [x]
+    return run
+
+
+@op("Range")
+def _range(node):
+    def run(inputs):
+        start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in inputs[:3])
+        return [np.arange(start, limit, delta, dtype=np.asarray(inputs[0]).dtype)]
+    return run
+
+
+@op("Tile")
+def _tile(node):
+    return lambda inputs: [np.tile(inputs[0], as_ints(inputs[1]))]

@@ -1,0 +1,80 @@
+"""The onnxruntime backend: CUDA where a CUDA session really loads, else CPU.
+
+onnxruntime-gpu lists CUDA as available even where its libraries cannot load, so
+the device is read from the created session's providers, never from the list.
+Streams bind their state with IO binding, so on CUDA it stays on the device
+between calls instead of travelling to the host and back each step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..layout import to_layout0
+from ..model import Model
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_QUIET = 4   # onnxruntime log level: fatal only; provider-load errors are noise (raised errors still raise)
+
+
+def _ort():
+    import onnxruntime
+    onnxruntime.set_default_logger_severity(_QUIET)
+    return onnxruntime
+
+
+def cuda_listed() -> bool:
+    return CUDA in _ort().get_available_providers()
+
+
+class OnnxruntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model: Model, providers: list | None = None):
+        ort = _ort()
+        self.model = model
+        options = ort.SessionOptions()
+        options.log_severity_level = _QUIET
+        requested = list(providers) if providers else ([CUDA, CPU] if cuda_listed() else [CPU])
+        try:
+            self.session = ort.InferenceSession(to_layout0(model.proto).SerializeToString(), options,
+                                                providers=requested)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"onnxruntime cannot load '{model.origin}': {e}") from None
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if CUDA in self.providers else "cpu"
+        self._ort = ort
+
+    def describe(self) -> str:
+        return f"onnxruntime {'CUDA' if self.device == 'cuda' else 'CPU'}"
+
+    def run(self, feeds: dict, output_names: list) -> list:
+        return self.session.run(output_names, feeds)
+
+    # -- streams: state as OrtValues on the session's device ------------------
+    def from_host(self, array: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    @staticmethod
+    def to_host(value) -> np.ndarray:
+        return value.numpy()
+
+    @staticmethod
+    def shape_of(value) -> tuple:
+        return tuple(value.shape())
+
+    def run_stateful(self, feeds: dict, state: dict, pairs: dict, output_names: list):
+        """Outputs on the host; new state as OrtValues left where the session put them."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in state.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in output_names:
+            binding.bind_output(name, "cpu")
+        for out in pairs.values():
+            binding.bind_output(out, self.device)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        host = [v.numpy() for v in values[:len(output_names)]]
+        return host, dict(zip(pairs, values[len(output_names):]))
