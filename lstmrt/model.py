@@ -53,15 +53,28 @@ def _read(source) -> tuple[onnx.ModelProto, str]:
     raise ModelError(f"model must be a path, bytes or onnx.ModelProto, not {type(source).__name__}")
 
 
+def _check(proto: onnx.ModelProto, origin: str) -> None:
+    """onnx's checker, minus its demand that graph inputs/outputs declare a shape
+    (onnxruntime runs such models; so do we)."""
+    shapeless = [v.type.tensor_type for v in [*proto.graph.input, *proto.graph.output]
+                 if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+    for t in shapeless:
+        t.shape.SetInParent()
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
+        raise ModelError(f"'{origin}' is not a valid ONNX model: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        for t in shapeless:
+            t.ClearField("shape")
+
+
 class Model:
     """A checked ONNX model: its graph, constants and interface."""
 
     def __init__(self, source):
         self.proto, self.origin = _read(source)
-        try:
-            onnx.checker.check_model(self.proto)
-        except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
-            raise ModelError(f"'{self.origin}' is not a valid ONNX model: {str(e).strip().splitlines()[0]}") from None
+        _check(self.proto, self.origin)
         graph = self.proto.graph
         self.graph = graph
         self.initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
