@@ -60,7 +60,14 @@ class Graph:
         self.inputs: list = []
         self.outputs: list = []
         self._used: set = set()
+        self._claimed: set = set()
         self._consts: dict = {}
+
+    def claim(self, names) -> None:
+        """Keep `names` (the interface's names) out of the generated ones; `reserve` hands each out once."""
+        for name in names:
+            self.reserve(name)
+            self._claimed.add(name)
 
     def fresh(self, base: str) -> str:
         base = base or "v"
@@ -71,6 +78,9 @@ class Graph:
         return name
 
     def reserve(self, name: str) -> str:
+        if name in self._claimed:
+            self._claimed.discard(name)
+            return name
         if name in self._used:
             raise ValueError(f"name {name!r} is used twice")
         self._used.add(name)
