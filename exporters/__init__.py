@@ -141,8 +141,21 @@ def _framework_module(framework: str):
     return module
 
 
+def check_native(model: onnx.ModelProto) -> None:
+    """Recurrences must be native LSTM/GRU/RNN nodes with layout 0: no Loop/Scan, no layout=1."""
+    for node in model.graph.node:
+        if node.op_type in ("Loop", "Scan"):
+            raise ExportError(f"node '{node.name}' is an ONNX {node.op_type}: the recurrence did not become a native "
+                              "LSTM/GRU/RNN node")
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            if layout != 0:
+                raise ExportError(f"node '{node.name}' ({node.op_type}) has layout={layout}; onnxruntime runs only 0")
+
+
 def finish(exported: Exported, path: str | None, verify: bool = True) -> Report:
-    """Verify (unless told not to), save, and report."""
+    """Check the recurrences are native, verify (unless told not to), save, and report."""
+    check_native(exported.model)
     verification = None
     if verify:
         from .verify import verify as run_checks

@@ -1,0 +1,182 @@
+"""PyTorch -> ONNX: torch.onnx's TorchScript exporter (dynamo=False), then the recurrent
+state lifted by `streamify`.
+
+Why the legacy exporter: it emits every nn.LSTM/GRU/RNN layer as a native ONNX node
+(layout 0, batch/time axes dynamic, GRU linear_before_reset=1) and traces any forward();
+the dynamo exporter fixes T for stacked/bidirectional RNNs and drops linear_before_reset.
+Its only recurrent quirk is building zero initial states from Shape/ConstantOfShape when the
+model takes none; `streamify` replaces those with state inputs.  `finish` then refuses any
+result that holds Loop/Scan or layout=1 nodes.
+
+Gate orders (for reference; torch.onnx applies them): torch LSTM i f g o -> ONNX i o f c;
+torch GRU r z n -> ONNX z r h, with b_hn inside r * (W_hn h + b_hn), i.e. linear_before_reset=1.
+
+torch is imported only inside functions.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import warnings
+
+import numpy as np
+import onnx
+
+from .verify import InputSpec
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+OPSET = 14
+
+
+def _error(message):
+    from . import ExportError
+    return ExportError(message)
+
+
+def load(path: str):
+    import torch
+    if not os.path.isfile(path):
+        raise _error(f"'{path}' does not exist")
+    try:
+        return torch.jit.load(path, map_location="cpu")
+    except Exception as e:   # RuntimeError for anything that is not a TorchScript zip
+        raise _error(f"'{path}' is not a TorchScript archive (write one with torch.jit.save(torch.jit.script(model) "
+                     f"or torch.jit.trace(model, x), path)): {str(e).strip().splitlines()[0]}") from None
+
+
+def _kind(module) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def _modules(model) -> list:
+    return [(n, m) for n, m in model.named_modules() if n]
+
+
+def _first(model, kinds):
+    return next((m for _, m in _modules(model) if _kind(m) in kinds), None)
+
+
+def _arg_names(model) -> list:
+    """The forward's parameter names and whether each is a tuple, from the signature or TorchScript schema."""
+    schema = getattr(getattr(model, "forward", None), "schema", None)
+    if schema is not None:
+        return [(a.name, str(a.type).startswith("Tuple"), "Optional" in str(a.type) or a.has_default_value())
+                for a in schema.arguments[1:]]
+    params = inspect.signature(model.forward).parameters.values()
+    return [(p.name, False, p.default is not inspect.Parameter.empty) for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _get(module, attr, default=None):
+    value = getattr(module, attr, default)
+    return default if value is None else value
+
+
+def _example(model, example_input):
+    """[(name, array, InputSpec dims)] for the forward's tensor arguments."""
+    rec = _first(model, RECURRENT)
+    if rec is None:
+        raise _error("the model has no nn.LSTM, nn.GRU or nn.RNN layer")
+    batch_first = bool(_get(rec, "batch_first", False))
+    emb = _first(model, ("Embedding",))
+    layers = int(_get(rec, "num_layers", 1)) * (2 if _get(rec, "bidirectional", False) else 1)
+    hidden = int(_get(rec, "hidden_size"))
+    seq_dims = ["B", "T"] if batch_first else ["T", "B"]
+    args = _arg_names(model)
+    if example_input is not None:
+        values = example_input if isinstance(example_input, (tuple, list)) else [example_input]
+        if isinstance(example_input, dict):
+            values = [example_input[n] for n, _, _ in args if n in example_input]
+        out = []
+        for i, ((name, _, _), v) in enumerate(zip(args, values)):
+            v = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            dims = (seq_dims + list(v.shape[2:])) if i == 0 else [layers, "B", hidden]
+            out.append((name, v, dims))
+        return out, (emb.num_embeddings if emb is not None else None)
+    required = [(n, is_tuple) for n, is_tuple, optional in args if not optional]
+    if not required:
+        raise _error("cannot tell the model's inputs from its forward(); pass example_input")
+    out = []
+    shape = {"B": 2, "T": 5}
+    if emb is not None:
+        x = np.ones([shape[d] for d in seq_dims], np.int64)
+        out.append((required[0][0], x, list(seq_dims)))
+    else:
+        x = np.zeros([shape[d] for d in seq_dims] + [int(_get(rec, "input_size"))], np.float32)
+        out.append((required[0][0], x, seq_dims + [x.shape[-1]]))
+    for name, is_tuple in required[1:]:
+        state = np.zeros([layers, 2, hidden], np.float32)
+        if is_tuple:
+            out += [(f"{name}_{k}", state, [layers, "B", hidden]) for k in range(2)]
+        else:
+            out.append((name, state, [layers, "B", hidden]))
+    return out, (emb.num_embeddings if emb is not None else None)
+
+
+def export(model, example_input=None, state: bool = True):
+    import torch
+    from . import Exported
+    from .streamify import StreamifyError, streamify
+    source = "<torch.nn.Module>"
+    if isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        model = load(source)
+    if not isinstance(model, torch.nn.Module):
+        raise _error(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model.eval()
+    unsupported = [(n, _kind(m)) for n, m in _modules(model)
+                   if _kind(m) in ("LSTMCell", "GRUCell", "RNNCell")]
+    if unsupported:
+        raise _error(f"layer '{unsupported[0][0]}' ({unsupported[0][1]}): a cell stepped in a Python loop does not "
+                     "become a native recurrent node; use nn.LSTM/nn.GRU/nn.RNN")
+    inputs, vocab = _example(model, example_input)
+    names = [n for n, _, _ in inputs]
+    tensors = [torch.from_numpy(np.ascontiguousarray(v)) for _, v, _ in inputs]
+    dynamic = {n: {i: ("batch" if d == "B" else "time") for i, d in enumerate(dims) if d in ("B", "T")}
+               for n, _, dims in inputs}
+    with torch.no_grad():
+        outs = model(*tensors)
+    flat = _flatten(outs)
+    out_names = ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, tuple(tensors), buffer, input_names=names, output_names=out_names,
+                              dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    except Exception as e:
+        raise _error(f"torch.onnx could not export the model: {type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    onnx_model = onnx.load_from_string(buffer.getvalue())
+    notes, pairs = [], {}
+    if state:
+        try:
+            onnx_model, pairs = streamify(onnx_model)
+        except StreamifyError as e:
+            notes.append(f"not streamable: {e}; exported without state")
+    specs = []
+    for name, v, dims in inputs:
+        own = name in pairs
+        specs.append(InputSpec(name, dims, dtype=v.dtype.name, vocab=vocab if v.dtype.kind in "iu" else None,
+                               state="own" if own else None))
+    graph_inputs = {i.name for i in onnx_model.graph.input}
+    for inp in onnx_model.graph.input:
+        if inp.name in pairs and inp.name not in names:
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "B"
+                    for d in inp.type.tensor_type.shape.dim]
+            specs.append(InputSpec(inp.name, dims, state="added"))
+    specs = [s for s in specs if s.name in graph_inputs]
+
+    def reference(feeds):
+        args = [torch.from_numpy(feeds[n]) for n in names]
+        with torch.no_grad():
+            got = _flatten(model(*args))
+        return {n: g.numpy() for n, g in zip(out_names, got)}
+    return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes)
+
+
+def _flatten(value) -> list:
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flatten(v)]
+    return [value]
