@@ -7,16 +7,49 @@
  * whole vectors; padded weights are zero, so padded lanes stay finite. */
 #define LRT_PAD 16
 
+/* int8: rows of activations are quantized this many at a time (workspace) */
+#define LRT_QROWS 64
+/* int8: the longest dot product whose int32 sum cannot overflow
+ * (255 * 127 * 65536 < 2^31) */
+#define LRT_I8_MAX_K 65536
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LRT_INLINE inline __attribute__((always_inline))
+#else
+#define LRT_INLINE inline
+#endif
+
+/* One packed weight matrix, K rows (input features) by N columns (gate units).
+ * Columns are grouped in panels of `panel` columns; a panel is stored whole,
+ * row after row, so a product streams it contiguously:
+ *   f32  : float    [np/panel][k][panel]
+ *   bf16 : uint16_t [np/panel][k][panel]          (bf16 bits, round-to-nearest-even)
+ *   int8 : int8_t   [np/panel][k4/4][panel][4]    (symmetric, per column scale)
+ * For int8, column j's value is scale[j] * q, and csum[j] = 128 * sum_k q[k][j]
+ * (activations are fed as unsigned q+128). */
+typedef struct {
+    void *data;
+    int32_t k;      /* rows */
+    int32_t k4;     /* k rounded up to 4 (int8) */
+    float *scale;   /* int8: [np] */
+    int32_t *csum;  /* int8: [np] */
+} lrt_pmat;
+
 struct lrt_weights;
-typedef int (*lrt_run_fn)(const struct lrt_weights *w, const lrt_run_args *a);
+typedef int (*lrt_run_fn)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1,
+                          float *workspace);
 
 struct lrt_weights {
     lrt_cell_desc desc;
     int32_t gates;   /* 4 LSTM, 3 GRU, 1 RNN */
     int32_t hp;      /* hidden size rounded up to LRT_PAD */
-    int32_t n;       /* gates * hp: width of a packed gate row */
-    float *wt;       /* [input_size][n]  W transposed, gate blocks padded */
-    float *rt;       /* [hidden][n]      R transposed, gate blocks padded */
+    int32_t n;       /* gates * hp: width of a gate row */
+    int32_t panel;   /* panel width of the packed matrices (per SIMD path) */
+    int32_t np;      /* n rounded up to panel */
+    int32_t precision;   /* LRT_PREC_* */
+    int32_t vnni;    /* AVX-512 VNNI available for the int8 products */
+    lrt_pmat wt;     /* W: [input_size][n] */
+    lrt_pmat rt;     /* R: [hidden][n] */
     float *bias;     /* [n] bias added to the input projection */
     float *rbh;      /* [hp] GRU linear_before_reset: Rbh, added inside r*(...) */
     float *peep;     /* [3][hp] LSTM peepholes i,o,f, or NULL */
@@ -24,21 +57,41 @@ struct lrt_weights {
     lrt_run_fn run;
 };
 
-/* Workspace layout shared by every path (offsets in floats). */
+/* Workspace layout of one batch slice (offsets in floats).  Every part but
+ * `quant` is proportional to the rows of the slice, so slices of a batch fit
+ * side by side in the workspace of the whole batch. */
 typedef struct {
-    size_t xproj, gates, h, c, rh, total;
+    size_t xproj, gates, h, c, rh, quant, total;
 } lrt_ws_layout;
 
 lrt_ws_layout lrt_ws_plan(const struct lrt_weights *w, int32_t batch, int32_t steps);
+/* floats of int8 quantization scratch one slice needs (0 unless int8) */
+size_t lrt_ws_quant_floats(const struct lrt_weights *w);
 
-int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a);
+int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define LRT_HAVE_X86 1
-int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a);
-int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a);
+int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
+int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
+/* C[m][j0..j1) = (float)(sum_k qa[m][k]*q[k][j] - csum[j]) * sa[m] * scale[j] (+ init[j]):
+ * the AVX-512 VNNI int8 product (kernel_avx512.c) */
+void lrt_gemm_i8_vnni(size_t M, const lrt_pmat *B, int panel, int j0, int j1, const uint8_t *qa,
+                      const float *sa, float *C, size_t ldc, const float *init);
 #endif
+
+/* panel width each SIMD path packs for */
+#define LRT_PANEL_SCALAR 8
+#define LRT_PANEL_AVX2 32
+#define LRT_PANEL_AVX512 64
 
 /* Scalar activation used by every path for the rarely used activations. */
 float lrt_act_scalar(int32_t kind, float alpha, float beta, float x);
+
+/* int8: quantize one row of k floats to k4 unsigned bytes (q+128, padding 128);
+ * returns the row's scale.  The same code for every path, so results agree. */
+float lrt_quantize_row(const float *a, int k, int k4, uint8_t *q);
+/* portable int8 product, same contract and bit-identical results as lrt_gemm_i8_vnni */
+void lrt_gemm_i8_ref(size_t M, const lrt_pmat *B, int panel, int j0, int j1, const uint8_t *qa,
+                     const float *sa, float *C, size_t ldc, const float *init);
 
 #endif

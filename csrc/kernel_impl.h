@@ -2,85 +2,202 @@
  * (simd_*.h).  Each kernel_<path>.c includes a mapping and then this file, so
  * every path runs the same algorithm; only the vector width differs.
  *
- * Data flow of one lrt_run call:
- *   1. xproj = X @ W^T for every step at once (one GEMM, M = steps*batch)
- *   2. per step: gates = h @ R^T (one GEMM, M = batch), then the gate
+ * Data flow of one lrt_run call on a batch slice [b0, b1):
+ *   1. xproj = bias + X @ W^T for every step at once (one GEMM, M = steps*batch)
+ *   2. per step: gates = h @ R^T (one GEMM, M = rows of the slice), then the gate
  *      nonlinearities and state update fused in one pass over each row.
+ * The weights are packed in panels (internal.h), so every product streams them
+ * contiguously.  Each output element is one float32 FMA chain over k in order,
+ * whatever M is, so slicing the batch (threads) changes no bit of the result.
  */
 #include <string.h>
 #include "internal.h"
 
 #define V LRT_VLEN
+#define P LRT_PANEL
+#define NR (LRT_NRV * V)
+#define PV (LRT_PANEL / LRT_VLEN)
 
-/* C[M][N] = A[M][K] @ Bm[K][N] (row-major, N a multiple of V). */
-static LRT_TARGET void LRT_FN(gemm)(size_t M, int N, int K, const float *A, size_t lda,
-                                    const float *Bm, size_t ldb, float *C, size_t ldc)
+/* vectors of the packed matrix: float32, or bf16 widened (bf is a constant after inlining) */
+static LRT_TARGET LRT_INLINE vf LRT_FN(bload)(const void *base, size_t idx, int bf)
 {
-    size_t m = 0;
-    for (; m + 4 <= M; m += 4) {
-        const float *a0 = A + m * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        float *c0 = C + m * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-        int j = 0;
-        for (; j + 2 * V <= N; j += 2 * V) {
-            vf s00 = vf_set1(0.f), s01 = s00, s10 = s00, s11 = s00;
-            vf s20 = s00, s21 = s00, s30 = s00, s31 = s00;
-            const float *bp = Bm + j;
-            for (int k = 0; k < K; k++, bp += ldb) {
-                vf b0 = vf_load(bp), b1 = vf_load(bp + V), x;
-                x = vf_set1(a0[k]); s00 = vf_fma(x, b0, s00); s01 = vf_fma(x, b1, s01);
-                x = vf_set1(a1[k]); s10 = vf_fma(x, b0, s10); s11 = vf_fma(x, b1, s11);
-                x = vf_set1(a2[k]); s20 = vf_fma(x, b0, s20); s21 = vf_fma(x, b1, s21);
-                x = vf_set1(a3[k]); s30 = vf_fma(x, b0, s30); s31 = vf_fma(x, b1, s31);
-            }
-            vf_store(c0 + j, s00); vf_store(c0 + j + V, s01);
-            vf_store(c1 + j, s10); vf_store(c1 + j + V, s11);
-            vf_store(c2 + j, s20); vf_store(c2 + j + V, s21);
-            vf_store(c3 + j, s30); vf_store(c3 + j + V, s31);
-        }
-        for (; j < N; j += V) {
-            vf s0 = vf_set1(0.f), s1 = s0, s2 = s0, s3 = s0;
-            const float *bp = Bm + j;
-            for (int k = 0; k < K; k++, bp += ldb) {
-                vf b0 = vf_load(bp);
-                s0 = vf_fma(vf_set1(a0[k]), b0, s0);
-                s1 = vf_fma(vf_set1(a1[k]), b0, s1);
-                s2 = vf_fma(vf_set1(a2[k]), b0, s2);
-                s3 = vf_fma(vf_set1(a3[k]), b0, s3);
-            }
-            vf_store(c0 + j, s0); vf_store(c1 + j, s1); vf_store(c2 + j, s2); vf_store(c3 + j, s3);
+    return bf ? vf_load_bf16((const uint16_t *)base + idx) : vf_load((const float *)base + idx);
+}
+
+/* One register tile: C[0..mr)[0..nv*V) = (from_c ? C : init or 0) + A[.., 0..kc) @ panel rows.
+ * b/bidx: the packed matrix and the element index of (first k, first column). */
+static LRT_TARGET LRT_INLINE void LRT_FN(tile)(const int mr, const int nv, const int bf, int kc,
+                                               const float *a, size_t lda, const void *b, size_t bidx,
+                                               float *c, size_t ldc, const float *init, int from_c)
+{
+    vf acc[LRT_MR][LRT_NRV];
+#pragma GCC unroll 8
+    for (int r = 0; r < LRT_MR; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < LRT_NRV; v++)
+            acc[r][v] = (r < mr && v < nv) ? (from_c ? vf_load(c + r * ldc + v * V)
+                                              : init ? vf_load(init + v * V) : vf_set1(0.f))
+                                           : vf_set1(0.f);
+    for (int k = 0; k < kc; k++, bidx += P) {
+        vf bv[LRT_NRV];
+#pragma GCC unroll 8
+        for (int v = 0; v < LRT_NRV; v++) bv[v] = v < nv ? LRT_FN(bload)(b, bidx + v * V, bf) : vf_set1(0.f);
+#pragma GCC unroll 8
+        for (int r = 0; r < LRT_MR; r++) {
+            if (r >= mr) break;
+            vf x = vf_set1(a[r * lda + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < LRT_NRV; v++)
+                if (v < nv) acc[r][v] = vf_fma(x, bv[v], acc[r][v]);
         }
     }
-    for (; m < M; m++) {
-        const float *a0 = A + m * lda;
-        float *c0 = C + m * ldc;
-        int j = 0;
-        /* one row: four independent accumulators hide the FMA latency */
-        for (; j + 4 * V <= N; j += 4 * V) {
-            vf s0 = vf_set1(0.f), s1 = s0, s2 = s0, s3 = s0;
-            const float *bp = Bm + j;
-            for (int k = 0; k < K; k++, bp += ldb) {
-                vf x = vf_set1(a0[k]);
-                s0 = vf_fma(x, vf_load(bp), s0);
-                s1 = vf_fma(x, vf_load(bp + V), s1);
-                s2 = vf_fma(x, vf_load(bp + 2 * V), s2);
-                s3 = vf_fma(x, vf_load(bp + 3 * V), s3);
-            }
-            vf_store(c0 + j, s0); vf_store(c0 + j + V, s1);
-            vf_store(c0 + j + 2 * V, s2); vf_store(c0 + j + 3 * V, s3);
+#pragma GCC unroll 8
+    for (int r = 0; r < LRT_MR; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < LRT_NRV; v++)
+            if (r < mr && v < nv) vf_store(c + r * ldc + v * V, acc[r][v]);
+}
+
+/* One row times up to two panels at once (2*PV independent FMA chains for
+ * the latency; each element still one chain over k in order, as in tile). */
+static LRT_TARGET LRT_INLINE void LRT_FN(gemv2)(const int nv0, const int nv1, const int bf, int K,
+                                                const float *a, const void *b, size_t i0, size_t i1,
+                                                float *c0, float *c1, const float *init0, const float *init1)
+{
+    vf s0[PV], s1[PV];
+#pragma GCC unroll 16
+    for (int v = 0; v < PV; v++) {
+        s0[v] = (v < nv0 && init0) ? vf_load(init0 + v * V) : vf_set1(0.f);
+        s1[v] = (v < nv1 && init1) ? vf_load(init1 + v * V) : vf_set1(0.f);
+    }
+    for (int k = 0; k < K; k++, i0 += P, i1 += P) {
+        vf x = vf_set1(a[k]);
+#pragma GCC unroll 16
+        for (int v = 0; v < PV; v++) {
+            if (v < nv0) s0[v] = vf_fma(x, LRT_FN(bload)(b, i0 + v * V, bf), s0[v]);
+            if (v < nv1) s1[v] = vf_fma(x, LRT_FN(bload)(b, i1 + v * V, bf), s1[v]);
         }
-        for (; j < N; j += V) {
-            vf s0 = vf_set1(0.f);
-            const float *bp = Bm + j;
-            for (int k = 0; k < K; k++, bp += ldb)
-                s0 = vf_fma(vf_set1(a0[k]), vf_load(bp), s0);
-            vf_store(c0 + j, s0);
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < PV; v++) {
+        if (v < nv0) vf_store(c0 + v * V, s0[v]);
+        if (v < nv1) vf_store(c1 + v * V, s1[v]);
+    }
+}
+
+/* C[m][j0..j1) = init[j0..j1) (or 0) + A[m][0..K) @ B[0..K)[j0..j1), j0 and j1 multiples of V.
+ * bf: B holds bf16 (a constant after inlining). */
+static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, const lrt_pmat *B, int j0, int j1,
+                                                    const float *A, size_t lda, float *C, size_t ldc,
+                                                    const float *init)
+{
+    const int K = B->k;
+    const size_t pstride = (size_t)K * P;   /* elements per panel */
+    if (M == 1) {
+        /* chunks: the columns of [j0, j1) that lie in one panel */
+        int j = j0;
+        while (j < j1) {
+            int ja = j, wa = P - ja % P < j1 - ja ? P - ja % P : j1 - ja;
+            int jb = ja + wa, wb = jb < j1 ? (P < j1 - jb ? P : j1 - jb) : 0;
+            size_t ia = (size_t)(ja / P) * pstride + (size_t)(ja % P);
+            size_t ib = wb ? (size_t)(jb / P) * pstride : 0;
+            if (wa == P && wb == P)
+                LRT_FN(gemv2)(PV, PV, bf, K, A, B->data, ia, ib, C + ja, C + jb,
+                              init ? init + ja : NULL, init ? init + jb : NULL);
+            else
+                LRT_FN(gemv2)(wa / V, wb / V, bf, K, A, B->data, ia, ib, C + ja, C + jb,
+                              init ? init + ja : NULL, init && wb ? init + jb : NULL);
+            j = jb + wb;
+        }
+        return;
+    }
+    for (size_t m0 = 0; m0 < M; m0 += LRT_MC) {
+        const size_t mc = M - m0 < LRT_MC ? M - m0 : LRT_MC;
+        for (int j = j0; j < j1;) {
+            const int c0 = j % P, w = P - c0 < j1 - j ? P - c0 : j1 - j;
+            const size_t pbase = (size_t)(j / P) * pstride;
+            for (int cc = c0; cc < c0 + w; cc += NR) {
+                const int nv = (c0 + w - cc < NR ? c0 + w - cc : NR) / V;
+                const int col = j - c0 + cc;
+                for (int k0 = 0; k0 < K; k0 += LRT_KC) {
+                    const int kc = K - k0 < LRT_KC ? K - k0 : LRT_KC;
+                    const size_t bidx = pbase + (size_t)k0 * P + (size_t)cc;
+                    const float *in = (k0 == 0 && init) ? init + col : NULL;
+                    const float *a = A + m0 * lda + (size_t)k0;
+                    float *c = C + m0 * ldc + (size_t)col;
+                    size_t m = 0;
+                    if (nv == LRT_NRV)
+                        for (; m + LRT_MR <= mc; m += LRT_MR)
+                            LRT_FN(tile)(LRT_MR, LRT_NRV, bf, kc, a + m * lda, lda, B->data, bidx,
+                                         c + m * ldc, ldc, in, k0 > 0);
+                    if (nv == LRT_NRV && m < mc) {   /* remaining rows: constant-size tiles too */
+                        const float *ar = a + m * lda;
+                        float *cr = c + m * ldc;
+                        switch (mc - m) {
+#define LRT_REM(r) case r: LRT_FN(tile)(r, LRT_NRV, bf, kc, ar, lda, B->data, bidx, cr, ldc, in, k0 > 0); break;
+                        LRT_REM(1) LRT_REM(2) LRT_REM(3)
+#if LRT_MR > 4
+                        LRT_REM(4) LRT_REM(5)
+#endif
+#if LRT_MR > 6
+                        LRT_REM(6) LRT_REM(7)
+#endif
+#undef LRT_REM
+                        default: break;
+                        }
+                        m = mc;
+                    }
+                    for (; m < mc; m += LRT_MR)
+                        LRT_FN(tile)(mc - m < LRT_MR ? (int)(mc - m) : LRT_MR, nv, bf, kc, a + m * lda, lda,
+                                     B->data, bidx, c + m * ldc, ldc, in, k0 > 0);
+                }
+            }
+            j += w;
+        }
+    }
+}
+
+static LRT_TARGET void LRT_FN(gemm_f32)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
+                                        size_t lda, float *C, size_t ldc, const float *init)
+{
+    LRT_FN(gemm_core)(0, M, B, j0, j1, A, lda, C, ldc, init);
+}
+
+static LRT_TARGET void LRT_FN(gemm_bf16)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
+                                         size_t lda, float *C, size_t ldc, const float *init)
+{
+    LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init);
+}
+
+/* The product in the weights' precision.  qws: int8 scratch, lrt_ws_quant_floats() floats. */
+static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat *B, size_t M, int j0, int j1,
+                                    const float *A, size_t lda, float *C, size_t ldc, const float *init,
+                                    float *qws)
+{
+    if (w->precision == LRT_PREC_F32) {
+        LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init);
+    } else if (w->precision == LRT_PREC_BF16) {
+        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init);
+    } else {
+        float *sa = qws;
+        uint8_t *qa = (uint8_t *)(void *)(qws + LRT_QROWS);
+        for (size_t m0 = 0; m0 < M; m0 += LRT_QROWS) {
+            const size_t mc = M - m0 < LRT_QROWS ? M - m0 : LRT_QROWS;
+            for (size_t m = 0; m < mc; m++)
+                sa[m] = lrt_quantize_row(A + (m0 + m) * lda, B->k, B->k4, qa + m * (size_t)B->k4);
+#ifdef LRT_PATH_AVX512
+            if (w->vnni)
+                lrt_gemm_i8_vnni(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+            else
+#endif
+                lrt_gemm_i8_ref(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
         }
     }
 }
 
 /* exp(x) = 2^n * e^r with |r| <= ln2/2 and a degree-7 Taylor polynomial;
  * relative error below 2e-7 for x in [-87, 88] (inputs are clamped there). */
-static inline LRT_TARGET vf LRT_FN(v_exp)(vf x)
+static LRT_INLINE LRT_TARGET vf LRT_FN(v_exp)(vf x)
 {
     x = vf_min(vf_max(x, vf_set1(-87.0f)), vf_set1(88.0f));
     vf n = vf_round(vf_mul(x, vf_set1(1.44269504088896341f)));
@@ -98,20 +215,20 @@ static inline LRT_TARGET vf LRT_FN(v_exp)(vf x)
 }
 
 /* Absolute error below 3e-7 everywhere (tests/test_kernel.py measures it). */
-static inline LRT_TARGET vf LRT_FN(v_sigmoid)(vf x)
+static LRT_INLINE LRT_TARGET vf LRT_FN(v_sigmoid)(vf x)
 {
-    return vf_div(vf_set1(1.f), vf_add(vf_set1(1.f), LRT_FN(v_exp)(vf_sub(vf_set1(0.f), x))));
+    return vf_fastdiv(vf_set1(1.f), vf_add(vf_set1(1.f), LRT_FN(v_exp)(vf_sub(vf_set1(0.f), x))));
 }
 
 /* tanh(|x|) = (1 - e^-2|x|) / (1 + e^-2|x|): never overflows; sign restored after. */
-static inline LRT_TARGET vf LRT_FN(v_tanh)(vf x)
+static LRT_INLINE LRT_TARGET vf LRT_FN(v_tanh)(vf x)
 {
     vf t = LRT_FN(v_exp)(vf_mul(vf_set1(-2.f), vf_abs(x)));
-    vf y = vf_div(vf_sub(vf_set1(1.f), t), vf_add(vf_set1(1.f), t));
+    vf y = vf_fastdiv(vf_sub(vf_set1(1.f), t), vf_add(vf_set1(1.f), t));
     return vf_copysign(y, x);
 }
 
-static inline LRT_TARGET vf LRT_FN(v_act)(const lrt_activation *a, vf x)
+static LRT_INLINE LRT_TARGET vf LRT_FN(v_act)(const lrt_activation *a, vf x)
 {
     switch (a->kind) {
     case LRT_ACT_SIGMOID: return LRT_FN(v_sigmoid)(x);
@@ -127,15 +244,14 @@ static inline LRT_TARGET vf LRT_FN(v_act)(const lrt_activation *a, vf x)
     }
 }
 
-static inline LRT_TARGET vf LRT_FN(v_clip)(const lrt_cell_desc *d, vf x)
+static LRT_INLINE LRT_TARGET vf LRT_FN(v_clip)(const lrt_cell_desc *d, vf x)
 {
     if (!d->has_clip) return x;
     return vf_min(vf_max(x, vf_set1(-d->clip)), vf_set1(d->clip));
 }
 
-/* pre-activation of gate block `gate` at lane j: input projection + recurrent product + bias */
-#define PRE(gate) vf_add(vf_add(vf_load(xp + (gate) * hp + j), vf_load(g + (gate) * hp + j)), \
-                         vf_load(w->bias + (gate) * hp + j))
+/* pre-activation of gate block `gate` at lane j: input projection (bias included) + recurrent product */
+#define PRE(gate) vf_add(vf_load(xp + (gate) * hp + j), vf_load(g + (gate) * hp + j))
 
 /* LSTM, ONNX gate order i,o,f,c; peepholes P[i,o,f]. */
 static LRT_TARGET void LRT_FN(lstm_row)(const struct lrt_weights *w, const float *xp, const float *g,
@@ -194,7 +310,7 @@ static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const floa
         vf pre;
         if (d->linear_before_reset) {
             vf rec = vf_add(vf_load(g + 2 * hp + j), vf_load(w->rbh + j));
-            pre = vf_fma(vf_load(r + j), rec, vf_add(vf_load(xp + 2 * hp + j), vf_load(w->bias + 2 * hp + j)));
+            pre = vf_fma(vf_load(r + j), rec, vf_load(xp + 2 * hp + j));
         } else {
             pre = PRE(2);
         }
@@ -205,84 +321,148 @@ static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const floa
 }
 #undef PRE
 
-static inline int LRT_FN(time_of)(const lrt_run_args *a, int b, int s)
+/* the time step row b of the slice handles at step s, or -1 once its sequence has ended */
+static inline int LRT_FN(time_of)(const int32_t *seq_lens, int T, int reverse, int b, int s)
 {
-    int len = a->seq_lens ? a->seq_lens[b] : a->steps;
+    int len = seq_lens ? seq_lens[b] : T;
     if (s >= len) return -1;
-    return a->reverse ? len - 1 - s : s;
+    return reverse ? len - 1 - s : s;
 }
 
-static LRT_TARGET void LRT_FN(gru_step)(const struct lrt_weights *w, const lrt_run_args *a, int s,
+/* Input projections are computed for up to this many rows (steps x slice rows)
+ * at a time when every sequence has the full length, so they are still in
+ * cache when the steps read them; with sequence lengths, all steps at once. */
+#define LRT_XROWS 128
+
+typedef struct {
+    const int32_t *seq_lens;   /* of the slice, or NULL */
+    int T, reverse, rows;
+    int xlo, xhi;              /* steps whose input projection xproj holds now */
+    float *qws;
+} LRT_FN(slice);
+
+static inline const float *LRT_FN(xp_row)(const LRT_FN(slice) *sl, const float *xproj, int n, int t, int b)
+{
+    return xproj + ((size_t)(t - sl->xlo) * sl->rows + b) * n;
+}
+
+/* xproj rows for steps [lo, hi) of rows [b0, b0 + rows) of the batch: bias + x @ W^T */
+static LRT_TARGET void LRT_FN(input_proj)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0,
+                                          LRT_FN(slice) *sl, float *xproj, int lo, int hi)
+{
+    const int Ball = a->batch, B = sl->rows, I = w->desc.input_size, n = w->n;
+    if (B == Ball)   /* the whole batch: its steps are contiguous rows of x */
+        LRT_FN(gemm)(w, &w->wt, (size_t)(hi - lo) * B, 0, n, a->x + (size_t)lo * B * I, (size_t)I, xproj, n,
+                     w->bias, sl->qws);
+    else             /* a slice: contiguous within each step */
+        for (int t = lo; t < hi; t++)
+            LRT_FN(gemm)(w, &w->wt, (size_t)B, 0, n, a->x + ((size_t)t * Ball + b0) * I, (size_t)I,
+                         xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->qws);
+    sl->xlo = lo;
+    sl->xhi = hi;
+}
+
+static LRT_TARGET void LRT_FN(gru_step)(const struct lrt_weights *w, const LRT_FN(slice) *sl, int s,
                                         const float *xproj, float *g, float *hb, float *rh)
 {
-    const int B = a->batch, H = w->desc.hidden_size, hp = w->hp, n = w->n;
+    const int B = sl->rows, hp = w->hp, n = w->n;
     const int lbr = w->desc.linear_before_reset;
-    LRT_FN(gemm)((size_t)B, lbr ? n : 2 * hp, H, hb, hp, w->rt, n, g, n);
+    LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, lbr ? n : 2 * hp, hb, hp, g, n, NULL, sl->qws);
     for (int b = 0; b < B; b++) {
-        int t = LRT_FN(time_of)(a, b, s);
+        int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
         float *r = rh + (size_t)b * hp;
-        LRT_FN(gru_zr_row)(w, xproj + ((size_t)t * B + b) * n, g + (size_t)b * n, r);
+        LRT_FN(gru_zr_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, r);
         if (!lbr)   /* reset applied before the recurrent product: r*h_prev */
             for (int j = 0; j < hp; j += V)
                 vf_store(r + j, vf_mul(vf_load(r + j), vf_load(hb + (size_t)b * hp + j)));
     }
-    if (!lbr) LRT_FN(gemm)((size_t)B, hp, H, rh, hp, w->rt + 2 * hp, n, g + 2 * hp, n);
+    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->qws);
     for (int b = 0; b < B; b++) {
-        int t = LRT_FN(time_of)(a, b, s);
+        int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
-        LRT_FN(gru_h_row)(w, xproj + ((size_t)t * B + b) * n, g + (size_t)b * n, rh + (size_t)b * hp,
+        LRT_FN(gru_h_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, rh + (size_t)b * hp,
                           hb + (size_t)b * hp);
     }
 }
 
-int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a)
+/* Runs rows [b0, b1) of the batch with workspace ws (lrt_ws_plan(w, b1 - b0, steps) floats). */
+int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws)
 {
     const lrt_cell_desc *d = &w->desc;
-    const int B = a->batch, T = a->steps, H = d->hidden_size, hp = w->hp, n = w->n;
+    const int B = b1 - b0, T = a->steps, H = d->hidden_size;
+    const int hp = w->hp, n = w->n;
     const int is_lstm = d->cell == LRT_LSTM;
     lrt_ws_layout L = lrt_ws_plan(w, B, T);
-    float *xproj = a->workspace + L.xproj, *g = a->workspace + L.gates;
-    float *hb = a->workspace + L.h, *cb = a->workspace + L.c, *rh = a->workspace + L.rh;
+    float *xproj = ws + L.xproj, *g = ws + L.gates;
+    float *hb = ws + L.h, *cb = ws + L.c, *rh = ws + L.rh;
+    float *h = a->h + (size_t)b0 * H, *c = is_lstm ? a->c + (size_t)b0 * H : NULL;
+    float *y = a->y ? a->y + (size_t)b0 * H : NULL;
+    LRT_FN(slice) sl;
+    sl.seq_lens = a->seq_lens ? a->seq_lens + b0 : NULL;
+    sl.T = T; sl.reverse = a->reverse; sl.rows = B; sl.qws = ws + L.quant;
+    sl.xlo = sl.xhi = 0;
+    int uniform = 1;   /* every sequence of the slice runs all T steps */
+    if (sl.seq_lens)
+        for (int b = 0; b < B; b++) uniform &= sl.seq_lens[b] == T;
+    const int tc = !uniform ? T : B >= LRT_XROWS ? 1 : (LRT_XROWS / B < T ? LRT_XROWS / B : T);
 
-    memset(a->workspace + L.gates, 0, (L.total - L.gates) * sizeof(float));
+    /* state in; the padded lanes start at zero (they are never read by a product) */
     for (int b = 0; b < B; b++) {
-        memcpy(hb + (size_t)b * hp, a->h + (size_t)b * H, (size_t)H * sizeof(float));
-        if (is_lstm) memcpy(cb + (size_t)b * hp, a->c + (size_t)b * H, (size_t)H * sizeof(float));
+        float *hr = hb + (size_t)b * hp;
+        memcpy(hr, h + (size_t)b * H, (size_t)H * sizeof(float));
+        memset(hr + H, 0, (size_t)(hp - H) * sizeof(float));
+        if (is_lstm) {
+            float *cr = cb + (size_t)b * hp;
+            memcpy(cr, c + (size_t)b * H, (size_t)H * sizeof(float));
+            memset(cr + H, 0, (size_t)(hp - H) * sizeof(float));
+        }
     }
-    LRT_FN(gemm)((size_t)T * B, n, d->input_size, a->x, (size_t)d->input_size, w->wt, n, xproj, n);
-    if (a->y && a->seq_lens)   /* steps past a sequence's end read as zeros */
-        for (int b = 0; b < B; b++)
-            for (int t = a->seq_lens[b]; t < T; t++)
-                memset(a->y + t * a->y_step_stride + (size_t)b * H, 0, (size_t)H * sizeof(float));
+    if (!uniform) {
+        LRT_FN(input_proj)(w, a, b0, &sl, xproj, 0, T);
+        if (y)   /* steps past a sequence's end read as zeros */
+            for (int b = 0; b < B; b++)
+                for (int t = sl.seq_lens[b]; t < T; t++)
+                    memset(y + t * a->y_step_stride + (size_t)b * H, 0, (size_t)H * sizeof(float));
+    }
 
     for (int s = 0; s < T; s++) {
+        if (uniform) {   /* the next chunk of steps, in the order they run */
+            const int t = a->reverse ? T - 1 - s : s;
+            if (t < sl.xlo || t >= sl.xhi) {
+                if (a->reverse) LRT_FN(input_proj)(w, a, b0, &sl, xproj, t + 1 - tc < 0 ? 0 : t + 1 - tc, t + 1);
+                else LRT_FN(input_proj)(w, a, b0, &sl, xproj, t, t + tc > T ? T : t + tc);
+            }
+        }
         if (d->cell == LRT_GRU) {
-            LRT_FN(gru_step)(w, a, s, xproj, g, hb, rh);
+            LRT_FN(gru_step)(w, &sl, s, xproj, g, hb, rh);
         } else {
-            LRT_FN(gemm)((size_t)B, n, H, hb, hp, w->rt, n, g, n);
+            LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, n, hb, hp, g, n, NULL, sl.qws);
             for (int b = 0; b < B; b++) {
-                int t = LRT_FN(time_of)(a, b, s);
+                int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
                 if (t < 0) continue;
-                const float *xp = xproj + ((size_t)t * B + b) * n;
+                const float *xp = LRT_FN(xp_row)(&sl, xproj, n, t, b);
                 if (is_lstm)
                     LRT_FN(lstm_row)(w, xp, g + (size_t)b * n, hb + (size_t)b * hp, cb + (size_t)b * hp);
                 else
                     LRT_FN(rnn_row)(w, xp, g + (size_t)b * n, hb + (size_t)b * hp);
             }
         }
-        if (a->y)
+        if (y)
             for (int b = 0; b < B; b++) {
-                int t = LRT_FN(time_of)(a, b, s);
+                int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
                 if (t >= 0)
-                    memcpy(a->y + t * a->y_step_stride + (size_t)b * H, hb + (size_t)b * hp,
+                    memcpy(y + t * a->y_step_stride + (size_t)b * H, hb + (size_t)b * hp,
                            (size_t)H * sizeof(float));
             }
     }
     for (int b = 0; b < B; b++) {
-        memcpy(a->h + (size_t)b * H, hb + (size_t)b * hp, (size_t)H * sizeof(float));
-        if (is_lstm) memcpy(a->c + (size_t)b * H, cb + (size_t)b * hp, (size_t)H * sizeof(float));
+        memcpy(h + (size_t)b * H, hb + (size_t)b * hp, (size_t)H * sizeof(float));
+        if (is_lstm) memcpy(c + (size_t)b * H, cb + (size_t)b * hp, (size_t)H * sizeof(float));
     }
     return LRT_OK;
 }
 #undef V
+#undef P
+#undef NR
+#undef PV

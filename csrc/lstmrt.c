@@ -1,9 +1,15 @@
 /* lstmrt.c — argument checking, weight packing and SIMD dispatch.
  * Every size handed in from outside is checked here, before any kernel runs. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define LRT_HAVE_PTHREAD 1
+#endif
 
 #define LRT_MAX_DIM (1 << 24)
 
@@ -38,6 +44,17 @@ int lrt_cpu_supports(int32_t simd)
 #endif
     default: return 0;
     }
+}
+
+static int cpu_has_vnni(void)
+{
+#if defined(LRT_HAVE_X86) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
 }
 
 static int resolve_simd(int32_t requested, int32_t *out)
@@ -76,6 +93,20 @@ const char *lrt_weights_path(const lrt_weights *w)
 {
     if (!w) return "none";
     return w->simd == LRT_SIMD_AVX512 ? "avx512" : w->simd == LRT_SIMD_AVX2 ? "avx2" : "scalar";
+}
+
+const char *lrt_weights_precision(const lrt_weights *w)
+{
+    if (!w) return "none";
+    return w->precision == LRT_PREC_BF16 ? "bf16" : w->precision == LRT_PREC_INT8 ? "int8" : "f32";
+}
+
+const char *lrt_weights_product(const lrt_weights *w)
+{
+    if (!w) return "none";
+    if (w->precision == LRT_PREC_BF16) return "bf16-emulated";
+    if (w->precision == LRT_PREC_INT8) return w->vnni ? "int8-vnni" : "int8-ref";
+    return "f32";
 }
 
 const char *lrt_status_string(int status)
@@ -118,18 +149,131 @@ static int check_desc(const lrt_cell_desc *d)
     if (d->has_clip && !(d->clip >= 0.f)) return 0;   /* also rejects NaN */
     for (int i = 0; i < 3; i++)
         if (d->act[i].kind < 0 || d->act[i].kind >= LRT_ACT_COUNT) return 0;
+    if (d->precision < LRT_PREC_F32 || d->precision > LRT_PREC_INT8) return 0;
+    if (d->precision == LRT_PREC_INT8 && (d->input_size > LRT_I8_MAX_K || d->hidden_size > LRT_I8_MAX_K))
+        return 0;
     return 1;
 }
 
-/* dst[k][g*hp + j] = src[(g*H + j)*K + k]: transpose one gate-stacked ONNX matrix */
-static void pack_transposed(float *dst, const float *src, int gates, int H, int hp, int K)
+/* float32 -> bf16 bits, round to nearest even; NaN stays NaN */
+static uint16_t to_bf16(float f)
 {
-    const size_t n = (size_t)gates * hp;
-    for (int g = 0; g < gates; g++)
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Packs one gate-stacked ONNX matrix src[(g*H + j)*K + k] as the K x np panel
+ * matrix of internal.h, column g*hp + j, in w's precision. */
+static int pack_matrix(lrt_pmat *m, const lrt_weights *w, const float *src, int K)
+{
+    const int G = w->gates, H = w->desc.hidden_size, hp = w->hp, P = w->panel;
+    const size_t np = (size_t)w->np;
+    m->k = K;
+    m->k4 = (K + 3) / 4 * 4;
+    if (w->precision == LRT_PREC_INT8) {
+        int8_t *q = calloc((size_t)m->k4 * np, 1);
+        m->data = q;
+        m->scale = calloc(np, sizeof(float));
+        m->csum = calloc(np, sizeof(int32_t));
+        if (!q || !m->scale || !m->csum) return 0;
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < H; j++) {
+                const float *row = src + ((size_t)g * H + j) * K;
+                const size_t col = (size_t)g * hp + j;
+                float amax = 0.f;
+                for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(row[k]));
+                if (!(amax <= FLT_MAX)) return -1;   /* inf or NaN weights have no int8 form */
+                const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+                int32_t sum = 0;
+                int8_t *dst = q + (col / P) * (size_t)m->k4 * P + (col % P) * 4;
+                for (int k = 0; k < K; k++) {
+                    long v = lrintf(row[k] * inv);
+                    v = v > 127 ? 127 : v < -127 ? -127 : v;
+                    dst[(size_t)(k / 4) * P * 4 + k % 4] = (int8_t)v;
+                    sum += (int32_t)v;
+                }
+                m->scale[col] = scale;
+                m->csum[col] = 128 * sum;
+            }
+        return 1;
+    }
+    if (w->precision == LRT_PREC_BF16) {
+        uint16_t *dst = calloc((size_t)K * np, sizeof(uint16_t));
+        m->data = dst;
+        if (!dst) return 0;
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < H; j++) {
+                const float *row = src + ((size_t)g * H + j) * K;
+                const size_t col = (size_t)g * hp + j;
+                uint16_t *d = dst + (col / P) * (size_t)K * P + col % P;
+                for (int k = 0; k < K; k++) d[(size_t)k * P] = to_bf16(row[k]);
+            }
+        return 1;
+    }
+    float *dst = calloc((size_t)K * np, sizeof(float));
+    m->data = dst;
+    if (!dst) return 0;
+    for (int g = 0; g < G; g++)
         for (int j = 0; j < H; j++) {
             const float *row = src + ((size_t)g * H + j) * K;
-            for (int k = 0; k < K; k++) dst[(size_t)k * n + (size_t)g * hp + j] = row[k];
+            const size_t col = (size_t)g * hp + j;
+            float *d = dst + (col / P) * (size_t)K * P + col % P;
+            for (int k = 0; k < K; k++) d[(size_t)k * P] = row[k];
         }
+    return 1;
+}
+
+static void free_matrix(lrt_pmat *m)
+{
+    free(m->data); free(m->scale); free(m->csum);
+}
+
+/* ---- int8 products: the portable reference (every path without VNNI) ---- */
+float lrt_quantize_row(const float *a, int k, int k4, uint8_t *q)
+{
+    float amax = 0.f;
+    for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(a[i]));
+    if (!(amax <= FLT_MAX)) {   /* inf/NaN in the row: the products come out NaN */
+        memset(q, 128, (size_t)k4);
+        return NAN;
+    }
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int i = 0; i < k; i++) {
+        long v = lrintf(a[i] * inv);
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        q[i] = (uint8_t)(v + 128);
+    }
+    memset(q + k, 128, (size_t)(k4 - k));
+    return amax / 127.f;
+}
+
+void lrt_gemm_i8_ref(size_t M, const lrt_pmat *B, int panel, int j0, int j1, const uint8_t *qa,
+                     const float *sa, float *C, size_t ldc, const float *init)
+{
+    const int kq = B->k4 / 4;
+    const int8_t *data = B->data;
+    int32_t acc[LRT_PANEL_AVX512];
+    for (size_t m = 0; m < M; m++) {
+        const uint8_t *a = qa + m * (size_t)B->k4;
+        for (int j = j0; j < j1;) {
+            const int c0 = j % panel, w = panel - c0 < j1 - j ? panel - c0 : j1 - j;
+            const int8_t *bp = data + (size_t)(j / panel) * kq * panel * 4 + (size_t)c0 * 4;
+            for (int c = 0; c < w; c++) acc[c] = 0;
+            for (int q = 0; q < kq; q++, bp += (size_t)panel * 4)
+                for (int c = 0; c < w; c++)
+                    acc[c] += a[4 * q] * bp[4 * c] + a[4 * q + 1] * bp[4 * c + 1] +
+                              a[4 * q + 2] * bp[4 * c + 2] + a[4 * q + 3] * bp[4 * c + 3];
+            for (int c = 0; c < w; c++) {
+                const int col = j + c;
+                float v = (float)(acc[c] - B->csum[col]) * sa[m] * B->scale[col];
+                C[m * ldc + col] = init ? v + init[col] : v;
+            }
+            j += w;
+        }
+    }
 }
 
 static void pack_bias(lrt_weights *w, const float *B)
@@ -148,7 +292,7 @@ static void pack_bias(lrt_weights *w, const float *B)
 void lrt_weights_free(lrt_weights *w)
 {
     if (!w) return;
-    free(w->wt); free(w->rt); free(w->bias); free(w->rbh); free(w->peep);
+    free_matrix(&w->wt); free_matrix(&w->rt); free(w->bias); free(w->rbh); free(w->peep);
     free(w);
 }
 
@@ -176,17 +320,23 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
     w->n = G * w->hp;
     w->simd = simd;
     w->run = run_fn_of(simd);
-    w->wt = calloc((size_t)I * w->n, sizeof(float));
-    w->rt = calloc((size_t)H * w->n, sizeof(float));
+    w->panel = simd == LRT_SIMD_AVX512 ? LRT_PANEL_AVX512 : simd == LRT_SIMD_AVX2 ? LRT_PANEL_AVX2
+                                                                                : LRT_PANEL_SCALAR;
+    w->np = (w->n + w->panel - 1) / w->panel * w->panel;
+    w->precision = desc->precision;
+    w->vnni = desc->precision == LRT_PREC_INT8 && simd == LRT_SIMD_AVX512 && cpu_has_vnni();
     w->bias = calloc((size_t)w->n, sizeof(float));
     w->rbh = calloc((size_t)w->hp, sizeof(float));
     w->peep = P ? calloc((size_t)3 * w->hp, sizeof(float)) : NULL;
-    if (!w->wt || !w->rt || !w->bias || !w->rbh || (P && !w->peep)) {
+    int okw = pack_matrix(&w->wt, w, W, I), okr = okw == 1 ? pack_matrix(&w->rt, w, R, H) : 0;
+    if (okw < 0 || okr < 0) {
+        lrt_weights_free(w);
+        return LRT_E_ARG;
+    }
+    if (!okw || !okr || !w->bias || !w->rbh || (P && !w->peep)) {
         lrt_weights_free(w);
         return LRT_E_NOMEM;
     }
-    pack_transposed(w->wt, W, G, H, w->hp, I);
-    pack_transposed(w->rt, R, G, H, w->hp, H);
     pack_bias(w, B);
     if (P)
         for (int g = 0; g < 3; g++) memcpy(w->peep + (size_t)g * w->hp, P + (size_t)g * H, (size_t)H * sizeof(float));
@@ -195,9 +345,16 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
 }
 
 /* ---- running ---- */
+size_t lrt_ws_quant_floats(const lrt_weights *w)
+{
+    if (w->precision != LRT_PREC_INT8) return 0;
+    const size_t k4 = (size_t)(w->wt.k4 > w->rt.k4 ? w->wt.k4 : w->rt.k4);
+    return LRT_QROWS + LRT_QROWS * k4 / 4;   /* row scales, then rows of k4 bytes */
+}
+
 lrt_ws_layout lrt_ws_plan(const lrt_weights *w, int32_t batch, int32_t steps)
 {
-    lrt_ws_layout L = {0, 0, 0, 0, 0, SIZE_MAX};
+    lrt_ws_layout L = {0, 0, 0, 0, 0, 0, SIZE_MAX};
     size_t xproj, rows = (size_t)batch;
     if (!mul3((size_t)steps, rows, (size_t)w->n, &xproj)) return L;
     const size_t row_state = rows * (size_t)w->hp;
@@ -205,14 +362,44 @@ lrt_ws_layout lrt_ws_plan(const lrt_weights *w, int32_t batch, int32_t steps)
     L.h = L.gates + rows * (size_t)w->n;
     L.c = L.h + row_state;
     L.rh = L.c + (w->desc.cell == LRT_LSTM ? row_state : 0);
-    L.total = L.rh + (w->desc.cell == LRT_GRU ? row_state : 0);
+    L.quant = L.rh + (w->desc.cell == LRT_GRU ? row_state : 0);
+    L.total = L.quant + lrt_ws_quant_floats(w);
     return L;
+}
+
+static int effective_threads(int32_t threads, int32_t batch)
+{
+    int nt = threads < 1 ? 1 : threads;
+    if (nt > batch) nt = batch;
+#ifndef LRT_HAVE_PTHREAD
+    nt = 1;
+#endif
+    return nt < 1 ? 1 : nt;
+}
+
+/* rows of slice i when `batch` rows are split in nt near-equal slices */
+static int32_t slice_start(int32_t batch, int nt, int i)
+{
+    return (int32_t)((int64_t)batch * i / nt);
+}
+
+size_t lrt_workspace_floats_threads(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads)
+{
+    if (!w || batch < 0 || steps < 0 || batch > LRT_MAX_DIM || steps > LRT_MAX_DIM) return SIZE_MAX;
+    if (threads < 0 || threads > LRT_MAX_THREADS) return SIZE_MAX;
+    const int nt = effective_threads(threads, batch);
+    size_t total = 0;
+    for (int i = 0; i < nt; i++) {
+        size_t part = lrt_ws_plan(w, slice_start(batch, nt, i + 1) - slice_start(batch, nt, i), steps).total;
+        if (part == SIZE_MAX || total > SIZE_MAX - 1 - part) return SIZE_MAX;
+        total += part;
+    }
+    return total;
 }
 
 size_t lrt_workspace_floats(const lrt_weights *w, int32_t batch, int32_t steps)
 {
-    if (!w || batch < 0 || steps < 0 || batch > LRT_MAX_DIM || steps > LRT_MAX_DIM) return SIZE_MAX;
-    return lrt_ws_plan(w, batch, steps).total;
+    return lrt_workspace_floats_threads(w, batch, steps, 1);
 }
 
 static int check_run_args(const lrt_weights *w, const lrt_run_args *a)
@@ -220,6 +407,7 @@ static int check_run_args(const lrt_weights *w, const lrt_run_args *a)
     const size_t B = (size_t)a->batch, T = (size_t)a->steps, H = (size_t)w->desc.hidden_size;
     size_t x_len;
     if (a->batch < 0 || a->steps < 0 || a->batch > LRT_MAX_DIM || a->steps > LRT_MAX_DIM) return LRT_E_ARG;
+    if (a->threads < 0 || a->threads > LRT_MAX_THREADS) return LRT_E_ARG;
     if (!mul3(T, B, (size_t)w->desc.input_size, &x_len) || a->x_len != x_len || (x_len && !a->x))
         return LRT_E_ARG;
     if (!a->h || a->h_len != B * H) return LRT_E_ARG;
@@ -236,10 +424,27 @@ static int check_run_args(const lrt_weights *w, const lrt_run_args *a)
             a->y_len < last + B * H)
             return LRT_E_ARG;
     }
-    size_t need = lrt_ws_plan(w, a->batch, a->steps).total;
+    size_t need = lrt_workspace_floats_threads(w, a->batch, a->steps, a->threads);
     if (need == SIZE_MAX || !a->workspace || a->workspace_len < need) return LRT_E_WORKSPACE;
     return LRT_OK;
 }
+
+#ifdef LRT_HAVE_PTHREAD
+typedef struct {
+    const lrt_weights *w;
+    const lrt_run_args *a;
+    int32_t b0, b1;
+    float *ws;
+    int status;
+} lrt_slice_job;
+
+static void *run_slice(void *arg)
+{
+    lrt_slice_job *job = arg;
+    job->status = job->w->run(job->w, job->a, job->b0, job->b1, job->ws);
+    return NULL;
+}
+#endif
 
 int lrt_run(const lrt_weights *w, const lrt_run_args *a)
 {
@@ -247,5 +452,34 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
     int st = check_run_args(w, a);
     if (st != LRT_OK) return st;
     if (a->batch == 0 || a->steps == 0) return LRT_OK;   /* nothing to do; state passes through */
-    return w->run(w, a);
+    const int nt = effective_threads(a->threads, a->batch);
+    if (nt == 1) return w->run(w, a, 0, a->batch, a->workspace);
+#ifdef LRT_HAVE_PTHREAD
+    /* slices of the batch are independent sequences: no synchronisation until the join */
+    lrt_slice_job jobs[LRT_MAX_THREADS];
+    pthread_t tids[LRT_MAX_THREADS];
+    int started[LRT_MAX_THREADS];
+    float *ws = a->workspace;
+    for (int i = 0; i < nt; i++) {
+        jobs[i].w = w;
+        jobs[i].a = a;
+        jobs[i].b0 = slice_start(a->batch, nt, i);
+        jobs[i].b1 = slice_start(a->batch, nt, i + 1);
+        jobs[i].ws = ws;
+        jobs[i].status = LRT_OK;
+        ws += lrt_ws_plan(w, jobs[i].b1 - jobs[i].b0, a->steps).total;
+    }
+    for (int i = 1; i < nt; i++)   /* a thread that cannot start runs its slice here instead */
+        started[i] = pthread_create(&tids[i], NULL, run_slice, &jobs[i]) == 0;
+    run_slice(&jobs[0]);
+    st = jobs[0].status;
+    for (int i = 1; i < nt; i++) {
+        if (started[i]) pthread_join(tids[i], NULL);
+        else run_slice(&jobs[i]);
+        if (jobs[i].status != LRT_OK) st = jobs[i].status;
+    }
+    return st;
+#else
+    return w->run(w, a, 0, a->batch, a->workspace);
+#endif
 }

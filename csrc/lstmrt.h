@@ -37,6 +37,16 @@ enum {
  * ("scalar", "avx2", "avx512") and otherwise picks the best the CPU has. */
 enum { LRT_SIMD_AUTO = 0, LRT_SIMD_SCALAR = 1, LRT_SIMD_AVX2 = 2, LRT_SIMD_AVX512 = 3 };
 
+/* Precision of the weight products (opt-in; activations, state and sums stay float32):
+ *   LRT_PREC_F32  : float32 weights (default).
+ *   LRT_PREC_BF16 : weights rounded to bfloat16 (nearest-even), multiplied in float32:
+ *                   half the weight memory traffic, same result on every CPU.
+ *   LRT_PREC_INT8 : weights quantized symmetric int8 per output unit, the activation
+ *                   rows (x, h) quantized symmetric int8 per row and call/step, exact
+ *                   int32 dot products (AVX-512 VNNI where present, portable C
+ *                   otherwise, bit-identical).  input_size and hidden_size <= 65536. */
+enum { LRT_PREC_F32 = 0, LRT_PREC_BF16 = 1, LRT_PREC_INT8 = 2 };
+
 typedef struct {
     int32_t kind;   /* LRT_ACT_* */
     float alpha;
@@ -53,6 +63,7 @@ typedef struct {
     float clip;
     lrt_activation act[3];       /* f, g, h as in the ONNX spec; unused slots ignored */
     int32_t simd;                /* LRT_SIMD_* */
+    int32_t precision;           /* LRT_PREC_*; 0 = float32 */
 } lrt_cell_desc;
 
 typedef struct lrt_weights lrt_weights;
@@ -80,13 +91,25 @@ typedef struct {
     float *y; size_t y_len;          /* NULL, or y[t*y_step_stride + b*hidden + j] */
     int64_t y_step_stride;
     float *workspace; size_t workspace_len;
+    int32_t threads;                 /* 0 or 1: run on the calling thread.  n > 1: split the
+                                        batch into min(n, batch) slices run on that many
+                                        threads (POSIX builds; elsewhere one thread).
+                                        Results equal the one-thread run bit for bit. */
 } lrt_run_args;
 
+enum { LRT_MAX_THREADS = 256 };
+
+/* Workspace (in floats) one lrt_run call needs: for threads <= 1, and for a given thread count. */
 size_t lrt_workspace_floats(const lrt_weights *w, int32_t batch, int32_t steps);
+size_t lrt_workspace_floats_threads(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads);
 int lrt_run(const lrt_weights *w, const lrt_run_args *args);
 
 /* Name of the SIMD path a weights object runs on: "scalar", "avx2", "avx512". */
 const char *lrt_weights_path(const lrt_weights *w);
+/* Precision a weights object was packed in: "f32", "bf16", "int8"; and the instructions its
+ * products use: "f32", "bf16-emulated" (float32 FMA on widened bf16), "int8-vnni", "int8-ref". */
+const char *lrt_weights_precision(const lrt_weights *w);
+const char *lrt_weights_product(const lrt_weights *w);
 /* 1 when the CPU (and this build) can run the given LRT_SIMD_* path. */
 int lrt_cpu_supports(int32_t simd);
 const char *lrt_status_string(int status);

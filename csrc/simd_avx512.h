@@ -1,9 +1,18 @@
 /* AVX-512F mapping: 16 float lanes. */
 #include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
 #define LRT_VLEN 16
 #define LRT_FN(name) name##_avx512
 #define LRT_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define LRT_PATH_AVX512 1
+/* packed panel width, register tile (LRT_MR rows x LRT_NRV vectors), K block */
+#define LRT_PANEL LRT_PANEL_AVX512
+#define LRT_NRV 4
+#define LRT_MR 6
+#define LRT_KC 128
+#define LRT_MC 120
 
 typedef __m512 vf;
 
@@ -14,6 +23,13 @@ static inline LRT_TARGET vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline LRT_TARGET vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline LRT_TARGET vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline LRT_TARGET vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+/* a / b for b in [1, 2^127]: 14-bit reciprocal and one Newton step (relative error ~2^-27);
+ * a fraction of vdivps' cost, which dominated the gate pass */
+static inline LRT_TARGET vf vf_fastdiv(vf a, vf b) {
+    __m512 r = _mm512_rcp14_ps(b);
+    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.f)), r);
+    return _mm512_mul_ps(a, r);
+}
 static inline LRT_TARGET vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline LRT_TARGET vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline LRT_TARGET vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
@@ -32,4 +48,9 @@ static inline LRT_TARGET vf vf_copysign(vf mag, vf sgn) {
 static inline LRT_TARGET vf vf_pow2i(vf n) {
     __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_castsi512_ps(bits);
+}
+/* 16 bf16 values widened to float32 (exact) */
+static inline LRT_TARGET vf vf_load_bf16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }

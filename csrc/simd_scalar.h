@@ -6,6 +6,11 @@
 #define LRT_VLEN 1
 #define LRT_FN(name) name##_scalar
 #define LRT_TARGET
+#define LRT_PANEL LRT_PANEL_SCALAR
+#define LRT_NRV 4
+#define LRT_MR 4
+#define LRT_KC 1024
+#define LRT_MC 128
 
 typedef float vf;
 
@@ -16,6 +21,8 @@ static inline vf vf_add(vf a, vf b) { return a + b; }
 static inline vf vf_sub(vf a, vf b) { return a - b; }
 static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_div(vf a, vf b) { return a / b; }
+/* a / b for b >= 1 (the AVX-512 mapping uses a reciprocal there) */
+static inline vf vf_fastdiv(vf a, vf b) { return a / b; }
 static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
 static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
@@ -26,6 +33,12 @@ static inline vf vf_copysign(vf mag, vf sgn) { return copysignf(mag, sgn); }
 /* 2^n for integral-valued n in [-126, 127] */
 static inline vf vf_pow2i(vf n) {
     uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+static inline vf vf_load_bf16(const uint16_t *p) {
+    uint32_t bits = (uint32_t)*p << 16;
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,9 @@ ffi, lib = _mod.ffi, _mod.lib
 CELLS = {"RNN": lib.LRT_RNN, "GRU": lib.LRT_GRU, "LSTM": lib.LRT_LSTM}
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 SIMD_PATHS = {"scalar": lib.LRT_SIMD_SCALAR, "avx2": lib.LRT_SIMD_AVX2, "avx512": lib.LRT_SIMD_AVX512}
+# weight-product precision (opt-in; see csrc/lstmrt.h): state, activations and sums stay float32
+PRECISIONS = {"f32": lib.LRT_PREC_F32, "bf16": lib.LRT_PREC_BF16, "int8": lib.LRT_PREC_INT8}
+MAX_THREADS = lib.LRT_MAX_THREADS
 # lower-case ONNX activation name -> kernel enum
 ACTIVATIONS = {
     "sigmoid": lib.LRT_ACT_SIGMOID, "tanh": lib.LRT_ACT_TANH, "relu": lib.LRT_ACT_RELU,
@@ -67,6 +71,7 @@ class CellSpec:
     clip: float | None = None
     linear_before_reset: bool = False
     input_forget: bool = False
+    precision: str = "f32"          # "f32" | "bf16" | "int8"; CellWeights(precision=...) overrides
 
 
 def _float_buffer(array: np.ndarray | None):
@@ -75,15 +80,42 @@ def _float_buffer(array: np.ndarray | None):
     return ffi.from_buffer("float[]", array), array.size
 
 
+def _check_threads(threads) -> int:
+    threads = int(threads)
+    if not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must lie in [0, {MAX_THREADS}], got {threads}")
+    return threads
+
+
+class _PerThread(threading.local):
+    """Per-thread scratch of run(): a workspace grown to the largest call and one args
+    struct.  Streams of one session run in parallel threads, so nothing here is shared."""
+    def __init__(self):
+        self.workspace = np.empty(0, np.float32)
+        self.workspace_buf = ffi.from_buffer("float[]", self.workspace)
+        self.args = ffi.new("lrt_run_args *")
+
+
+_per_thread = _PerThread()
+
+
 @dataclass(eq=False)
 class CellWeights:
-    """Packed weights of one direction; immutable and shared by every stream."""
+    """Packed weights of one direction; immutable and shared by every stream.
+
+    simd: force a SIMD path ("scalar", "avx2", "avx512"); precision: "f32" (default),
+    "bf16" or "int8" for the weight products (overrides spec.precision when given).
+    """
     spec: CellSpec
     simd: str | None = None
+    precision: str | None = None
     _handle: object = field(init=False, repr=False)
 
     def pack(self, W, R, B=None, P=None) -> "CellWeights":
         s = self.spec
+        precision = self.precision or s.precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         desc = ffi.new("lrt_cell_desc *")
         desc.cell = CELLS[s.cell]
         desc.input_size, desc.hidden_size = s.input_size, s.hidden_size
@@ -92,34 +124,109 @@ class CellWeights:
         for i, act in enumerate(s.activations):
             desc.act[i].kind, desc.act[i].alpha, desc.act[i].beta = ACTIVATIONS[act.name], act.alpha, act.beta
         desc.simd = SIMD_PATHS[self.simd] if self.simd else lib.LRT_SIMD_AUTO
+        desc.precision = PRECISIONS[precision]
         arrays = [None if a is None else np.ascontiguousarray(a, dtype=np.float32) for a in (W, R, B, P)]
         out = ffi.new("lrt_weights **")
         _check(lib.lrt_weights_create(desc, *_float_buffer(arrays[0]), *_float_buffer(arrays[1]),
                                       *_float_buffer(arrays[2]), *_float_buffer(arrays[3]), out),
                f"packing {s.cell} weights")
         self._handle = ffi.gc(out[0], lib.lrt_weights_free)
+        self._ws_sizes = {}   # (batch, steps, threads) -> workspace floats; immutable facts
         return self
 
     @property
     def simd_path(self) -> str:
         return ffi.string(lib.lrt_weights_path(self._handle)).decode()
 
-    def run(self, x, h, c=None, y=None, y_step_stride=0, seq_lens=None, reverse=False):
+    @property
+    def packed_precision(self) -> str:
+        """"f32", "bf16" or "int8", as packed."""
+        return ffi.string(lib.lrt_weights_precision(self._handle)).decode()
+
+    @property
+    def product(self) -> str:
+        """Instructions of the weight products: "f32", "bf16-emulated", "int8-vnni", "int8-ref"."""
+        return ffi.string(lib.lrt_weights_product(self._handle)).decode()
+
+    def workspace_floats(self, batch: int, steps: int, threads: int = 1) -> int:
+        return lib.lrt_workspace_floats_threads(self._handle, batch, steps, _check_threads(threads))
+
+    def run(self, x, h, c=None, y=None, y_step_stride=0, seq_lens=None, reverse=False, threads=1):
         """Advance the cell over x [T, B, I] (C-contiguous float32).
 
         h (and c for LSTM) are [B, H] float32 arrays updated in place.  y, when
         given, is a flat float32 view written at y[t*y_step_stride + b*H + j].
+        threads > 1 splits the batch over that many threads (same result bit for bit).
         """
         T, B = x.shape[0], x.shape[1]
-        ws = np.empty(lib.lrt_workspace_floats(self._handle, B, T), dtype=np.float32)
-        args = ffi.new("lrt_run_args *")
-        args.batch, args.steps, args.reverse = B, T, int(reverse)
-        args.x, args.x_len = _float_buffer(x)
+        local = _per_thread
+        key = (B, T, threads)
+        need = self._ws_sizes.get(key)
+        if need is None:
+            need = lib.lrt_workspace_floats_threads(self._handle, B, T, _check_threads(threads))
+            if need >= 1 << 62:
+                raise KernelError(f"running {self.spec.cell}: batch {B} x steps {T} is too large")
+            if len(self._ws_sizes) < 64:
+                self._ws_sizes[key] = need
+        if need > local.workspace.size:
+            local.workspace = np.empty(need, dtype=np.float32)
+            local.workspace_buf = ffi.from_buffer("float[]", local.workspace)
+        # every field is set on every call, so what the struct pointed to last time never matters
+        args = local.args
+        args.batch, args.steps, args.reverse, args.threads = B, T, reverse, threads
+        args.x, args.x_len = ffi.from_buffer("float[]", x), x.size
         if seq_lens is not None:
             args.seq_lens, args.seq_lens_len = ffi.from_buffer("int32_t[]", seq_lens), seq_lens.size
-        args.h, args.h_len = _float_buffer(h)
+        else:
+            args.seq_lens, args.seq_lens_len = ffi.NULL, 0
+        args.h, args.h_len = ffi.from_buffer("float[]", h), h.size
         args.c, args.c_len = _float_buffer(c)
         args.y, args.y_len = _float_buffer(y)
         args.y_step_stride = y_step_stride
-        args.workspace, args.workspace_len = _float_buffer(ws)
-        _check(lib.lrt_run(self._handle, args), f"running {self.spec.cell}")
+        args.workspace, args.workspace_len = local.workspace_buf, local.workspace.size
+        status = lib.lrt_run(self._handle, args)
+        if status != lib.LRT_OK:
+            _check(status, f"running {self.spec.cell}")
+
+    def runner(self, batch: int, steps: int, threads: int = 1, y: bool = True) -> "CellRunner":
+        """A preallocated call of this cell for streaming: see CellRunner."""
+        return CellRunner(self, batch, steps, threads, y)
+
+
+class CellRunner:
+    """One fixed-shape call of a cell with its own buffers, for the lowest per-call cost.
+
+    Fill `x` [steps, batch, input] (e.g. np.copyto(runner.x, chunk)), call `run()`;
+    `h` (and `c`) [batch, hidden] carry the state from call to call, and `y`
+    [steps, batch, hidden] holds the outputs of the last call.  A call is one C call
+    on prebuilt arguments.  Owned by one thread at a time (it holds the workspace).
+    """
+    def __init__(self, weights: CellWeights, batch: int, steps: int, threads: int = 1, y: bool = True):
+        s = weights.spec
+        if batch < 1 or steps < 1:
+            raise ValueError(f"batch and steps must be positive, got {batch}, {steps}")
+        self.weights, self.batch, self.steps = weights, batch, steps
+        self.x = np.zeros((steps, batch, s.input_size), np.float32)
+        self.h = np.zeros((batch, s.hidden_size), np.float32)
+        self.c = np.zeros((batch, s.hidden_size), np.float32) if s.cell == "LSTM" else None
+        self.y = np.zeros((steps, batch, s.hidden_size), np.float32) if y else None
+        self._ws = np.empty(weights.workspace_floats(batch, steps, threads), np.float32)
+        self._bufs = [_float_buffer(a) for a in (self.x, self.h, self.c, self.y, self._ws)]
+        a = self._args = ffi.new("lrt_run_args *")
+        a.batch, a.steps, a.threads = batch, steps, _check_threads(threads)
+        (a.x, a.x_len), (a.h, a.h_len), (a.c, a.c_len), (a.y, a.y_len), (a.workspace, a.workspace_len) = self._bufs
+        a.y_step_stride = batch * s.hidden_size
+        self._lrt_run, self._handle = lib.lrt_run, weights._handle
+
+    def reset(self) -> None:
+        self.h.fill(0.0)
+        if self.c is not None:
+            self.c.fill(0.0)
+
+    def run(self, reverse: bool = False) -> None:
+        a = self._args
+        if a.reverse != reverse:
+            a.reverse = reverse
+        status = self._lrt_run(self._handle, a)
+        if status:
+            _check(status, f"running {self.weights.spec.cell}")
