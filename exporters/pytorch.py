@@ -68,9 +68,20 @@ def _arg_names(model) -> list:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def _get(module, attr, default=None):
-    value = getattr(module, attr, default)
-    return default if value is None else value
+def _rnn_info(rec) -> tuple:
+    """(input_size, hidden_size, layers * directions, batch_first) of an RNN module; a traced
+    TorchScript module keeps no attributes, so read its parameters and its aten:: call."""
+    params = dict(rec.named_parameters())
+    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
+    layers = sum(1 for n in params if n.startswith("weight_ih_l"))
+    batch_first = getattr(rec, "batch_first", None)
+    if batch_first is None:
+        batch_first = False
+        graph = getattr(rec, "graph", None)
+        for node in (graph.nodes() if graph is not None else []):
+            if node.kind() in ("aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu"):
+                batch_first = bool(list(node.inputs())[-1].toIValue())
+    return int(w_ih.shape[1]), int(w_hh.shape[1]), layers, bool(batch_first)
 
 
 def _example(model, example_input):
@@ -78,10 +89,9 @@ def _example(model, example_input):
     rec = _first(model, RECURRENT)
     if rec is None:
         raise _error("the model has no nn.LSTM, nn.GRU or nn.RNN layer")
-    batch_first = bool(_get(rec, "batch_first", False))
+    input_size, hidden, layers, batch_first = _rnn_info(rec)
     emb = _first(model, ("Embedding",))
-    layers = int(_get(rec, "num_layers", 1)) * (2 if _get(rec, "bidirectional", False) else 1)
-    hidden = int(_get(rec, "hidden_size"))
+    vocab = int(dict(emb.named_parameters())["weight"].shape[0]) if emb is not None else None
     seq_dims = ["B", "T"] if batch_first else ["T", "B"]
     args = _arg_names(model)
     if example_input is not None:
@@ -93,7 +103,7 @@ def _example(model, example_input):
             v = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
             dims = (seq_dims + list(v.shape[2:])) if i == 0 else [layers, "B", hidden]
             out.append((name, v, dims))
-        return out, (emb.num_embeddings if emb is not None else None)
+        return out, vocab
     required = [(n, is_tuple) for n, is_tuple, optional in args if not optional]
     if not required:
         raise _error("cannot tell the model's inputs from its forward(); pass example_input")
@@ -103,7 +113,7 @@ def _example(model, example_input):
         x = np.ones([shape[d] for d in seq_dims], np.int64)
         out.append((required[0][0], x, list(seq_dims)))
     else:
-        x = np.zeros([shape[d] for d in seq_dims] + [int(_get(rec, "input_size"))], np.float32)
+        x = np.zeros([shape[d] for d in seq_dims] + [input_size], np.float32)
         out.append((required[0][0], x, seq_dims + [x.shape[-1]]))
     for name, is_tuple in required[1:]:
         state = np.zeros([layers, 2, hidden], np.float32)
@@ -111,7 +121,7 @@ def _example(model, example_input):
             out += [(f"{name}_{k}", state, [layers, "B", hidden]) for k in range(2)]
         else:
             out.append((name, state, [layers, "B", hidden]))
-    return out, (emb.num_embeddings if emb is not None else None)
+    return out, vocab
 
 
 def export(model, example_input=None, state: bool = True):
