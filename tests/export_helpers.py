@@ -72,7 +72,9 @@ def stream_matches_whole(path: Path, feed: dict, time_axis: dict, chunks=(2, 1, 
     sess = lstmrt.InferenceSession(str(path), backend="native")
     stream = sess.stream()
     outs = [o.name for o in sess.get_outputs() if o.name not in stream.pairs.values()]
-    zero = {n: np.zeros([feed[next(iter(feed))].shape[0] if d is None or isinstance(d, str) else d
+    first = next(iter(time_axis))
+    batch = feed[first].shape[1 if time_axis[first] == 0 else 0]
+    zero = {n: np.zeros([batch if d is None or isinstance(d, str) else d
                          for d in sess.model.input(n).shape], np.float32) for n in stream.pairs}
     whole = dict(zip(outs, sess.run(outs, {**feed, **zero})))
     steps = next(feed[n].shape[a] for n, a in time_axis.items())

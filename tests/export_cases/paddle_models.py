@@ -1,0 +1,128 @@
+"""Build small Paddle models of the covered layer kinds, train a few steps, save them with
+paddle.jit.save (.json + .pdiparams), list them in OUTDIR/models.json.
+python tests/export_cases/paddle_models.py OUTDIR"""
+import contextlib
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import paddle
+from paddle import nn
+from paddle.static import InputSpec
+
+paddle.seed(0)
+paddle.set_device("cpu")
+
+
+class LstmSeq(nn.Layer):              # batch-major, Linear on every step
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y)
+
+
+class Gru2Last(nn.Layer):             # stacked GRU, last step, activation
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(4, 6, num_layers=2, dropout=0.2), nn.Linear(6, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return paddle.tanh(self.head(y[:, -1]))
+
+
+class BiGruTimeMajor(nn.Layer):       # bidirectional, time-major
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 5, direction="bidirect", time_major=True)
+        self.drop, self.head = nn.Dropout(0.3), nn.Linear(10, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return nn.functional.relu(self.head(self.drop(y)))
+
+
+class EmbLstm(nn.Layer):              # Embedding -> LSTM
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(30, 6), nn.LSTM(6, 7), nn.Linear(7, 3)
+
+    def forward(self, tokens):
+        y, _ = self.rnn(self.emb(tokens))
+        return nn.functional.sigmoid(self.head(y))
+
+
+class LstmState(nn.Layer):            # initial states in, final states out
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x, h0, c0):
+        y, (h, c) = self.rnn(x, (h0, c0))
+        return self.head(y), h, c
+
+
+class Lstm2States(nn.Layer):          # stacked LSTM returning every layer's final h
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(5, 6, num_layers=2), nn.Linear(6, 2)
+
+    def forward(self, x):
+        y, (h, c) = self.rnn(x)
+        return self.head(y), h
+
+
+class SimpleRnn(nn.Layer):            # paddle2onnx 2.1 drops SimpleRNN: refused, op named
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.SimpleRNN(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y)
+
+
+F = "float32"
+MODELS = {"lstm_seq": (LstmSeq, [([None, None, 5], F, (4, 6, 5))]),
+          "gru2_last": (Gru2Last, [([None, None, 4], F, (4, 6, 4))]),
+          "bigru_tm": (BiGruTimeMajor, [([None, None, 4], F, (6, 4, 4))]),
+          "emb_lstm": (EmbLstm, [([None, None], "int64", (4, 6))]),
+          "lstm_state": (LstmState, [([None, None, 4], F, (4, 6, 4)), ([1, None, 6], F, (1, 4, 6)),
+                                     ([1, None, 6], F, (1, 4, 6))]),
+          "lstm2_states": (Lstm2States, [([None, None, 5], F, (4, 6, 5))]),
+          "simple_rnn": (SimpleRnn, [([None, None, 3], F, (4, 6, 3))])}
+
+
+def main(outdir):
+    rng = np.random.default_rng(0)
+    listing = {}
+    for name, (cls, inputs) in MODELS.items():
+        model = cls()
+        opt = paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters())
+        args = [paddle.to_tensor(rng.integers(0, 30, shape) if dtype == "int64"
+                                 else rng.standard_normal(shape).astype(dtype)) for _, dtype, shape in inputs]
+        model.train()
+        for _ in range(5):                       # a few steps: weights not at init
+            out = model(*args)
+            out = out if isinstance(out, (tuple, list)) else [out]
+            loss = sum(((o - 0.5) ** 2).mean() for o in out)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+        model.eval()
+        names = ["x", "h0", "c0"] if name == "lstm_state" else ["tokens" if name == "emb_lstm" else "x"]
+        prefix = os.path.join(outdir, name)
+        with contextlib.redirect_stdout(io.StringIO()):
+            paddle.jit.save(model, prefix, input_spec=[InputSpec(s, d, n) for (s, d, _), n in zip(inputs, names)])
+        listing[name] = prefix + (".json" if os.path.exists(prefix + ".json") else ".pdmodel")
+    with open(os.path.join(outdir, "models.json"), "w") as f:
+        json.dump(listing, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
