@@ -75,6 +75,8 @@ int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0,
 int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
 /* C[m][j0..j1) = (float)(sum_k qa[m][k]*q[k][j] - csum[j]) * sa[m] * scale[j] (+ init[j]):
  * the AVX-512 VNNI int8 product (kernel_avx512.c) */
+/* lrt_quantize_row with AVX-512BW, bit-identical */
+float lrt_quantize_row_avx512(const float *a, int k, int k4, uint8_t *q);
 void lrt_gemm_i8_vnni(size_t M, const lrt_pmat *B, int panel, int j0, int j1, const uint8_t *qa,
                       const float *sa, float *C, size_t ldc, const float *init);
 #endif

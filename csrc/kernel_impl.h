@@ -183,14 +183,17 @@ static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat 
         uint8_t *qa = (uint8_t *)(void *)(qws + LRT_QROWS);
         for (size_t m0 = 0; m0 < M; m0 += LRT_QROWS) {
             const size_t mc = M - m0 < LRT_QROWS ? M - m0 : LRT_QROWS;
+#ifdef LRT_PATH_AVX512
+            if (w->vnni) {
+                for (size_t m = 0; m < mc; m++)
+                    sa[m] = lrt_quantize_row_avx512(A + (m0 + m) * lda, B->k, B->k4, qa + m * (size_t)B->k4);
+                lrt_gemm_i8_vnni(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+                continue;
+            }
+#endif
             for (size_t m = 0; m < mc; m++)
                 sa[m] = lrt_quantize_row(A + (m0 + m) * lda, B->k, B->k4, qa + m * (size_t)B->k4);
-#ifdef LRT_PATH_AVX512
-            if (w->vnni)
-                lrt_gemm_i8_vnni(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
-            else
-#endif
-                lrt_gemm_i8_ref(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+            lrt_gemm_i8_ref(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
         }
     }
 }

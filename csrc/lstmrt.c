@@ -235,11 +235,17 @@ static void free_matrix(lrt_pmat *m)
 float lrt_quantize_row(const float *a, int k, int k4, uint8_t *q)
 {
     float amax = 0.f;
-    for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(a[i]));
-    if (!(amax <= FLT_MAX)) {   /* inf/NaN in the row: the products come out NaN */
+    int finite = 1;
+    for (int i = 0; i < k; i++) {
+        const float v = fabsf(a[i]);
+        amax = v > amax ? v : amax;
+        finite &= v <= FLT_MAX;   /* false for inf and NaN */
+    }
+    if (!finite) {   /* inf/NaN in the row: the products come out NaN */
         memset(q, 128, (size_t)k4);
         return NAN;
     }
+    /* q = nearest-even(a * inv), clamped to [-127, 127]; the AVX-512 quantizer matches bit for bit */
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     for (int i = 0; i < k; i++) {
         long v = lrintf(a[i] * inv);
