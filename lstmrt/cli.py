@@ -158,5 +158,14 @@ def verify(model, inputs, tolerance):
     console.print(f"OK: {len(diffs)} backend(s) agree within {tolerance:g}")
 
 
+def _register_exporters():
+    # exporters/ imports no framework until a command runs, so this stays cheap
+    from exporters.cli import export_command, streamify_command
+    main.add_command(export_command)
+    main.add_command(streamify_command)
+
+
+_register_exporters()
+
 if __name__ == "__main__":
     sys.exit(main())

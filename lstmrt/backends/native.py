@@ -19,6 +19,9 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 NEVER_FOLDED = RECURRENT_OPS + ("If", "Loop")   # weights to pack / bodies that read runtime scope
 
 
+_FROM_SCOPE = object()   # marks a step argument computed at run time
+
+
 @dataclass
 class Step:
     name: str
@@ -26,6 +29,7 @@ class Step:
     kernel: Kernel
     inputs: list
     outputs: list
+    args: list = None     # per input: its load-time constant, None if omitted, or _FROM_SCOPE
 
 
 class Plan:
@@ -52,10 +56,13 @@ class Plan:
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
+        for step in self.steps:   # constants bound once, not looked up on every call
+            step.args = [None if not n else self.constants.get(n, _FROM_SCOPE) for n in step.inputs]
 
     @staticmethod
-    def _execute(step: Step, values: dict) -> list:
-        args = [values[n] if n else None for n in step.inputs]
+    def _execute(step: Step, values: dict, args: list | None = None) -> list:
+        if args is None:
+            args = [values[n] if n else None for n in step.inputs]
         try:
             return step.kernel(args)
         except LstmrtError:
@@ -64,12 +71,16 @@ class Plan:
             raise InputError(f"node '{step.name}' ({step.op_type}) failed on these inputs: {e}") from e
 
     def run(self, scope: dict, output_names: list) -> list:
-        values = {**self.constants, **scope}
+        if any(name in self.constants for name in scope):   # a feed overriding an initializer
+            values, bound = {**self.constants, **scope}, False
+        else:
+            values, bound = dict(scope), True
         for step in self.steps:
-            for name, value in zip(step.outputs, self._execute(step, values)):
+            args = [values[n] if a is _FROM_SCOPE else a for n, a in zip(step.inputs, step.args)] if bound else None
+            for name, value in zip(step.outputs, self._execute(step, values, args)):
                 if name:
                     values[name] = value
-        return [values[name] for name in output_names]
+        return [values[name] if name in values else self.constants[name] for name in output_names]
 
 
 def count_nodes(graph) -> int:

@@ -157,7 +157,7 @@ class RecurrentNode:
         h = self._state(h0, "initial_h", Bsz, H)
         c = self._state(c0, "initial_c", Bsz, H) if self.cell == "LSTM" else None
         want_y = len(self.node.outputs) > 0 and self.node.outputs[0] != ""
-        y = np.zeros((T, D, Bsz, H), np.float32) if want_y else None
+        y = np.empty((T, D, Bsz, H), np.float32) if want_y else None   # the kernel writes every entry
         for d, weights in enumerate(packed):
             reverse = self.direction == "reverse" or d == 1
             y_view = y.reshape(-1)[d * Bsz * H:] if want_y else None
