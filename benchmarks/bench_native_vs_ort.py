@@ -1,22 +1,35 @@
 """Side-by-side: lstmrt's native kernel vs onnxruntime (1 intra-op thread), one process.
 
-Each model is first checked numerically against onnxruntime, then timed on both
-call paths of lstmrt (sess.run with state passed in, stream.run with state carried)
-and on onnxruntime.  Prints microseconds per call and the speed ratio.
+Each model is first checked numerically against onnxruntime, then timed on the call
+paths of lstmrt and on onnxruntime.  Prints microseconds per call and the speed ratios:
+  run     sess.run, state passed in               (whole Python session path)
+  stream  stream.run, state carried               (whole Python session path)
+  runner  CellWeights.runner(): one C call on prebuilt buffers, state carried
+          (the kernel plus the least Python a call can have)
+  bf16/int8  the runner with reduced-precision weights (opt-in)
+  2thr    the runner with threads=2 (batch workloads)
+GFLOP/s and "%sgemm" are for the f32 runner against the single-core sgemm rate measured
+here with numpy.matmul (OpenBLAS, OPENBLAS_NUM_THREADS=1) on a 2048x256 @ 256x1024 product,
+the shape of the batch workload's input projection.
 
     python benchmarks/bench_native_vs_ort.py [--quick]
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import time
+import os
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before numpy loads OpenBLAS
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
+from lstmrt.kernel import Activation, CellSpec, CellWeights
 
 WORKLOADS = [  # (label, hidden, batch, steps)
     ("stream", 64, 1, 1), ("stream", 256, 1, 1), ("stream", 512, 1, 1),
@@ -40,7 +53,9 @@ def model(cell: str, hidden: int):
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", I]), st("h0")] + ([st("c0")] if lstm else []),
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", hidden]), st("hn")]
         + ([st("cn")] if lstm else []), inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    proto.ir_version = 8   # what every onnxruntime this script may meet can read
+    return proto
 
 
 def per_call_us(fn, budget_s: float) -> float:
@@ -53,15 +68,58 @@ def per_call_us(fn, budget_s: float) -> float:
     return elapsed / calls * 1e6
 
 
+def sgemm_gflops(budget_s: float) -> float:
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2048, 256), np.float32), rng.random((256, 1024), np.float32)
+    out = np.empty((2048, 1024), np.float32)
+    t = min(per_call_us(lambda: np.matmul(a, b, out=out), budget_s / 3) for _ in range(3))
+    return 2 * 2048 * 256 * 1024 / t / 1e3
+
+
+def cell_weights(proto, cell: str, precision: str) -> CellWeights:
+    """The model's one direction packed straight from its initializers (no session internals)."""
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    W, R, B = init["W"][0], init["R"][0], init["B"][0]
+    H = R.shape[1]
+    acts = ("sigmoid", "tanh", "tanh") if cell == "LSTM" else ("sigmoid", "tanh")
+    spec = CellSpec(cell, W.shape[1], H, tuple(Activation(a) for a in acts), linear_before_reset=cell == "GRU")
+    return CellWeights(spec, precision=precision).pack(W, R, B)
+
+
+def runner_timing(proto, cell, feed, precision, budget, ref_out, threads=1):
+    """(us per call, max |diff| vs onnxruntime on the first call) of the runner path."""
+    X = feed["X"]
+    T, B, _ = X.shape
+    r = cell_weights(proto, cell, precision).runner(B, T, threads=threads)
+    np.copyto(r.x, X)
+    np.copyto(r.h, feed["h0"][0])
+    if r.c is not None:
+        np.copyto(r.c, feed["c0"][0])
+    r.run()
+    diff = max(np.abs(r.y - ref_out[0][:, 0]).max(), np.abs(r.h - ref_out[1][0]).max())
+
+    def call():
+        np.copyto(r.x, X)
+        r.run()
+    return per_call_us(call, budget), diff
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter timing per case")
     budget = 0.3 if ap.parse_args().quick else 1.5
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    print(f"# {platform.processor() or platform.machine()}, lstmrt SIMD paths: {lstmrt.available_simd_paths()}")
-    print(f"{'cell':5} {'workload':8} {'H':>4} {'B':>3} {'T':>3} {'ort us':>9} {'run us':>9} {'stream us':>9} "
-          f"{'run x':>6} {'stream x':>8} {'GFLOP/s':>8}")
+    flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()[2:]
+                    if f.startswith(("avx512", "amx", "avx_vnni", "fma", "avx2"))}) if os.path.exists("/proc/cpuinfo") else []
+    sgemm = sgemm_gflops(budget)
+    print(f"# {platform.processor() or platform.machine()}, lstmrt SIMD paths: {lstmrt.available_simd_paths()}, "
+          f"onnxruntime {ort.__version__}")
+    print(f"# CPU flags: {' '.join(flags)}")
+    print(f"# single-core sgemm (numpy.matmul, OpenBLAS 1 thread, 2048x256x1024): {sgemm:.1f} GFLOP/s")
+    print(f"{'cell':5} {'workload':8} {'H':>4} {'B':>3} {'T':>3} {'ort us':>8} {'run us':>8} {'strm us':>8} "
+          f"{'rnr us':>8} {'run x':>6} {'strm x':>6} {'rnr x':>6} {'GFLOP/s':>7} {'%sgemm':>6} "
+          f"{'bf16 us':>8} {'bf16 x':>6} {'int8 us':>8} {'int8 x':>6} {'2thr us':>8} {'2thr/1':>6}")
     for cell in ("LSTM", "GRU"):
         for label, H, B, T in WORKLOADS:
             proto = model(cell, H)
@@ -70,16 +128,28 @@ def main():
             rng = np.random.default_rng(1)
             feed = {i.name: rng.standard_normal([{"T": T, "B": B}.get(d, d) for d in i.shape]).astype(np.float32)
                     for i in ref.get_inputs()}
-            diff = max(np.abs(a - b).max() for a, b in zip(sess.run(None, feed), ref.run(None, feed)))
+            ref_out = ref.run(None, feed)
+            diff = max(np.abs(a - b).max() for a, b in zip(sess.run(None, feed), ref_out))
             assert diff < 1e-4, f"{cell} H={H}: native differs from onnxruntime by {diff}"
             stream = sess.stream()
             x = {"X": feed["X"]}
             t_ort = per_call_us(lambda: ref.run(None, feed), budget)
             t_run = per_call_us(lambda: sess.run(None, feed), budget)
             t_stream = per_call_us(lambda: stream.run(x), budget)
+            t_rnr, d = runner_timing(proto, cell, feed, "f32", budget, ref_out)
+            assert d < 1e-4, f"{cell} H={H}: runner differs from onnxruntime by {d}"
+            t_bf16, _ = runner_timing(proto, cell, feed, "bf16", budget, ref_out)
+            t_int8, _ = runner_timing(proto, cell, feed, "int8", budget, ref_out)
+            two = f"{'':>8} {'':>6}"
+            if B > 1:
+                t_2, d2 = runner_timing(proto, cell, feed, "f32", budget, ref_out, threads=2)
+                assert d2 < 1e-4
+                two = f"{t_2:8.1f} {t_rnr / t_2:6.2f}"
             flops = 2 * GATES[cell] * H * (H + H) * B * T
-            print(f"{cell:5} {label:8} {H:4} {B:3} {T:3} {t_ort:9.1f} {t_run:9.1f} {t_stream:9.1f} "
-                  f"{t_ort / t_run:6.2f} {t_ort / t_stream:8.2f} {flops / t_run / 1e3:8.1f}")
+            gf = flops / t_rnr / 1e3
+            print(f"{cell:5} {label:8} {H:4} {B:3} {T:3} {t_ort:8.1f} {t_run:8.1f} {t_stream:8.1f} {t_rnr:8.1f} "
+                  f"{t_ort / t_run:6.2f} {t_ort / t_stream:6.2f} {t_ort / t_rnr:6.2f} {gf:7.1f} {100 * gf / sgemm:6.0f} "
+                  f"{t_bf16:8.1f} {t_ort / t_bf16:6.2f} {t_int8:8.1f} {t_ort / t_int8:6.2f} {two}", flush=True)
 
 
 if __name__ == "__main__":
