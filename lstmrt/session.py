@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .backends import BACKENDS, choose
+from .backends.native import NativeOptions
 from .errors import InputError
 from .model import Model, TensorInfo
 
@@ -34,17 +35,20 @@ class InferenceSession:
     backend: "auto" (onnxruntime on CUDA when a CUDA session loads, else native when it
         supports every node, else onnxruntime on the CPU), "native" or "onnxruntime".
     providers: onnxruntime providers, as onnxruntime takes them (implies backend onnxruntime).
-    simd: force a native SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
+    Native backend only (asking for any of them makes "auto" choose native):
+    simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
+    precision: "f32" (default), or opt-in "bf16" / "int8" weights for the recurrent products.
+    threads: split each kernel call's batch over this many threads (default 1).
     After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 
-    def __init__(self, model, backend: str = "auto", providers=None, simd: str | None = None):
+    def __init__(self, model, backend: str = "auto", providers=None, simd: str | None = None,
+                 precision: str = "f32", threads: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if simd is not None and simd not in ("scalar", "avx2", "avx512"):
-            raise ValueError(f"simd must be 'scalar', 'avx2' or 'avx512'; got {simd!r}")
+        native = NativeOptions(simd, precision, threads)
         self.model = Model(model)
-        self._backend, self.backend_reason = choose(self.model, backend, providers, simd)
+        self._backend, self.backend_reason = choose(self.model, backend, providers, native)
         self.backend = self._backend.name
 
     def get_providers(self) -> list[str]:

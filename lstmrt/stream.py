@@ -23,6 +23,8 @@ class Stream:
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
+        from .fastpath import CellFastPath
+        self._fast = CellFastPath.detect(self._backend, model, self.pairs)
 
     @property
     def state(self) -> dict:
@@ -31,11 +33,13 @@ class Stream:
 
     def set_state(self, state: dict) -> None:
         """Replace some or all of the carried state (e.g. to resume a saved stream)."""
+        updated = dict(self._state)   # a new dict: the fast path recognises its own by identity
         for name, value in state.items():
             if name not in self.pairs:
                 raise StreamError(f"'{name}' is not a state input of this stream; its state inputs are "
                                   f"{list(self.pairs)}")
-            self._state[name] = self._backend.from_host(_check_value(self._session.model.input(name), value).copy())
+            updated[name] = self._backend.from_host(_check_value(self._session.model.input(name), value).copy())
+        self._state = updated
 
     def reset(self) -> None:
         """Forget the carried state: the next call starts from zeros."""
@@ -64,6 +68,12 @@ class Stream:
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
+        fast = self._fast
+        if fast is not None and output_names is None and len(input_feed) == 1:
+            x = input_feed.get(fast.x_name)
+            if fast.accepts(x):
+                results, self._state = fast.run(x, self._state)
+                return results
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}
         state = {}

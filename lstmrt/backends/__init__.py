@@ -11,15 +11,17 @@ from ..model import Model
 BACKENDS = ("auto", "native", "onnxruntime")
 
 
-def choose(model: Model, backend: str = "auto", providers=None, simd: str | None = None):
+def choose(model: Model, backend: str = "auto", providers=None, native=None):
     """(backend, why): onnxruntime on CUDA when a CUDA session loads; else native when it
-    supports every node; else onnxruntime on the CPU."""
-    from .native import NativeBackend
+    supports every node; else onnxruntime on the CPU.  `native` (NativeOptions) set to
+    anything but the defaults is a request for the native backend."""
+    from .native import NativeBackend, NativeOptions
     from .onnxruntime import OnnxruntimeBackend, cuda_listed
 
-    if backend == "native":
-        chosen = NativeBackend(model, simd=simd)
-        return chosen, chosen.describe()
+    native = native or NativeOptions()
+    if backend == "native" or (backend == "auto" and native != NativeOptions()):
+        chosen = NativeBackend(model, native)
+        return chosen, chosen.describe() + ("" if backend == "native" else " (native options requested)")
     if backend == "onnxruntime" or providers:
         chosen = OnnxruntimeBackend(model, providers)
         return chosen, f"{chosen.describe()}: requested"
@@ -32,8 +34,8 @@ def choose(model: Model, backend: str = "auto", providers=None, simd: str | None
     else:
         notes.append("no CUDA")
     try:
-        native = NativeBackend(model, simd=simd)
-        return native, f"{native.describe()} ({'; '.join(notes)})"
+        chosen = NativeBackend(model, native)
+        return chosen, f"{chosen.describe()} ({'; '.join(notes)})"
     except UnsupportedModelError as e:
         lacking = f"native lacks {e.op_type} at node '{e.node}'" if e.op_type else f"native cannot run it: {e}"
         return OnnxruntimeBackend(model, ["CPUExecutionProvider"]), f"onnxruntime CPU: {lacking}"

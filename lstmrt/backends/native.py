@@ -94,12 +94,29 @@ def count_nodes(graph) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class NativeOptions:
+    """How the native backend runs: SIMD path, weight precision, threads per kernel call."""
+    simd: str | None = None        # "scalar" | "avx2" | "avx512"; None: LSTMRT_SIMD or the best
+    precision: str = "f32"         # "f32" | "bf16" | "int8" for the recurrent weight products
+    threads: int = 1               # batch split over this many threads inside each kernel call
+
+    def __post_init__(self):
+        if self.simd not in (None, "scalar", "avx2", "avx512"):
+            raise ValueError(f"simd must be 'scalar', 'avx2' or 'avx512'; got {self.simd!r}")
+        if self.precision not in ("f32", "bf16", "int8"):
+            raise ValueError(f"precision must be 'f32', 'bf16' or 'int8'; got {self.precision!r}")
+        if not isinstance(self.threads, int) or not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be an integer from 1 to 64; got {self.threads!r}")
+
+
 class NativeBackend:
     name = "native"
 
-    def __init__(self, model: Model, simd: str | None = None):
+    def __init__(self, model: Model, options: NativeOptions = NativeOptions()):
         self.model = model
-        self.plan = Plan(model.graph, model.opset, {"simd": simd})
+        self.options = options
+        self.plan = Plan(model.graph, model.opset, {"native": options})
 
     def run(self, feeds: dict, output_names: list) -> list:
         return self.plan.run(feeds, output_names)

@@ -70,6 +70,7 @@ class RecurrentNode:
             raise node.fail(f"clip must be positive, got {self.clip}")
         self.activations = parse_activations(node, self.num_directions)
         self.hidden_size_attr = a.get("hidden_size")
+        self.threads = node.options["native"].threads
         # weights known at load are packed once here; others are packed per call
         self.packed = self._pack(*self._const_weights(), node.fail) if self._const_weights() else None
 
@@ -107,8 +108,8 @@ class RecurrentNode:
 
     def _pack(self, W, R, B, P, error) -> list:
         self._check_weights(W, R, B, P, error)
-        simd = self.node.options.get("simd")
-        return [CellWeights(self._spec(W, R, d), simd).pack(
+        native = self.node.options["native"]
+        return [CellWeights(self._spec(W, R, d), native.simd, native.precision).pack(
             W[d], R[d], None if B is None else B[d], None if P is None else P[d])
             for d in range(self.num_directions)]
 
@@ -161,7 +162,8 @@ class RecurrentNode:
         for d, weights in enumerate(packed):
             reverse = self.direction == "reverse" or d == 1
             y_view = y.reshape(-1)[d * Bsz * H:] if want_y else None
-            weights.run(x, h[d], None if c is None else c[d], y_view, D * Bsz * H, seq_lens, reverse)
+            weights.run(x, h[d], None if c is None else c[d], y_view, D * Bsz * H, seq_lens, reverse,
+                        threads=self.threads)
         outputs = [y, h, c]
         if self.layout == 1:
             outputs = [None if y is None else y.transpose(2, 0, 1, 3), np.swapaxes(h, 0, 1),

@@ -1,0 +1,86 @@
+"""The streaming hot path (one recurrent node wired to the graph's inputs and outputs) gives
+what the general path gives, and keeps the stream API's state semantics."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lstmrt
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def bare_cell(cell: str, hidden: int = 24, inputs: int = 10, with_y: bool = True) -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    G, lstm = GATES[cell], cell == "LSTM"
+    inits = [numpy_helper.from_array(rng.uniform(-0.4, 0.4, s).astype(np.float32), n)
+             for n, s in (("W", (1, G * hidden, inputs)), ("R", (1, G * hidden, hidden)), ("B", (1, 2 * G * hidden)))]
+    state = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "B", hidden])  # noqa: E731
+    node = helper.make_node(cell, ["X", "W", "R", "B", "", "h0"] + (["c0"] if lstm else []),
+                            ["Y" if with_y else "", "hn"] + (["cn"] if lstm else []), hidden_size=hidden)
+    outputs = ([helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", hidden])] if with_y else []) \
+        + [state("hn")] + ([state("cn")] if lstm else [])
+    graph = helper.make_graph([node], "bare", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", inputs]),
+                                               state("h0")] + ([state("c0")] if lstm else []), outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_fast_path_equals_general_path_and_onnxruntime(cell):
+    model = bare_cell(cell)
+    native = lstmrt.InferenceSession(model, backend="native")
+    fast, general = native.stream(), native.stream()
+    assert fast._fast is not None
+    general._fast = None                       # the same stream, forced down the general path
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime").stream()
+    x = np.random.default_rng(1).standard_normal((23, 3, 10)).astype(np.float32)
+    for a, b in [(0, 1), (1, 5), (5, 6), (6, 23)]:
+        chunk = x[a:b]
+        got, want, ref = fast.run({"X": chunk})[0], general.run({"X": chunk})[0], reference.run({"X": chunk})[0]
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    for name in fast.pairs:
+        np.testing.assert_array_equal(fast.state[name], general.state[name])
+
+
+def test_fast_path_state_api():
+    sess = lstmrt.InferenceSession(bare_cell("LSTM"), backend="native")
+    stream = sess.stream()
+    x = np.random.default_rng(2).standard_normal((4, 2, 10)).astype(np.float32)
+    first = stream.run({"X": x})[0]
+    saved = stream.state
+    second = stream.run({"X": x})[0]
+    assert not np.allclose(first, second)
+    stream.state["h0"][:] = 99                 # .state is a copy: changing it changes nothing
+    stream.reset()
+    np.testing.assert_array_equal(stream.run({"X": x})[0], first)
+    stream.set_state(saved)
+    np.testing.assert_array_equal(stream.run({"X": x})[0], second)
+    stream.set_state({k: np.zeros_like(v) for k, v in saved.items()})   # zeros: back to the start
+    np.testing.assert_array_equal(stream.run({"X": x})[0], first)
+    stream.set_state(saved)
+    np.testing.assert_array_equal(stream.run({"X": x, "h0": saved["h0"]})[0], second)   # general path, same state
+    with pytest.raises(lstmrt.StreamError, match="batch"):
+        stream.run({"X": x[:, :1]})            # a batch change needs reset() or set_state()
+    stream.reset()
+    assert stream.run({"X": x[:, :1]})[0].shape == (4, 1, 1, 24)
+
+
+def test_fast_path_without_y_and_bad_input_gets_the_usual_errors():
+    sess = lstmrt.InferenceSession(bare_cell("GRU", with_y=False), backend="native")
+    stream = sess.stream()
+    assert stream._fast is not None
+    assert stream.run({"X": np.zeros((3, 2, 10), np.float32)}) == []
+    assert stream.state["h0"].shape == (1, 2, 24)
+    with pytest.raises(lstmrt.InputError, match="dtype float64"):
+        stream.run({"X": np.zeros((3, 2, 10))})
+    with pytest.raises(lstmrt.InputError, match="dimension 2 must be 10"):
+        stream.run({"X": np.zeros((3, 2, 9), np.float32)})
+
+
+def test_models_with_glue_take_the_general_path():
+    from models import streaming_model
+    assert lstmrt.InferenceSession(streaming_model("LSTM"), backend="native").stream()._fast is None
+    assert lstmrt.InferenceSession(bare_cell("LSTM"), backend="onnxruntime").stream()._fast is None
