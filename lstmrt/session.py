@@ -93,3 +93,8 @@ class InferenceSession:
         """A Stream that carries recurrent state across calls; see lstmrt.stream."""
         from .stream import Stream
         return Stream(self, state)
+
+    def stream_group(self, state: dict | None = None):
+        """A StreamGroup: many streams advanced by one batched call per step; see lstmrt.stream_group."""
+        from .stream_group import StreamGroup
+        return StreamGroup(self, state)

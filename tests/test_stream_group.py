@@ -1,0 +1,76 @@
+"""Stream groups: members joining and leaving, each getting what it would get alone."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lstmrt
+from models import streaming_model
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporters"
+
+
+def alone(sess, chunks):
+    stream = sess.stream()
+    return [stream.run({"x": c})[0] for c in chunks], stream.state
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_members_join_and_leave_and_match_lone_streams(cell, backend):
+    sess = lstmrt.InferenceSession(streaming_model(cell), backend=backend)
+    rng = np.random.default_rng(4)
+    group = sess.stream_group()
+    # member m joins at step start[m] and leaves after len(chunks[m]) steps; chunk lengths vary per step
+    lengths = [3, 1, 4, 2, 5, 1]
+    start = {0: 0, 1: 0, 2: 2, 3: 3}
+    chunks = {m: [rng.standard_normal((1, lengths[s], 5)).astype(np.float32) for s in range(start[m], 6 - (m == 1) * 3)]
+              for m in start}
+    keys, got = {}, {m: [] for m in start}
+    for step in range(6):
+        for m, s0 in start.items():
+            if s0 == step:
+                keys[m] = group.add()
+        active = {m: chunks[m][step - start[m]] for m in keys if step - start[m] < len(chunks[m])}
+        for m in [m for m in keys if m not in active]:
+            group.remove(keys.pop(m))
+        results = group.run({keys[m]: {"x": c} for m, c in active.items()})
+        for m in active:
+            got[m].append(results[keys[m]][0])
+    for m in start:
+        want, _ = alone(sess, chunks[m])
+        for g, w in zip(got[m], want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+    assert len(group) == 3
+
+
+def test_member_state_and_errors():
+    sess = lstmrt.InferenceSession(streaming_model("LSTM"), backend="native")
+    group = sess.stream_group()
+    a, b = group.add(), group.add()
+    x = np.random.default_rng(5).standard_normal((1, 4, 5)).astype(np.float32)
+    group.run({a: {"x": x}})
+    _, lone_state = alone(sess, [x])
+    for name, value in lone_state.items():
+        np.testing.assert_allclose(group.state(a)[name], value, atol=1e-6)
+    assert group.state(b) == {}                       # b has not run: still at zeros
+    c = group.add(state=group.state(a))              # a member can start from another's state
+    out = group.run({a: {"x": x}, c: {"x": x}})
+    np.testing.assert_allclose(out[a][0], out[c][0], atol=1e-6)
+    with pytest.raises(lstmrt.InputError, match="chunks of one length"):
+        group.run({a: {"x": x}, b: {"x": x[:, :2]}})
+    group.remove(b)
+    with pytest.raises(lstmrt.StreamError, match="no member"):
+        group.run({b: {"x": x}})
+
+
+def test_tf2onnx_model_with_unnamed_dims_groups():
+    """tf2onnx names no dims alike (unk__N): the batch axis is traced and matched by size."""
+    sess = lstmrt.InferenceSession(str(FIXTURES / "keras_lstm_stream.onnx"), backend="native")
+    group = sess.stream_group()
+    keys = [group.add() for _ in range(3)]
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((1, 6, 4)).astype(np.float32) for _ in keys]
+    out = group.run(dict(zip(keys, [{"x": x} for x in xs])))
+    for k, x in zip(keys, xs):
+        np.testing.assert_allclose(out[k][0], alone(sess, [x])[0][0], atol=1e-5)
