@@ -158,6 +158,35 @@ def verify(model, inputs, tolerance):
     console.print(f"OK: {len(diffs)} backend(s) agree within {tolerance:g}")
 
 
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["native", "onnxruntime"]),
+              help="backend to time (repeat; default both; onnxruntime adds CUDA where it loads)")
+@click.option("--chunk", type=click.IntRange(min=1), default=1, show_default=True, help="time steps per call")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="threads per backend")
+@click.option("--seconds", type=float, default=1.0, show_default=True, help="timing budget per case")
+def bench(model, backends, chunk, batch, threads, seconds):
+    """Time MODEL per call on each backend (whole run and stream), side by side."""
+    from rich.progress import Progress
+
+    from .bench import bench as run_bench, with_ratios
+    backends = list(backends) or ["native", "onnxruntime"]
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("timing", total=len(backends) * 2)
+            rows = run_bench(model, backends, chunk, batch, threads, seconds, lambda: progress.advance(task))
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    table = Table(title=f"{model}: batch {batch}, {chunk} step(s) per call, {threads} thread(s)")
+    for col in ("backend", "call", "µs/call", "steps/s", "GFLOP/s", "× onnxruntime CPU"):
+        table.add_column(col, justify="left" if col in ("backend", "call") else "right")
+    for row, ratio in with_ratios(rows):
+        table.add_row(row.backend, row.path, f"{row.us_per_call:.1f}", f"{row.steps_per_s:,.0f}",
+                      f"{row.gflops:.2f}", f"{ratio:.2f}")
+    console.print(table)
+
+
 def _register_exporters():
     # exporters/ imports no framework until a command runs, so this stays cheap
     from exporters.cli import export_command, streamify_command

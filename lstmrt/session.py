@@ -32,9 +32,10 @@ class InferenceSession:
     """Load a model once; run it whole (`run`) or in chunks (`stream`).
 
     model: a path, the bytes of an .onnx file, or an onnx.ModelProto.
+    sess_options, providers: as onnxruntime takes them, for the onnxruntime backend (either
+        implies it under "auto").
     backend: "auto" (onnxruntime on CUDA when a CUDA session loads, else native when it
         supports every node, else onnxruntime on the CPU), "native" or "onnxruntime".
-    providers: onnxruntime providers, as onnxruntime takes them (implies backend onnxruntime).
     Native backend only (asking for any of them makes "auto" choose native):
     simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
     precision: "f32" (default), or opt-in "bf16" / "int8" weights for the recurrent products.
@@ -42,13 +43,13 @@ class InferenceSession:
     After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 
-    def __init__(self, model, backend: str = "auto", providers=None, simd: str | None = None,
-                 precision: str = "f32", threads: int = 1):
+    def __init__(self, model, sess_options=None, providers=None, *, backend: str = "auto",
+                 simd: str | None = None, precision: str = "f32", threads: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         native = NativeOptions(simd, precision, threads)
         self.model = Model(model)
-        self._backend, self.backend_reason = choose(self.model, backend, providers, native)
+        self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
 
     def get_providers(self) -> list[str]:

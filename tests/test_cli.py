@@ -67,3 +67,19 @@ def test_example_demo_streams_correctly():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "streamed vs one whole sess.run(): max abs diff" in done.stdout
+
+
+def test_bench_times_both_backends_and_both_call_paths():
+    result = CliRunner().invoke(main, ["bench", str(MODEL), "--seconds", "0.05", "--chunk", "4", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for cells in ("native run", "native stream", "onnxruntime CPU run", "onnxruntime CPU stream"):
+        assert cells in text
+    assert "× onnxruntime CPU" in text and "batch 2, 4 step(s) per call" in text
+
+
+def test_bench_flops_count_the_recurrent_products():
+    from lstmrt.bench import recurrent_flops
+    from lstmrt.model import Model
+    # one LSTM, input 61, hidden 32: 2 * 4*32 * (61+32) multiply-adds per step and sequence
+    assert recurrent_flops(Model(str(MODEL)), batch=3, steps=5) == 2 * 128 * 93 * 15

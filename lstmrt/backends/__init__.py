@@ -11,7 +11,7 @@ from ..model import Model
 BACKENDS = ("auto", "native", "onnxruntime")
 
 
-def choose(model: Model, backend: str = "auto", providers=None, native=None):
+def choose(model: Model, backend: str = "auto", providers=None, native=None, sess_options=None):
     """(backend, why): onnxruntime on CUDA when a CUDA session loads; else native when it
     supports every node; else onnxruntime on the CPU.  `native` (NativeOptions) set to
     anything but the defaults is a request for the native backend."""
@@ -22,8 +22,8 @@ def choose(model: Model, backend: str = "auto", providers=None, native=None):
     if backend == "native" or (backend == "auto" and native != NativeOptions()):
         chosen = NativeBackend(model, native)
         return chosen, chosen.describe() + ("" if backend == "native" else " (native options requested)")
-    if backend == "onnxruntime" or providers:
-        chosen = OnnxruntimeBackend(model, providers)
+    if backend == "onnxruntime" or providers or sess_options is not None:
+        chosen = OnnxruntimeBackend(model, providers, sess_options)
         return chosen, f"{chosen.describe()}: requested"
     notes = []
     if cuda_listed():

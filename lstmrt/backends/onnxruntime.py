@@ -30,10 +30,10 @@ def cuda_listed() -> bool:
 class OnnxruntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model: Model, providers: list | None = None):
+    def __init__(self, model: Model, providers: list | None = None, sess_options=None):
         ort = _ort()
         self.model = model
-        options = ort.SessionOptions()
+        options = sess_options or ort.SessionOptions()
         options.log_severity_level = _QUIET
         requested = list(providers) if providers else ([CUDA, CPU] if cuda_listed() else [CPU])
         try:
