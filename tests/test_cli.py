@@ -72,7 +72,7 @@ def test_example_demo_streams_correctly():
 def test_bench_times_both_backends_and_both_call_paths():
     result = CliRunner().invoke(main, ["bench", str(MODEL), "--seconds", "0.05", "--chunk", "4", "--batch", "2"])
     assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())
+    text = " ".join(result.output.replace("│", " ").split())
     for cells in ("native run", "native stream", "onnxruntime CPU run", "onnxruntime CPU stream"):
         assert cells in text
     assert "× onnxruntime CPU" in text and "batch 2, 4 step(s) per call" in text
