@@ -2,12 +2,13 @@
 
 Each model is first checked numerically against onnxruntime, then timed on the call
 paths of lstmrt and on onnxruntime.  Prints microseconds per call and the speed ratios:
-  run     sess.run, state passed in               (whole Python session path)
-  stream  stream.run, state carried               (whole Python session path)
+  run     sess.run, state passed in
+  stream  stream.run, state carried (a bare recurrent model takes the streaming hot path)
   runner  CellWeights.runner(): one C call on prebuilt buffers, state carried
-          (the kernel plus the least Python a call can have)
-  bf16/int8  the runner with reduced-precision weights (opt-in)
-  2thr    the runner with threads=2 (batch workloads)
+          (the kernel plus the least Python a call can have: the floor under stream.run)
+  bf16/int8  stream.run on sessions with precision="bf16" / "int8" (opt-in)
+  2thr    sess.run on a session with threads=2 (batch workloads), and its speed-up over run
+Then a stream group of 64 live streams against stepping the same 64 streams one by one.
 GFLOP/s and "%sgemm" are for the f32 runner against the single-core sgemm rate measured
 here with numpy.matmul (OpenBLAS, OPENBLAS_NUM_THREADS=1) on a 2048x256 @ 256x1024 product,
 the shape of the batch workload's input projection.
@@ -104,6 +105,31 @@ def runner_timing(proto, cell, feed, precision, budget, ref_out, threads=1):
     return per_call_us(call, budget), diff
 
 
+def stream_us(proto, x: dict, budget: float, **native) -> float:
+    stream = lstmrt.InferenceSession(proto, backend="native", **native).stream()
+    return per_call_us(lambda: stream.run(x), budget)
+
+
+def group_throughput(budget: float, members: int = 64, hidden: int = 256) -> None:
+    """A server's view: `members` live B=1 streams stepped one T=1 call at a time."""
+    print(f"\n# stream group: {members} live streams, H={hidden}, one step each per round")
+    print(f"{'cell':5} {'alone us/round':>15} {'group us/round':>15} {'group x':>8}")
+    rng = np.random.default_rng(2)
+    for cell in ("LSTM", "GRU"):
+        sess = lstmrt.InferenceSession(model(cell, hidden), backend="native")
+        xs = [rng.standard_normal((1, 1, hidden)).astype(np.float32) for _ in range(members)]
+        streams = [sess.stream() for _ in range(members)]
+        group = sess.stream_group()
+        keys = [group.add() for _ in range(members)]
+        feeds = {k: {"X": x} for k, x in zip(keys, xs)}
+        got = group.run(feeds)
+        for k, x, s in zip(keys, xs, streams):
+            assert np.abs(got[k][0] - s.run({"X": x})[0]).max() < 1e-5
+        t_alone = per_call_us(lambda: [s.run({"X": x}) for s, x in zip(streams, xs)], budget)
+        t_group = per_call_us(lambda: group.run(feeds), budget)
+        print(f"{cell:5} {t_alone:15.1f} {t_group:15.1f} {t_alone / t_group:8.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter timing per case")
@@ -138,18 +164,21 @@ def main():
             t_stream = per_call_us(lambda: stream.run(x), budget)
             t_rnr, d = runner_timing(proto, cell, feed, "f32", budget, ref_out)
             assert d < 1e-4, f"{cell} H={H}: runner differs from onnxruntime by {d}"
-            t_bf16, _ = runner_timing(proto, cell, feed, "bf16", budget, ref_out)
-            t_int8, _ = runner_timing(proto, cell, feed, "int8", budget, ref_out)
+            # reduced precision and threads through the public API: stream.run / sess.run
+            t_bf16 = stream_us(proto, x, budget, precision="bf16")
+            t_int8 = stream_us(proto, x, budget, precision="int8")
             two = f"{'':>8} {'':>6}"
             if B > 1:
-                t_2, d2 = runner_timing(proto, cell, feed, "f32", budget, ref_out, threads=2)
-                assert d2 < 1e-4
-                two = f"{t_2:8.1f} {t_rnr / t_2:6.2f}"
+                sess2 = lstmrt.InferenceSession(proto, backend="native", threads=2)
+                assert max(np.abs(a - b).max() for a, b in zip(sess2.run(None, feed), ref_out)) < 1e-4
+                t_2 = per_call_us(lambda: sess2.run(None, feed), budget)
+                two = f"{t_2:8.1f} {t_run / t_2:6.2f}"
             flops = 2 * GATES[cell] * H * (H + H) * B * T
             gf = flops / t_rnr / 1e3
             print(f"{cell:5} {label:8} {H:4} {B:3} {T:3} {t_ort:8.1f} {t_run:8.1f} {t_stream:8.1f} {t_rnr:8.1f} "
                   f"{t_ort / t_run:6.2f} {t_ort / t_stream:6.2f} {t_ort / t_rnr:6.2f} {gf:7.1f} {100 * gf / sgemm:6.0f} "
                   f"{t_bf16:8.1f} {t_ort / t_bf16:6.2f} {t_int8:8.1f} {t_ort / t_int8:6.2f} {two}", flush=True)
+    group_throughput(budget)
 
 
 if __name__ == "__main__":

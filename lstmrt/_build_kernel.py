@@ -46,7 +46,8 @@ def make_builder(absolute_paths: bool = False) -> FFI:
         sources=[path(CSRC / s) for s in SOURCES],
         include_dirs=[path(CSRC)],
         extra_compile_args=_compile_args(),
-        extra_link_args=[f"-fsanitize={sanitize}"] if sanitize else [],
+        # -pthread: the kernel splits a batch over threads (needed before glibc 2.34)
+        extra_link_args=([] if os.name == "nt" else ["-pthread"]) + ([f"-fsanitize={sanitize}"] if sanitize else []),
         libraries=[] if os.name == "nt" else ["m"],
     )
     return builder
