@@ -20,10 +20,15 @@ def _fail(e: Exception):
 @click.option("--no-state", is_flag=True, help="plain model: no state inputs/outputs, zero initial state")
 @click.option("--no-verify", is_flag=True, help="skip running the framework, onnxruntime and lstmrt to compare")
 @click.option("--framework", type=click.Choice(["keras", "torch", "paddle"]), default=None,
-              help="default: from the file's extension (.keras/.h5/SavedModel, .pt, .json/.pdmodel)")
+              help="default: from the file's extension (.keras/.h5 or a SavedModel folder, .pt, .json/.pdmodel)")
 def export_command(source, output, no_state, no_verify, framework):
-    """Export SOURCE (Keras .keras/.h5/SavedModel, TorchScript .pt, paddle.jit.save .json/.pdmodel) to ONNX
-    with native LSTM/GRU/RNN nodes, streamable unless --no-state, verified unless --no-verify."""
+    """Export SOURCE (Keras 3 .keras or legacy .h5, a TensorFlow SavedModel folder, TorchScript .pt,
+    paddle.jit.save .json/.pdmodel) to ONNX with native LSTM/GRU/RNN nodes, streamable unless --no-state,
+    verified unless --no-verify.
+
+    A SavedModel folder (Keras 3 model.export) is converted by tf2onnx (pip install tf2onnx): plain
+    LSTMs become native nodes; a GRU, SimpleRNN or masked LSTM there is refused, naming the layer
+    (save the model as .keras instead, which covers them all)."""
     from . import ExportError, VerificationError, export
     try:
         report = export(source, output, state=not no_state, verify=not no_verify, framework=framework)

@@ -3,8 +3,9 @@
 The functional graph is walked from the model's outputs; each layer becomes ONNX nodes.
 Recurrent layers become one native LSTM/GRU/RNN node each (layout 0, time-major inside the
 graph; the model's own inputs and outputs stay batch-major as in Keras).  Masks (Embedding
-mask_zero, Masking) become the nodes' sequence_lens.  TensorFlow and Keras are imported
-only inside functions.
+mask_zero, Masking) become the nodes' sequence_lens.  A SavedModel folder, whose layers
+Keras 3 cannot reload, is converted by tf2onnx instead (keras_savedmodel.py).  TensorFlow
+and Keras are imported only inside functions.
 """
 from __future__ import annotations
 
@@ -339,14 +340,14 @@ def _output_names(model) -> list:
 
 
 def load(path: str):
-    """A Keras model from .keras, .h5 or a SavedModel folder written by Keras."""
+    """A Keras model from .keras or .h5 (SavedModel folders go through keras_savedmodel)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
     if os.path.isdir(path):
         raise _error(f"'{path}' is a TensorFlow SavedModel: its Keras layers are not recoverable from it "
-                     "(Keras 3 cannot load_model a SavedModel); save the model as .keras (model.save('m.keras')) "
-                     "and export that")
+                     "(Keras 3 cannot load_model a SavedModel); export it with exporters.keras_savedmodel "
+                     "or save the model as .keras (model.save('m.keras'))")
     if not os.path.isfile(path):
         raise _error(f"'{path}' does not exist")
     try:
@@ -360,6 +361,9 @@ def export(model, example_input=None, state: bool = True):
     source = "<keras.Model>"
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
+        if os.path.isdir(source):   # Keras 3 cannot reload layers from a SavedModel: tf2onnx converts it
+            from . import keras_savedmodel
+            return keras_savedmodel.export(source, state=state)
         model = load(source)
     import keras
     if not isinstance(model, keras.Model):
