@@ -94,3 +94,71 @@ def test_missing_and_corrupt_files(tmp_path):
     proc = cli("export", bad, "-o", tmp_path / "o.onnx")
     assert proc.returncode != 0 and "cannot load Keras model" in output_of(proc)
     assert "Traceback" not in output_of(proc)
+
+
+# --- TensorFlow SavedModel folders (Keras 3 model.export), converted by tf2onnx ------------
+
+@pytest.fixture(scope="module")
+def savedmodels(tmp_path_factory):
+    return build_and_export("keras_savedmodels.py", tmp_path_factory.mktemp("savedmodel"))
+
+
+@pytest.mark.parametrize("name", ["sm_lstm", "sm_stateful"])
+def test_savedmodel_lstm_exports_verifies_and_streams(savedmodels, name):
+    import json
+    import onnx
+    path, proc = savedmodels[name]
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    out = proc.stdout
+    assert out.startswith("tensorflow ") and "streamed in chunks" in out and "native" in out, out
+    model = check_native_onnx(path + ".onnx", streamable=True)
+    assert [i.name for i in model.graph.input][0] == "x"            # the signature's names
+    assert [o.name for o in model.graph.output][0] == "output_0"
+    layers = ["enc", "dec"] if name == "sm_lstm" else ["live"]
+    pairs = json.loads({p.key: p.value for p in model.metadata_props}["lstmrt.state_pairs"])
+    assert pairs == {f"{l}.{k}_in": f"{l}.{k}_out" for l in layers for k in "hc"}
+    assert "tensorflow" not in sys.modules
+    feed = {"x": np.random.default_rng(4).standard_normal((2, 9, 5 if name == "sm_lstm" else 3)).astype(np.float32)}
+    assert stream_matches_whole(path + ".onnx", feed, {"x": 1}) < 1e-5
+    if name == "sm_stateful":
+        assert "live/rnn_state" in out and "replaced by the state inputs" in out
+
+
+def test_savedmodel_stateful_no_state_keeps_saved_state(savedmodels, tmp_path):
+    from export_helpers import cli
+    path, _ = savedmodels["sm_stateful"]
+    proc = cli("export", path, "-o", tmp_path / "plain.onnx", "--no-state")
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "their saved values are the fixed initial state" in proc.stdout   # and verified against them
+    model = check_native_onnx(tmp_path / "plain.onnx", streamable=False)
+    assert [i.name for i in model.graph.input] == ["x"]
+
+
+def test_savedmodel_gru_is_refused_naming_the_layer(savedmodels):
+    _, proc = savedmodels["sm_gru"]
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert "layer 'gru_middle' (GRU)" in text and "Loop" in text and ".keras" in text, text[-2000:]
+    assert "front_lstm" not in text and "Traceback" not in text
+
+
+def test_savedmodel_missing_or_corrupt(savedmodels, tmp_path):
+    from export_helpers import cli
+    _, proc = savedmodels["sm_corrupt"]
+    assert proc.returncode != 0 and "cannot load TensorFlow SavedModel" in output_of(proc)
+    assert "Traceback" not in output_of(proc)
+    proc = cli("export", tmp_path / "no_such_savedmodel", "-o", tmp_path / "o.onnx")
+    assert proc.returncode != 0 and "does not exist" in output_of(proc)
+    (tmp_path / "empty").mkdir()
+    proc = cli("export", tmp_path / "empty", "-o", tmp_path / "o.onnx", "--framework", "keras")
+    assert proc.returncode != 0 and "no saved_model.pb" in output_of(proc)
+    assert "Traceback" not in output_of(proc)
+
+
+def test_savedmodel_without_tf2onnx_says_pip_install(savedmodels, tmp_path):
+    path, _ = savedmodels["sm_lstm"]
+    code = ("import sys; sys.modules['tf2onnx'] = None; from exporters.cli import main; "
+            f"main(['export', {path!r}, '-o', {str(tmp_path / 'o.onnx')!r}])")
+    proc = run(["-c", code])
+    assert proc.returncode != 0 and "pip install tf2onnx" in output_of(proc), output_of(proc)[-2000:]
+    assert "Traceback" not in output_of(proc)
