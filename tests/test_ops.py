@@ -64,7 +64,7 @@ for op in ("Add", "Sub", "Mul", "Div"):
     add(case(op, {"a": F(2, 3, 4), "b": F(3, 1) + 3}))
 add(case("Div", {"a": np.array([7, -7, 6, -9], np.int64), "b": np.array([2, 2, -4, 4], np.int64)}))
 # reductions (axes as input from opset 13/18, as attribute before)
-for op in ("ReduceMean", "ReduceSum", "ReduceMax"):
+for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"):
     add(case(op, {"x": F(3, 4, 5)}, {"axes": I64(1, -1)}, {"keepdims": 0}, opset=18))
     add(case(op, {"x": F(3, 4, 5)}, attrs={"axes": [1], "keepdims": 1}, opset=11))
     add(case(op, {"x": F(3, 4, 5)}, opset=18))
