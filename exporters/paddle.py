@@ -1,9 +1,12 @@
 """Paddle -> ONNX: paddle2onnx on what paddle.jit.save wrote, then the recurrent state lifted
 by `streamify`.
 
-paddle2onnx emits nn.LSTM/GRU/SimpleRNN layers as native ONNX nodes, one per layer and
-direction group (layout 0, dynamic axes, GRU linear_before_reset=1); its zero initial
-states are replaced by state inputs.  paddle2onnx's default optimize_tool="polygraphy" is
+paddle2onnx emits nn.LSTM/GRU layers as native ONNX nodes, one per layer and direction group
+(layout 0, dynamic axes, GRU linear_before_reset=1); its zero initial states are replaced by
+state inputs.  paddle2onnx 2.1 silently drops nn.SimpleRNN (the program's `rnn` op in mode
+RNN_TANH/RNN_RELU): its results are left as dangling names.  `_graft_rnns` reads that op from
+the saved program (attributes, operands, weights) and grafts native ONNX RNN nodes, one per
+layer, that make exactly those names.  paddle2onnx's default optimize_tool="polygraphy" is
 kept: without it the graph comes out unsorted with dangling names.  polygraphy sets
 POLYGRAPHY_AUTOINSTALL_DEPS=1 and pip-installs onnx_graphsurgeon (and sympy) at export time
 unless they are installed, so lstmrt[paddle] pins them: then no network is needed.
@@ -11,7 +14,8 @@ paddle2onnx writes only the last layer's final state of a stacked RNN; `_restack
 rebuilds the [layers*dirs, B, H] output from every layer's node.
 
 Gate orders (for reference; paddle2onnx applies them): paddle LSTM i f g o (as torch) ->
-ONNX i o f c; paddle GRU r z c (as torch) -> ONNX z r h, linear_before_reset=1.
+ONNX i o f c; paddle GRU r z c (as torch) -> ONNX z r h, linear_before_reset=1.  SimpleRNN
+(grafted here): see PADDLE_GATES.
 
 paddle and paddle2onnx are imported only inside functions.
 """
@@ -20,12 +24,25 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import tempfile
 
 import numpy as np
 import onnx
 
 OPSET = 14
+
+# Paddle's `rnn` op modes that paddle2onnx drops, and the activation of the grafted ONNX RNN.
+RNN_MODES = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
+
+# The weight convention, Paddle -> ONNX, written once.  nn.SimpleRNN holds weight_ih_l{k}[_reverse]
+# [H, I], weight_hh_l{k} [H, H], bias_ih_l{k}, bias_hh_l{k} [H]; in the saved program they are the
+# parameters simple_rnn_cell_{n}.w_0 / w_1 / b_0 / b_1, and the `rnn` op takes them as one list:
+# every (layer, direction)'s [w_ih, w_hh] (layer-major, forward before reverse), then every one's
+# [b_ih, b_hh] in the same order.  ONNX RNN wants W [D, H, I] = w_ih, R [D, H, H] = w_hh,
+# B [D, 2H] = [b_ih, b_hh] (Wb then Rb).  Gate order, source -> ONNX (onnx_build.ONNX_GATES):
+# one gate, so nothing moves, but it goes through reorder_gates like every other cell.
+PADDLE_GATES = {"RNN": "h"}
 
 
 def _error(message):
@@ -58,28 +75,248 @@ def load(path: str):
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
+@contextlib.contextmanager
+def _captured(log: list):
+    """Python's and the C++ libraries' stdout/stderr (file descriptors 1 and 2) into `log[0]`:
+    paddle2onnx reports a graph it left dangling as "[ERROR] ... invalid" even when the
+    export then rebuilds it, and paddle's executor logs to stderr."""
+    with tempfile.TemporaryFile("w+b") as sink, contextlib.redirect_stdout(io.StringIO()) as py:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            log[:] = [py.getvalue() + sink.read().decode(errors="replace")]
+
+
 def _convert(model_file: str, params_file: str) -> onnx.ModelProto:
     import paddle2onnx
+    log = [""]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "model.onnx")
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _captured(log):
                 paddle2onnx.export(model_file, params_file, save_file=out, opset_version=OPSET,
                                    auto_upgrade_opset=False, enable_onnx_checker=True)
         except Exception as e:
             raise _error(f"paddle2onnx could not convert '{model_file}': {type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}\n{log[0][-2000:]}") from None
         if not os.path.isfile(out):
-            raise _error(f"paddle2onnx wrote nothing for '{model_file}' (an unsupported op? see its log above)")
+            raise _error(f"paddle2onnx wrote nothing for '{model_file}' (an unsupported op?); its log:\n"
+                         f"{log[0][-2000:]}")
         model = onnx.load(out)
-    known = ({i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
-             | {o for n in model.graph.node for o in n.output})
-    dangling = sorted({i for n in model.graph.node for i in n.input if i and i not in known})
+    if _dangling(model):
+        model = _graft_rnns(model, model_file)
+    dangling = _dangling(model)
     if dangling:
         ops = sorted({d.split(".")[2] if d.startswith("p2o.pd_op.") else d for d in dangling})
+        legacy = (" (SimpleRNN is rebuilt only in PIR .json programs, which paddle.jit.save of paddle 3 writes)"
+                  if model_file.endswith(".pdmodel") else "")
         raise _error(f"paddle2onnx dropped the Paddle op(s) {ops} (their results {dangling} are used but never "
-                     "made); e.g. nn.SimpleRNN is not converted by paddle2onnx 2.1")
+                     f"made) and lstmrt cannot rebuild them{legacy}")
     return _restack_states(model)
+
+
+def _dangling(model: onnx.ModelProto) -> list:
+    """Names nodes or outputs use that nothing makes."""
+    known = ({i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+             | {o for n in model.graph.node for o in n.output})
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    return sorted(u for u in used if u and u not in known)
+
+
+def _program_rnn_ops(model_file: str) -> list:
+    """Every `rnn` op of the saved program's main block, in order, as a dict: its attributes,
+    the ONNX names paddle2onnx gave its input and initial-state operands, and its weights.
+
+    paddle2onnx names the k-th result of the n-th op of a kind (counted over the block, in
+    order) `p2o.<op>.<n>.<k>`, a graph input by its name and a parameter by its name."""
+    import paddle
+    prefix = os.path.splitext(model_file)[0]
+    dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope), _captured([""]):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            program, _, _ = paddle.static.load_inference_model(prefix, exe)
+        ops = list(program.global_block().ops)
+        if not all(hasattr(op, "name") and callable(op.name) for op in ops):
+            raise _error(f"'{model_file}' is not a PIR program (paddle.jit.save of paddle >= 3 writes one as .json); "
+                         "cannot read its rnn ops")
+        results = []   # (value, the ONNX name paddle2onnx gave it)
+        counts: dict = {}
+        for op in ops:
+            n = counts[op.name()] = counts.get(op.name(), -1) + 1
+            results.extend((r, f"p2o.{op.name()}.{n}.{k}") for k, r in enumerate(op.results()))
+
+        def onnx_name(value) -> str | None:
+            op = value.get_defining_op()
+            if op is None:
+                return None
+            if op.name() == "pd_op.data":
+                return op.attrs()["name"]
+            if op.name() == "builtin.parameter":
+                return op.attrs()["parameter_name"]
+            return next((name for r, name in results if r.is_same(value)), None)
+
+        def listed(value) -> list:
+            op = value.get_defining_op()
+            if op is None or op.name() != "builtin.combine":
+                return [value]
+            return list(op.operands_source())
+
+        def array(value) -> np.ndarray:
+            op = value.get_defining_op()
+            if op is None or op.name() != "builtin.parameter":
+                raise _error(f"a weight of the Paddle rnn op is computed ({op.name() if op else 'nothing'}), "
+                             "not a parameter; cannot read it")
+            name = op.attrs()["parameter_name"]
+            var = scope.find_var(name)
+            if var is None:
+                raise _error(f"the Paddle rnn op's weight '{name}' is not in the saved parameters")
+            return np.array(var.get_tensor(), dtype=np.float32)
+
+        found = []
+        for op in ops:
+            if op.name() != "pd_op.rnn":
+                continue
+            attrs = op.attrs()
+            operands = list(op.operands_source())
+            x, pre_state, weights = operands[0], operands[1], operands[2]
+            seq = operands[3] if len(operands) > 3 else None
+            found.append({
+                "attrs": attrs, "x": onnx_name(x),
+                "states": [onnx_name(v) for v in listed(pre_state)],
+                "weights": [array(v) for v in listed(weights)] if attrs.get("mode") in RNN_MODES else [],
+                "seq_lens": seq is not None and seq.initialized(),
+                "struct": attrs.get("struct_name", "").strip("/") or "rnn"})
+        return found
+    finally:
+        if dynamic:
+            paddle.disable_static()
+
+
+def _graft_rnns(model: onnx.ModelProto, model_file: str) -> onnx.ModelProto:
+    """Make the dangling results of the program's SimpleRNN `rnn` ops with native ONNX RNN nodes
+    (one per layer, bidirectional where the layer is): Y `p2o.pd_op.rnn.<n>.0` [T, B, D*H]
+    (time-major, as the op), final states `p2o.pd_op.rnn.<n>.2_0` [L*D, B, H]."""
+    from .onnx_build import ONNX_GATES, Direction, Graph, recurrent, reorder_gates
+    dangling = _dangling(model)
+    wanted: dict = {}
+    for name in dangling:
+        parts = name.split(".")
+        if name.startswith("p2o.pd_op.rnn.") and len(parts) == 5 and parts[3].isdigit():
+            wanted.setdefault(int(parts[3]), []).append(name)
+    if not wanted:
+        return model
+    from . import ExportError
+    try:
+        rnn_ops = _program_rnn_ops(model_file)
+    except ExportError:
+        raise
+    except Exception as e:   # paddle raises ValueError, RuntimeError, its own errors ...
+        raise _error(f"paddle2onnx dropped the Paddle rnn op(s) (nn.SimpleRNN) and lstmrt cannot read them from "
+                     f"'{model_file}': {type(e).__name__}: {str(e).strip()[:300]}") from None
+    graph = model.graph
+    g = Graph()
+    # names in the model stay out of the builder's fresh ones; the dangling ones are ours to make
+    g._used.update({i.name for i in graph.input} | {t.name for t in graph.initializer}
+                   | {v for n in graph.node for v in list(n.input) + list(n.output)} | {n.name for n in graph.node})
+    g._used.difference_update(dangling)
+    g.claim(dangling)
+    known = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+             | {o for x in graph.node for o in x.output})
+    for n, names in sorted(wanted.items()):
+        if n >= len(rnn_ops):
+            raise _error(f"paddle2onnx dropped Paddle rnn op #{n}, which the saved program does not have")
+        op = rnn_ops[n]
+        attrs, layer = op["attrs"], op["struct"]
+        mode = attrs.get("mode")
+        if mode not in RNN_MODES:
+            raise _error(f"paddle2onnx dropped the Paddle rnn op of layer '{layer}' (mode {mode}); "
+                         f"only SimpleRNN modes {sorted(RNN_MODES)} are rebuilt")
+        if op["seq_lens"]:
+            raise _error(f"layer '{layer}' (nn.SimpleRNN) is called with sequence_length, which lstmrt does not "
+                         "rebuild; call it without (the state then runs over padding too)")
+        for ref in [op["x"], *op["states"]]:
+            if ref is None or ref not in known:
+                raise _error(f"layer '{layer}' (SimpleRNN): cannot find its operand '{ref}' in paddle2onnx's output")
+        layers, hidden = int(attrs["num_layers"]), int(attrs["hidden_size"])
+        dirs = 2 if attrs.get("is_bidirec") else 1
+        weights = op["weights"]
+        if len(weights) != 4 * layers * dirs:
+            raise _error(f"layer '{layer}' (SimpleRNN): {len(weights)} weights, expected {4 * layers * dirs}")
+        base = f"p2o.pd_op.rnn.{n}"
+        x, finals = op["x"], []
+        state0 = op["states"][0] if op["states"] else None
+        for k in range(layers):
+            directions = []
+            for d in range(dirs):
+                c = k * dirs + d
+                w_ih, w_hh = weights[2 * c], weights[2 * c + 1]
+                b_ih, b_hh = weights[2 * layers * dirs + 2 * c], weights[2 * layers * dirs + 2 * c + 1]
+                if w_ih.shape[0] != hidden or w_hh.shape != (hidden, hidden) or b_ih.shape != (hidden,):
+                    raise _error(f"layer '{layer}' (SimpleRNN): weight shapes {w_ih.shape}, {w_hh.shape}, "
+                                 f"{b_ih.shape} do not match hidden_size {hidden}")
+                src, dst = PADDLE_GATES["RNN"], ONNX_GATES["RNN"]
+                directions.append(Direction(W=reorder_gates(w_ih, src, dst), R=reorder_gates(w_hh, src, dst),
+                                            Wb=reorder_gates(b_ih, src, dst), Rb=reorder_gates(b_hh, src, dst)))
+            h0 = None
+            if state0 is not None:   # this layer's [D, B, H] of the op's [L*D, B, H] initial state
+                h0 = g.op("Slice", [state0, g.ints([k * dirs]), g.ints([(k + 1) * dirs]), g.ints([0])],
+                          name=f"{base}.l{k}.h0")
+            y, y_h, _ = recurrent(g, "RNN", x, hidden, directions, name=f"{base}.l{k}", h0=h0,
+                                  activations=[RNN_MODES[mode]])
+            finals.append(y_h)
+            # Y [T, D, B, H] -> [T, B, D*H], the next layer's input and the op's output
+            x = g.op("Reshape", [g.transpose(y, [0, 2, 1, 3], name=f"{base}.l{k}.Y_t"), g.ints([0, 0, -1])],
+                     name=f"{base}.l{k}.Y_flat")
+        for name in names:
+            slot = name.split(".", 4)[4]
+            if slot == "0":
+                g.op("Identity", [x], name=f"{base}.Y", outputs=[name])
+            elif slot == "2_0":
+                g.op("Concat", finals, name=f"{base}.states", outputs=[name], axis=0)
+            else:
+                raise _error(f"layer '{layer}' (SimpleRNN): its result '{name}' is used; only the output and "
+                             "the final state are rebuilt")
+    graph.node.extend(g.nodes)
+    graph.initializer.extend(g.initializers)
+    _toposort(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _toposort(graph) -> None:
+    """Order the nodes so each comes after the makers of its inputs (stable otherwise)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise _error(f"the graph has a cycle or unmade inputs at {[n.name for n in rest[:5]]}")
+        pending = rest
+    copies = [onnx.NodeProto() for _ in ordered]
+    for c, node in zip(copies, ordered):
+        c.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _restack_states(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,17 +1,22 @@
 """Paddle exporter: models saved by paddle.jit.save in a subprocess, exported through the CLI
 (each export verifies Paddle vs onnxruntime vs lstmrt native, streamed too), checked here."""
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
 
-from export_helpers import build_and_export, check_native_onnx, cli, output_of, stream_matches_whole
+from export_helpers import ENV, ROOT, build_and_export, check_native_onnx, cli, output_of, run, stream_matches_whole
 
 pytestmark = pytest.mark.export
 
-STREAMABLE = ["lstm_seq", "gru2_last", "emb_lstm", "lstm_state", "lstm2_states"]
-PLAIN = ["bigru_tm"]
+STREAMABLE = ["lstm_seq", "gru2_last", "emb_lstm", "lstm_state", "lstm2_states", "simple_rnn", "srnn2_relu_state"]
+PLAIN = ["bigru_tm", "bisrnn2"]
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +48,94 @@ def test_own_state_pairs(exported):
     assert set(json.loads(meta["lstmrt.state_pairs"])) == {"h0", "c0"}
 
 
-def test_streams_here(exported):
-    feed = {"x": np.random.default_rng(0).standard_normal((2, 9, 4)).astype(np.float32)}
-    assert stream_matches_whole(onnx_path(exported, "gru2_last"), feed, {"x": 1}) < 1e-5
+@pytest.mark.parametrize("name,features", [("gru2_last", 4), ("simple_rnn", 3)])
+def test_streams_here(exported, name, features):
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 9, features)).astype(np.float32)}
+    assert stream_matches_whole(onnx_path(exported, name), feed, {"x": 1}) < 1e-5
 
 
-def test_dropped_op_is_refused(exported):
-    _, proc = exported["simple_rnn"]
-    assert proc.returncode != 0 and "dropped the Paddle op(s) ['rnn']" in output_of(proc)
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("name,layers,direction,activation", [
+    ("simple_rnn", 1, b"forward", b"Tanh"), ("srnn2_relu_state", 2, b"forward", b"Relu"),
+    ("bisrnn2", 2, b"bidirectional", b"Tanh")])
+def test_simple_rnn_is_native_rnn(exported, name, layers, direction, activation):
+    """paddle2onnx 2.1 drops nn.SimpleRNN; the export grafts one native RNN node per layer."""
+    model = onnx.load(onnx_path(exported, name))
+    nodes = [n for n in model.graph.node if n.op_type == "RNN"]
+    assert len(nodes) == layers, [n.op_type for n in model.graph.node]
+    for node in nodes:
+        attrs = _attrs(node)
+        assert attrs["direction"] == direction and attrs.get("layout", 0) == 0
+        assert set(attrs["activations"]) == {activation}
+
+
+def test_simple_rnn_state_pairs(exported):
+    """The initial state passed in pairs with the returned final state ([layers*dirs, B, H])."""
+    meta = {p.key: p.value for p in onnx.load(onnx_path(exported, "srnn2_relu_state")).metadata_props}
+    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "fetch_name_1"}
+    out = next(o for o in onnx.load(onnx_path(exported, "bisrnn2")).graph.output if o.name == "fetch_name_1")
+    assert out.type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_simple_rnn_sequence_length_is_refused(exported):
+    _, proc = exported["srnn_seqlen"]
+    out = output_of(proc)
+    assert proc.returncode != 0 and re.search(r"layer 'SimpleRNN\w*' \(nn.SimpleRNN\) is called with sequence_length",
+                                              out), out[-3000:]
+    assert "Traceback" not in out
+
+
+IN_MEMORY = """
+import sys, numpy as np, paddle
+from paddle import nn
+from exporters import export
+paddle.seed(1)
+class Net(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.SimpleRNN(3, 6, num_layers=2, activation="relu"), nn.Linear(6, 2)
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype("float32")
+print(export(Net(), sys.argv[1], example_input=x))
+"""
+
+
+def test_in_memory_simple_rnn(tmp_path):
+    path, script = tmp_path / "layer.onnx", tmp_path / "in_memory.py"
+    script.write_text(IN_MEMORY)        # paddle.jit.save reads the layer's source: not `python -c`
+    proc = run([script, path])
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "streamed in chunks" in proc.stdout and "B=1,T=1" in proc.stdout
+    model = check_native_onnx(path, streamable=True)
+    assert sum(n.op_type == "RNN" for n in model.graph.node) == 2
+
+
+def test_export_needs_no_network(exported, tmp_path):
+    """lstmrt[paddle] exports offline: paddle2onnx's polygraphy pip-installs missing helpers on first use,
+    so the export runs with pip pointed at nothing (no index, a dead index URL and proxy) and an
+    install command that only records being called; inside a network namespace of its own when
+    `unshare` allows one."""
+    marker = tmp_path / "install_attempted"
+    fake_pip = tmp_path / "fake_pip.sh"
+    fake_pip.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 1\n')
+    fake_pip.chmod(0o755)
+    dead = "http://127.0.0.1:9"
+    env = {**ENV, "PIP_NO_INDEX": "1", "PIP_INDEX_URL": dead + "/", "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
+           "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead,
+           "NO_PROXY": "", "no_proxy": "", "POLYGRAPHY_INSTALL_CMD": str(fake_pip)}
+    args = [sys.executable, "-m", "exporters.cli", "export", exported["simple_rnn"][0], "-o", tmp_path / "off.onnx"]
+    isolated = shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+    if isolated:
+        args = ["unshare", "-rn", *args]
+    proc = subprocess.run(list(map(str, args)), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "max abs error vs framework" in proc.stdout and "streamed in chunks" in proc.stdout
+    assert not marker.exists(), f"an install was attempted: {marker.read_text()}"
+    assert os.path.getsize(tmp_path / "off.onnx") > 0
 
 
 def test_missing_params_and_corrupt_files(exported, tmp_path):

@@ -77,7 +77,7 @@ class Lstm2States(nn.Layer):          # stacked LSTM returning every layer's fin
         return self.head(y), h
 
 
-class SimpleRnn(nn.Layer):            # paddle2onnx 2.1 drops SimpleRNN: refused, op named
+class SimpleRnn(nn.Layer):            # paddle2onnx 2.1 drops SimpleRNN: grafted as a native RNN node
     def __init__(self):
         super().__init__()
         self.rnn, self.head = nn.SimpleRNN(3, 4), nn.Linear(4, 2)
@@ -85,6 +85,37 @@ class SimpleRnn(nn.Layer):            # paddle2onnx 2.1 drops SimpleRNN: refused
     def forward(self, x):
         y, _ = self.rnn(x)
         return self.head(y)
+
+
+class SimpleRnn2ReluState(nn.Layer):  # stacked relu SimpleRNN, time-major, initial state in, final out
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.SimpleRNN(3, 5, num_layers=2, activation="relu", time_major=True)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, h0):
+        y, h = self.rnn(x, h0)
+        return self.head(y), h
+
+
+class SimpleRnnSeqLen(nn.Layer):      # sequence_length is not rebuilt: refused, layer named
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.SimpleRNN(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x, lens):
+        y, _ = self.rnn(x, sequence_length=lens)
+        return self.head(y)
+
+
+class BiSimpleRnn2(nn.Layer):         # stacked bidirectional SimpleRNN returning every final state
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.SimpleRNN(3, 4, num_layers=2, direction="bidirect"), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y, h = self.rnn(x)
+        return self.head(y[:, -1]), h
 
 
 F = "float32"
@@ -95,7 +126,10 @@ MODELS = {"lstm_seq": (LstmSeq, [([None, None, 5], F, (4, 6, 5))]),
           "lstm_state": (LstmState, [([None, None, 4], F, (4, 6, 4)), ([1, None, 6], F, (1, 4, 6)),
                                      ([1, None, 6], F, (1, 4, 6))]),
           "lstm2_states": (Lstm2States, [([None, None, 5], F, (4, 6, 5))]),
-          "simple_rnn": (SimpleRnn, [([None, None, 3], F, (4, 6, 3))])}
+          "simple_rnn": (SimpleRnn, [([None, None, 3], F, (4, 6, 3))]),
+          "srnn2_relu_state": (SimpleRnn2ReluState, [([None, None, 3], F, (6, 4, 3)), ([2, None, 5], F, (2, 4, 5))]),
+          "bisrnn2": (BiSimpleRnn2, [([None, None, 3], F, (4, 6, 3))]),
+          "srnn_seqlen": (SimpleRnnSeqLen, [([None, None, 3], F, (4, 6, 3)), ([None], "int64", (4,))])}
 
 
 def main(outdir):
@@ -104,7 +138,8 @@ def main(outdir):
     for name, (cls, inputs) in MODELS.items():
         model = cls()
         opt = paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters())
-        args = [paddle.to_tensor(rng.integers(0, 30, shape) if dtype == "int64"
+        args = [paddle.to_tensor(rng.integers(0, 30, shape) if dtype == "int64" and len(shape) > 1
+                                 else np.full(shape, 6) if dtype == "int64"
                                  else rng.standard_normal(shape).astype(dtype)) for _, dtype, shape in inputs]
         model.train()
         for _ in range(5):                       # a few steps: weights not at init
@@ -115,7 +150,8 @@ def main(outdir):
             opt.step()
             opt.clear_grad()
         model.eval()
-        names = ["x", "h0", "c0"] if name == "lstm_state" else ["tokens" if name == "emb_lstm" else "x"]
+        names = {"lstm_state": ["x", "h0", "c0"], "srnn2_relu_state": ["x", "h0"], "emb_lstm": ["tokens"],
+                 "srnn_seqlen": ["x", "lens"]}.get(name, ["x"])
         prefix = os.path.join(outdir, name)
         with contextlib.redirect_stdout(io.StringIO()):
             paddle.jit.save(model, prefix, input_spec=[InputSpec(s, d, n) for (s, d, _), n in zip(inputs, names)])
