@@ -209,7 +209,8 @@ def _program_rnn_ops(model_file: str) -> list:
 def _graft_rnns(model: onnx.ModelProto, model_file: str) -> onnx.ModelProto:
     """Make the dangling results of the program's SimpleRNN `rnn` ops with native ONNX RNN nodes
     (one per layer, bidirectional where the layer is): Y `p2o.pd_op.rnn.<n>.0` [T, B, D*H]
-    (time-major, as the op), final states `p2o.pd_op.rnn.<n>.2_0` [L*D, B, H]."""
+    (time-major, as the op), final states `p2o.pd_op.rnn.<n>.2_0` [L*D, B, H].  <n> counts
+    every rnn op (LSTM and GRU ones too) in program order, as paddle2onnx does."""
     from .onnx_build import ONNX_GATES, Direction, Graph, recurrent, reorder_gates
     dangling = _dangling(model)
     wanted: dict = {}
@@ -256,7 +257,7 @@ def _graft_rnns(model: onnx.ModelProto, model_file: str) -> onnx.ModelProto:
         weights = op["weights"]
         if len(weights) != 4 * layers * dirs:
             raise _error(f"layer '{layer}' (SimpleRNN): {len(weights)} weights, expected {4 * layers * dirs}")
-        base = f"p2o.pd_op.rnn.{n}"
+        base = f"SimpleRNN.{n}"     # node and value names (the state inputs are named after the nodes)
         x, finals = op["x"], []
         state0 = op["states"][0] if op["states"] else None
         for k in range(layers):

@@ -15,7 +15,8 @@ from export_helpers import ENV, ROOT, build_and_export, check_native_onnx, cli, 
 
 pytestmark = pytest.mark.export
 
-STREAMABLE = ["lstm_seq", "gru2_last", "emb_lstm", "lstm_state", "lstm2_states", "simple_rnn", "srnn2_relu_state"]
+STREAMABLE = ["lstm_seq", "gru2_last", "emb_lstm", "lstm_state", "lstm2_states", "simple_rnn", "srnn2_relu_state",
+              "lstm_srnns"]
 PLAIN = ["bigru_tm", "bisrnn2"]
 
 
@@ -70,6 +71,15 @@ def test_simple_rnn_is_native_rnn(exported, name, layers, direction, activation)
         attrs = _attrs(node)
         assert attrs["direction"] == direction and attrs.get("layout", 0) == 0
         assert set(attrs["activations"]) == {activation}
+
+
+def test_simple_rnns_after_an_lstm(exported):
+    model = onnx.load(onnx_path(exported, "lstm_srnns"))
+    rnns = [n for n in model.graph.node if n.op_type == "RNN"]
+    assert [n.op_type for n in model.graph.node if n.op_type in ("LSTM", "RNN")] == ["LSTM", "RNN", "RNN"]
+    assert [_attrs(n)["activations"] for n in rnns] == [[b"Relu"], [b"Tanh"]]
+    assert [_attrs(n)["hidden_size"] for n in rnns] == [4, 3]
+    assert len(json.loads({p.key: p.value for p in model.metadata_props}["lstmrt.state_pairs"])) == 4
 
 
 def test_simple_rnn_state_pairs(exported):

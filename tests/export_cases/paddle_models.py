@@ -98,6 +98,15 @@ class SimpleRnn2ReluState(nn.Layer):  # stacked relu SimpleRNN, time-major, init
         return self.head(y), h
 
 
+class LstmSimpleRnns(nn.Layer):       # LSTM then two SimpleRNNs: the rnn ops are told apart by position
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.LSTM(3, 5), nn.SimpleRNN(5, 4, activation="relu"), nn.SimpleRNN(4, 3)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)[0])[0])[0]
+
+
 class SimpleRnnSeqLen(nn.Layer):      # sequence_length is not rebuilt: refused, layer named
     def __init__(self):
         super().__init__()
@@ -129,6 +138,7 @@ MODELS = {"lstm_seq": (LstmSeq, [([None, None, 5], F, (4, 6, 5))]),
           "simple_rnn": (SimpleRnn, [([None, None, 3], F, (4, 6, 3))]),
           "srnn2_relu_state": (SimpleRnn2ReluState, [([None, None, 3], F, (6, 4, 3)), ([2, None, 5], F, (2, 4, 5))]),
           "bisrnn2": (BiSimpleRnn2, [([None, None, 3], F, (4, 6, 3))]),
+          "lstm_srnns": (LstmSimpleRnns, [([None, None, 3], F, (4, 6, 3))]),
           "srnn_seqlen": (SimpleRnnSeqLen, [([None, None, 3], F, (4, 6, 3)), ([None], "int64", (4,))])}
 
 
