@@ -1,8 +1,10 @@
 """Stream groups: many independent streams of one session, advanced together.
 
 A server holding 64 live streams runs one batch-64 call per step instead of 64
-batch-1 calls.  Members join and leave at any time; each keeps its own state, and
-each gets exactly what it would get streaming alone.
+batch-1 calls.  Each member is one sequence (batch 1); members join and leave at
+any time, keep their own state, and get exactly what they would get streaming alone.
+The members' states live stacked, one row each, so a step gathers nothing when
+every member runs.
 """
 from __future__ import annotations
 
@@ -14,50 +16,69 @@ from .errors import InputError, StreamError
 from .stream import Stream
 
 
+def _rows(axis: int, index) -> tuple:
+    return (slice(None),) * axis + (index,)
+
+
 class StreamGroup:
     def __init__(self, session, state: dict | None = None):
         self._session = session
         self._template = Stream(session, state)      # checks the model can stream; finds the pairs
         self.pairs = self._template.pairs
-        model = session.model
-        self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
+        self._outputs = [o.name for o in session.model.outputs if o.name not in self.pairs.values()]
         self._batch_dim = self._batch_dim_name()
-        self._members: dict[int, dict] = {}
         self._keys = itertools.count()
+        self._order: list[int] = []           # member keys, in row order
+        self._pending: dict[int, dict] = {}   # state given to add() before the rows exist
+        self._states: dict | None = None      # state input -> stacked array, one row per member
+        self._state_axis: dict = {}
 
     # -- membership ----------------------------------------------------------------
     def add(self, state: dict | None = None) -> int:
-        """A new member, starting from zeros (or from `state`); returns its key."""
+        """A new member, starting from zeros (or from `state`, as a lone stream's .state gives it)."""
         key = next(self._keys)
-        self._members[key] = {}
-        if state:
-            self.set_state(key, state)
+        checked = self._checked_state(state) if state else {}
+        self._order.append(key)
+        if self._states is not None:
+            for name, stacked in self._states.items():
+                axis = self._state_axis[name]
+                row = checked.get(name, np.zeros_like(stacked[_rows(axis, slice(0, 1))]))
+                self._states[name] = np.concatenate([stacked, row], axis=axis)
+        elif checked:
+            self._pending[key] = checked
         return key
 
     def remove(self, key: int) -> None:
-        self._member(key)
-        del self._members[key]
+        row = self._row(key)
+        self._order.pop(row)
+        self._pending.pop(key, None)
+        if self._states is not None:
+            self._states = {n: np.delete(a, row, axis=self._state_axis[n]) for n, a in self._states.items()}
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._order)
 
     def state(self, key: int) -> dict:
-        return {k: v.copy() for k, v in self._member(key).items()}
+        """The member's state, shaped as a lone stream's; empty before the group first ran."""
+        row = self._row(key)
+        if self._states is None:
+            return {k: v.copy() for k, v in self._pending.get(key, {}).items()}
+        return {n: a[_rows(self._state_axis[n], slice(row, row + 1))].copy() for n, a in self._states.items()}
 
-    def set_state(self, key: int, state: dict) -> None:
+    def _row(self, key: int) -> int:
+        try:
+            return self._order.index(key)
+        except ValueError:
+            raise StreamError(f"no member {key!r} in this stream group (members: {self._order})") from None
+
+    def _checked_state(self, state: dict) -> dict:
         probe = Stream(self._session, self.pairs)
-        probe.set_state(state)               # the same checks a lone stream makes
-        self._member(key).update(probe.state)
-
-    def _member(self, key: int) -> dict:
-        if key not in self._members:
-            raise StreamError(f"no member {key!r} in this stream group (members: {sorted(self._members)})")
-        return self._members[key]
+        probe.set_state(state)               # the checks a lone stream makes
+        return probe.state
 
     # -- batch axes ------------------------------------------------------------------
     def _batch_dim_name(self):
-        axes = self._template._batch_axes
-        for name, axis in axes.items():
+        for name, axis in self._template._batch_axes.items():
             shape = self._session.model.input(name).shape or []
             if axis < len(shape) and isinstance(shape[axis], str):
                 return shape[axis]
@@ -79,41 +100,68 @@ class StreamGroup:
                           "name its batch dimension like the streamed input's")
 
     # -- running -----------------------------------------------------------------------
+    def _gather_feeds(self, feeds: dict, keys: list) -> tuple[dict, dict]:
+        """(the first member's checked feed, {input: [every member's array]}): the first is checked
+        in full, the rest held to its names, dtypes and shapes (a group steps its members together)."""
+        first = self._session.check_feed(feeds[keys[0]], optional=self.pairs)
+        if any(n in first for n in self.pairs):
+            raise InputError("a group carries its members' state; give it with add(state=...) instead")
+        try:
+            columns = {n: [feeds[k][n] for k in keys] for n in first}
+            same = all(len(feeds[k]) == len(first) for k in keys) and all(
+                {type(a) for a in arrays} == {np.ndarray} and {a.shape for a in arrays} == {first[n].shape}
+                and {a.dtype for a in arrays} == {first[n].dtype} for n, arrays in columns.items())
+        except (KeyError, TypeError, AttributeError):
+            same = False
+        if not same:
+            bad = next(k for k in keys if not isinstance(feeds[k], dict) or feeds[k].keys() != first.keys() or any(
+                not isinstance(feeds[k][n], np.ndarray) or feeds[k][n].shape != v.shape or feeds[k][n].dtype != v.dtype
+                for n, v in first.items()))
+            self._session.check_feed(feeds[bad], optional=self.pairs)   # names a plain mistake first
+            raise InputError(f"member {bad}'s feed differs from member {keys[0]}'s in names, dtypes or shapes; "
+                             "a group steps its members together, in chunks of one length")
+        return first, columns
+
+    def _init_states(self, first: dict) -> None:
+        model = self._session.model
+        zeros = {n: self._template._zero_state(n, first) for n in self.pairs}
+        self._state_axis = {n: self._axis(n, z.shape, model.input(n).shape, 1) for n, z in zeros.items()}
+        for n, z in zeros.items():
+            if z.shape[self._state_axis[n]] != 1:
+                raise StreamError(f"group members are single sequences; state '{n}' came out {list(z.shape)}")
+        rows = [{**zeros, **self._pending.get(k, {})} for k in self._order]
+        self._states = {n: np.concatenate([r[n] for r in rows], axis=self._state_axis[n]) for n in self.pairs}
+        self._pending = {}
+
     def run(self, feeds: dict) -> dict:
         """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all."""
         if not feeds:
             return {}
-        model, keys = self._session.model, list(feeds)
-        checked = {k: self._session.check_feed(feeds[k], optional=self.pairs) for k in keys}
-        for k in keys:
-            state = self._member(k)
-            for name in self.pairs:
-                if name not in checked[k]:
-                    checked[k][name] = state[name] if name in state else self._template._zero_state(name, checked[k])
-        first = checked[keys[0]]
+        keys = list(feeds)
+        where = {k: i for i, k in enumerate(self._order)}
+        rows = [where[k] if k in where else self._row(k) for k in keys]
+        first, columns = self._gather_feeds(feeds, keys)
         streamed = [n for n in first if n in self._template._batch_axes]
         if not streamed:
             raise StreamError("no streamed input with a traceable batch axis; a group needs one")
-        axis0 = self._template._batch_axes[streamed[0]]
-        sizes = [checked[k][streamed[0]].shape[axis0] for k in keys]
-        batched = {}
-        for name in first:
-            parts = [checked[k][name] for k in keys]
-            axis = self._axis(name, parts[0].shape, model.input(name).shape, sizes[0])
-            try:
-                batched[name] = np.concatenate(parts, axis=axis)
-            except ValueError:
-                raise InputError(f"members' '{name}' differ beyond the batch axis ({[list(p.shape) for p in parts]}); "
-                                 "a group steps its members together, in chunks of one length") from None
+        if first[streamed[0]].shape[self._template._batch_axes[streamed[0]]] != 1:
+            raise InputError("each group member is one sequence: its inputs have batch 1")
+        if self._states is None:
+            self._init_states(first)
+        everyone = rows == list(range(len(self._order)))
+        batched = {n: np.concatenate(arrays, axis=self._template._batch_axes[n]) for n, arrays in columns.items()}
+        for n, stacked in self._states.items():
+            batched[n] = stacked if everyone else np.take(stacked, rows, axis=self._state_axis[n])
         names = self._outputs + list(self.pairs.values())
         results = dict(zip(names, self._session.run(names, batched)))
-        total, split_at = sum(sizes), np.cumsum(sizes)[:-1]
-        pieces = {}
-        for name, value in results.items():
-            axis = self._axis(name, value.shape, model.output(name).shape, total)
-            pieces[name] = np.split(value, split_at, axis=axis)
-        out = {}
-        for i, k in enumerate(keys):
-            self._members[k] = {inp: pieces[o][i] for inp, o in self.pairs.items()}
-            out[k] = [pieces[n][i] for n in self._outputs]
-        return out
+        for inp, out in self.pairs.items():
+            if everyone:
+                self._states[inp] = results[out]
+            else:
+                self._states[inp][_rows(self._state_axis[inp], rows)] = results[out]
+        model, count = self._session.model, len(keys)
+        pieces = []
+        for n in self._outputs:
+            axis = self._axis(n, results[n].shape, model.output(n).shape, count)
+            pieces.append([results[n][_rows(axis, slice(i, i + 1))] for i in range(count)])
+        return {k: [p[i] for p in pieces] for i, k in enumerate(keys)}
