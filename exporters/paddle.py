@@ -384,7 +384,7 @@ def _save_layer(layer, example_input, tmp: str) -> str:
 def export(model, example_input=None, state: bool = True):
     import paddle
     from . import Exported, _specs_from_graph
-    from .streamify import StreamifyError, streamify
+    from .streamify import lift_state_or_note
     paddle.set_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(model, (str, os.PathLike)):
@@ -399,12 +399,7 @@ def export(model, example_input=None, state: bool = True):
         layer = load(model_file)
         onnx_model = _convert(model_file, params_file)
     original_inputs = [i.name for i in onnx_model.graph.input]
-    notes, pairs = [], {}
-    if state:
-        try:
-            onnx_model, pairs = streamify(onnx_model)
-        except StreamifyError as e:
-            notes.append(f"not streamable: {e}; exported without state")
+    onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
     specs, out_axes = _specs_from_graph(onnx_model, pairs, set(original_inputs))
     _token_vocab(onnx_model, specs)
     out_names = [o.name for o in onnx_model.graph.output if o.name not in pairs.values()]

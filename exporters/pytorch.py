@@ -127,7 +127,7 @@ def _example(model, example_input):
 def export(model, example_input=None, state: bool = True):
     import torch
     from . import Exported
-    from .streamify import StreamifyError, streamify
+    from .streamify import lift_state_or_note
     source = "<torch.nn.Module>"
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
@@ -159,12 +159,7 @@ def export(model, example_input=None, state: bool = True):
         raise _error(f"torch.onnx could not export the model: {type(e).__name__}: "
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
-    notes, pairs = [], {}
-    if state:
-        try:
-            onnx_model, pairs = streamify(onnx_model)
-        except StreamifyError as e:
-            notes.append(f"not streamable: {e}; exported without state")
+    onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
     specs = []
     for name, v, dims in inputs:
         own = name in pairs

@@ -225,3 +225,15 @@ def strip_state(model: onnx.ModelProto) -> onnx.ModelProto:
     for entry in [p for p in out.metadata_props if p.key == METADATA_KEY]:
         out.metadata_props.remove(entry)
     return out
+
+
+def lift_state_or_note(model, wanted: bool) -> tuple:
+    """(model, pairs, notes): streamify() when state is wanted; a model that cannot stream
+    (e.g. bidirectional) comes back unchanged, with a note saying why."""
+    if not wanted:
+        return model, {}, []
+    try:
+        lifted, pairs = streamify(model)
+        return lifted, pairs, []
+    except StreamifyError as e:
+        return model, {}, [f"not streamable: {e}; exported without state"]
