@@ -196,7 +196,6 @@ def export(model, path: str | None = None, example_input=None, *, state: bool = 
 def streamify_file(source: str, path: str | None, verify: bool = True) -> Report:
     """Lift the recurrent state of an ONNX model made elsewhere into inputs/outputs (see streamify)."""
     from .streamify import StreamifyError, streamify
-    from .verify import InputSpec
     try:
         original = onnx.load(source)
     except Exception as e:   # onnx raises DecodeError, ValueError, OSError ... for bad files

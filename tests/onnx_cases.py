@@ -13,7 +13,7 @@ W/R/B/P are initializers; X, sequence_lens, initial_h, initial_c are graph input
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx

@@ -106,7 +106,6 @@ def savedmodels(tmp_path_factory):
 @pytest.mark.parametrize("name", ["sm_lstm", "sm_stateful"])
 def test_savedmodel_lstm_exports_verifies_and_streams(savedmodels, name):
     import json
-    import onnx
     path, proc = savedmodels[name]
     assert proc.returncode == 0, output_of(proc)[-4000:]
     out = proc.stdout
