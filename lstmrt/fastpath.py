@@ -7,6 +7,8 @@ The result is the same as the general path's (tests/test_fastpath.py checks both
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .backends.native import NativeBackend
@@ -85,3 +87,43 @@ class CellFastPath:
                                   "reset() the stream or set_state() to change the batch")
             elif current is not view:
                 np.copyto(view, current)
+
+
+class RunFastPath:
+    """sess.run on the same bare-cell models: state in, state out, one C call, no graph walk.
+    Runners are per thread, since one session's run() may be called from many threads."""
+
+    def __init__(self, cell: CellFastPath, model, pairs: dict):
+        self.cell = cell
+        self.outputs = [o.name for o in model.outputs]
+        self.state_of_output = {out: inp for inp, out in pairs.items()}
+        self.inputs = {cell.x_name, *pairs}
+        self._local = threading.local()
+
+    @classmethod
+    def detect(cls, backend, model) -> "RunFastPath | None":
+        from .state_pairs import find_state_pairs
+        pairs = find_state_pairs(model)
+        cell = CellFastPath.detect(backend, model, pairs) if pairs else None
+        return cls(cell, model, pairs) if cell is not None else None
+
+    def try_run(self, feed, output_names) -> list | None:
+        """The outputs, or None when the feed is not the plain case (the general path then runs it,
+        and raises the usual errors)."""
+        if not isinstance(feed, dict) or feed.keys() != self.inputs:
+            return None
+        x = feed[self.cell.x_name]
+        if not self.cell.accepts(x):
+            return None
+        state_shape = (1, x.shape[1], self.cell.hidden)
+        if any(type(feed[n]) is not np.ndarray or feed[n].dtype != np.float32 or feed[n].shape != state_shape
+               for n in self.cell.state_slots):
+            return None
+        path = getattr(self._local, "path", None)
+        if path is None:
+            path = self._local.path = CellFastPath(self.cell.node, self.cell.x_name, self.cell.state_slots, True)
+        y, views = path.run(x, {n: feed[n] for n in self.cell.state_slots})
+        values = {name: views[self.state_of_output[name]].copy() for name in self.state_of_output}
+        if y:
+            values.update({o: y[0] for o in self.outputs if o not in values})
+        return [values[n] for n in (output_names or self.outputs)]

@@ -51,6 +51,8 @@ class InferenceSession:
         self.model = Model(model)
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
+        from .fastpath import RunFastPath
+        self._fast_run = RunFastPath.detect(self._backend, self.model)
 
     def get_providers(self) -> list[str]:
         """onnxruntime's providers in use, or ["lstmrt-native"]."""
@@ -88,6 +90,10 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None) -> list:
         """Run the whole model: like onnxruntime, returns the outputs named (all if None) in order."""
         del run_options  # accepted for onnxruntime compatibility
+        if self._fast_run is not None and (output_names is None or set(output_names) <= set(self._fast_run.outputs)):
+            result = self._fast_run.try_run(input_feed, output_names)
+            if result is not None:
+                return result
         return self._backend.run(self.check_feed(input_feed), self._output_names(output_names))
 
     def stream(self, state: dict | None = None):

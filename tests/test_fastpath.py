@@ -84,3 +84,53 @@ def test_models_with_glue_take_the_general_path():
     from models import streaming_model
     assert lstmrt.InferenceSession(streaming_model("LSTM"), backend="native").stream()._fast is None
     assert lstmrt.InferenceSession(bare_cell("LSTM"), backend="onnxruntime").stream()._fast is None
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_run_fast_path_equals_general_path_and_onnxruntime(cell):
+    model = bare_cell(cell)
+    fast = lstmrt.InferenceSession(model, backend="native")
+    general = lstmrt.InferenceSession(model, backend="native")
+    assert fast._fast_run is not None
+    general._fast_run = None
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime")
+    rng = np.random.default_rng(3)
+    feed = {i.name: rng.standard_normal([{"T": 6, "B": 3}.get(d, d) for d in i.shape]).astype(np.float32)
+            for i in fast.get_inputs()}
+    before = {k: v.copy() for k, v in feed.items()}
+    got, want, ref = fast.run(None, feed), general.run(None, feed), reference.run(None, feed)
+    for g, w, r in zip(got, want, ref):
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_allclose(g, r, atol=1e-5)
+    for k in feed:
+        np.testing.assert_array_equal(feed[k], before[k])       # the caller's arrays are left alone
+    names = [o.name for o in fast.get_outputs()][::-1]
+    for g, w in zip(fast.run(names, feed), general.run(names, feed)):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(lstmrt.InputError, match="dimension 2 must be 10"):
+        fast.run(None, {**feed, "X": feed["X"][:, :, :9].copy()})
+
+
+def test_run_fast_path_is_thread_safe():
+    import threading
+    sess = lstmrt.InferenceSession(bare_cell("LSTM", hidden=48, inputs=16), backend="native")
+    rng = np.random.default_rng(4)
+    feeds = [{"X": rng.standard_normal((5, 2, 16)).astype(np.float32),
+              "h0": rng.standard_normal((1, 2, 48)).astype(np.float32),
+              "c0": rng.standard_normal((1, 2, 48)).astype(np.float32)} for _ in range(2)]
+    expected = [sess.run(None, f) for f in feeds]
+    results = [[], []]
+
+    def work(i):
+        for _ in range(300):
+            results[i].append(sess.run(None, feeds[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for outs in results[i]:
+            for g, w in zip(outs, expected[i]):
+                np.testing.assert_array_equal(g, w)
