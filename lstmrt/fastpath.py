@@ -1,7 +1,8 @@
-"""The streaming hot path: a model that is one forward recurrent node, wired straight to
-the graph's inputs and outputs, streams as one C call per chunk on a CellRunner.
+"""The hot path: a model that is one forward recurrent node, wired straight to the graph's
+inputs and outputs, runs as one C call per call on a CellRunner, in stream.run (CellFastPath)
+and sess.run (RunFastPath) alike.
 
-No feed dict, no plan walk, no per-call allocation but the returned Y: this is the
+No feed dict, no plan walk, no per-call allocation but the returned arrays: this is the
 case where onnxruntime's per-call overhead dominates and lstmrt should not add its own.
 The result is the same as the general path's (tests/test_fastpath.py checks both).
 """
