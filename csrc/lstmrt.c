@@ -200,28 +200,22 @@ static int pack_matrix(lrt_pmat *m, const lrt_weights *w, const float *src, int 
             }
         return 1;
     }
-    if (w->precision == LRT_PREC_BF16) {
-        uint16_t *dst = calloc((size_t)K * np, sizeof(uint16_t));
-        m->data = dst;
-        if (!dst) return 0;
-        for (int g = 0; g < G; g++)
-            for (int j = 0; j < H; j++) {
-                const float *row = src + ((size_t)g * H + j) * K;
-                const size_t col = (size_t)g * hp + j;
-                uint16_t *d = dst + (col / P) * (size_t)K * P + col % P;
-                for (int k = 0; k < K; k++) d[(size_t)k * P] = to_bf16(row[k]);
-            }
-        return 1;
-    }
-    float *dst = calloc((size_t)K * np, sizeof(float));
+    /* float32 or bf16: the same panel layout, elements of either width */
+    const int bf16 = w->precision == LRT_PREC_BF16;
+    void *dst = calloc((size_t)K * np, bf16 ? sizeof(uint16_t) : sizeof(float));
     m->data = dst;
     if (!dst) return 0;
     for (int g = 0; g < G; g++)
         for (int j = 0; j < H; j++) {
             const float *row = src + ((size_t)g * H + j) * K;
             const size_t col = (size_t)g * hp + j;
-            float *d = dst + (col / P) * (size_t)K * P + col % P;
-            for (int k = 0; k < K; k++) d[(size_t)k * P] = row[k];
+            const size_t base = (col / P) * (size_t)K * P + col % P;
+            for (int k = 0; k < K; k++) {
+                if (bf16)
+                    ((uint16_t *)dst)[base + (size_t)k * P] = to_bf16(row[k]);
+                else
+                    ((float *)dst)[base + (size_t)k * P] = row[k];
+            }
         }
     return 1;
 }
