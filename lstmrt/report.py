@@ -56,9 +56,13 @@ def inspect_model(path: str, console: Console) -> None:
         console.print("streaming: state carried " + ", ".join(f"{i} -> {o}" for i, o in pairs.items()))
     except LstmrtError as e:
         console.print(f"streaming: not possible: {e}")
-    try:
-        native = NativeBackend(model).describe()
-    except LstmrtError as e:
-        native = f"native cannot run it: {e}"
+    chosen, why = choose(model)
+    if chosen.name == "native":       # auto already built it: no second packing of the weights
+        native = chosen.describe()
+    else:
+        try:
+            native = NativeBackend(model).describe()
+        except LstmrtError as e:
+            native = f"native cannot run it: {e}"
     console.print(f"{native} (SIMD paths here: {', '.join(available_simd_paths())})")
-    console.print(f"backend auto: {choose(model)[1]}")
+    console.print(f"backend auto: {why}")
