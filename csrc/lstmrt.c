@@ -155,6 +155,29 @@ static int check_desc(const lrt_cell_desc *d)
     return 1;
 }
 
+/* Zeroed memory aligned to a cache line.  Packed weights must be: an unaligned 64-byte load
+ * touches two lines, which cost a streaming product ~40% of its speed.  The offset to the
+ * block malloc returned is kept just below the aligned address. */
+#define LRT_LINE 64
+static void *alloc_lines(size_t count, size_t size)
+{
+    if (size && count > (SIZE_MAX - 2 * LRT_LINE) / size) return NULL;
+    unsigned char *raw = calloc(count * size + 2 * LRT_LINE, 1);
+    if (!raw) return NULL;
+    unsigned char *p = raw + LRT_LINE + (LRT_LINE - (uintptr_t)raw % LRT_LINE) % LRT_LINE;
+    const size_t offset = (size_t)(p - raw);
+    memcpy(p - sizeof offset, &offset, sizeof offset);
+    return p;
+}
+
+static void free_lines(void *p)
+{
+    if (!p) return;
+    size_t offset;
+    memcpy(&offset, (unsigned char *)p - sizeof offset, sizeof offset);
+    free((unsigned char *)p - offset);
+}
+
 /* float32 -> bf16 bits, round to nearest even; NaN stays NaN */
 static uint16_t to_bf16(float f)
 {
@@ -174,10 +197,10 @@ static int pack_matrix(lrt_pmat *m, const lrt_weights *w, const float *src, int 
     m->k = K;
     m->k4 = (K + 3) / 4 * 4;
     if (w->precision == LRT_PREC_INT8) {
-        int8_t *q = calloc((size_t)m->k4 * np, 1);
+        int8_t *q = alloc_lines((size_t)m->k4 * np, 1);
         m->data = q;
-        m->scale = calloc(np, sizeof(float));
-        m->csum = calloc(np, sizeof(int32_t));
+        m->scale = alloc_lines(np, sizeof(float));
+        m->csum = alloc_lines(np, sizeof(int32_t));
         if (!q || !m->scale || !m->csum) return 0;
         for (int g = 0; g < G; g++)
             for (int j = 0; j < H; j++) {
@@ -202,7 +225,7 @@ static int pack_matrix(lrt_pmat *m, const lrt_weights *w, const float *src, int 
     }
     /* float32 or bf16: the same panel layout, elements of either width */
     const int bf16 = w->precision == LRT_PREC_BF16;
-    void *dst = calloc((size_t)K * np, bf16 ? sizeof(uint16_t) : sizeof(float));
+    void *dst = alloc_lines((size_t)K * np, bf16 ? sizeof(uint16_t) : sizeof(float));
     m->data = dst;
     if (!dst) return 0;
     for (int g = 0; g < G; g++)
@@ -222,7 +245,7 @@ static int pack_matrix(lrt_pmat *m, const lrt_weights *w, const float *src, int 
 
 static void free_matrix(lrt_pmat *m)
 {
-    free(m->data); free(m->scale); free(m->csum);
+    free_lines(m->data); free_lines(m->scale); free_lines(m->csum);
 }
 
 /* ---- int8 products: the portable reference (every path without VNNI) ---- */
@@ -292,7 +315,7 @@ static void pack_bias(lrt_weights *w, const float *B)
 void lrt_weights_free(lrt_weights *w)
 {
     if (!w) return;
-    free_matrix(&w->wt); free_matrix(&w->rt); free(w->bias); free(w->rbh); free(w->peep);
+    free_matrix(&w->wt); free_matrix(&w->rt); free_lines(w->bias); free_lines(w->rbh); free_lines(w->peep);
     free(w);
 }
 
@@ -325,9 +348,9 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
     w->np = (w->n + w->panel - 1) / w->panel * w->panel;
     w->precision = desc->precision;
     w->vnni = desc->precision == LRT_PREC_INT8 && simd == LRT_SIMD_AVX512 && cpu_has_vnni();
-    w->bias = calloc((size_t)w->n, sizeof(float));
-    w->rbh = calloc((size_t)w->hp, sizeof(float));
-    w->peep = P ? calloc((size_t)3 * w->hp, sizeof(float)) : NULL;
+    w->bias = alloc_lines((size_t)w->n, sizeof(float));
+    w->rbh = alloc_lines((size_t)w->hp, sizeof(float));
+    w->peep = P ? alloc_lines((size_t)3 * w->hp, sizeof(float)) : NULL;
     int okw = pack_matrix(&w->wt, w, W, I), okr = okw == 1 ? pack_matrix(&w->rt, w, R, H) : 0;
     if (okw < 0 || okr < 0) {
         lrt_weights_free(w);
