@@ -36,8 +36,9 @@ typedef struct {
 } lrt_pmat;
 
 struct lrt_weights;
+/* sweep: in/out hint of the direction of single-row weight sweeps (kernel_impl.h) */
 typedef int (*lrt_run_fn)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1,
-                          float *workspace);
+                          float *workspace, int *sweep);
 
 struct lrt_weights {
     lrt_cell_desc desc;
@@ -55,6 +56,9 @@ struct lrt_weights {
     float *peep;     /* [3][hp] LSTM peepholes i,o,f, or NULL */
     int32_t simd;    /* the resolved LRT_SIMD_* path */
     lrt_run_fn run;
+    /* The one field written after creation: where the last call's weight sweep ended, so the
+     * next starts there (a cache hint; no result depends on it).  Accessed atomically. */
+    int sweep;
 };
 
 /* Workspace layout of one batch slice (offsets in floats).  Every part but
@@ -68,11 +72,14 @@ lrt_ws_layout lrt_ws_plan(const struct lrt_weights *w, int32_t batch, int32_t st
 /* floats of int8 quantization scratch one slice needs (0 unless int8) */
 size_t lrt_ws_quant_floats(const struct lrt_weights *w);
 
-int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
+int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
+                  int *sweep);
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define LRT_HAVE_X86 1
-int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
-int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws);
+int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
+                  int *sweep);
+int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
+                  int *sweep);
 /* C[m][j0..j1) = (float)(sum_k qa[m][k]*q[k][j] - csum[j]) * sa[m] * scale[j] (+ init[j]):
  * the AVX-512 VNNI int8 product (kernel_avx512.c) */
 /* lrt_quantize_row with AVX-512BW, bit-identical */

@@ -85,30 +85,57 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gemv2)(const int nv0, const int nv1, co
     }
 }
 
+/* one row times the columns [ja, ja+wa) and [jb, jb+wb), each inside one panel (wb may be 0) */
+static LRT_TARGET LRT_INLINE void LRT_FN(gemv_pair)(const int bf, const lrt_pmat *B, const float *A, float *C,
+                                                    const float *init, int ja, int wa, int jb, int wb)
+{
+    const size_t pstride = (size_t)B->k * P;   /* elements per panel */
+    const size_t ia = (size_t)(ja / P) * pstride + (size_t)(ja % P);
+    const size_t ib = wb ? (size_t)(jb / P) * pstride + (size_t)(jb % P) : 0;
+    if (wa == P && wb == P)   /* the common case, with constant trip counts */
+        LRT_FN(gemv2)(PV, PV, bf, B->k, A, B->data, ia, ib, C + ja, C + jb,
+                      init ? init + ja : NULL, init ? init + jb : NULL);
+    else
+        LRT_FN(gemv2)(wa / V, wb / V, bf, B->k, A, B->data, ia, ib, C + ja, C + jb,
+                      init ? init + ja : NULL, init && wb ? init + jb : NULL);
+}
+
+/* One row: the columns [j0, j1) two panel-chunks at a time, first to last or (back) last to
+ * first.  Sweeping back after a forward sweep finds the most recently read panels still in
+ * cache: weights a little larger than L2 then mostly come from L2, not L3. */
+static LRT_TARGET LRT_INLINE void LRT_FN(gemv)(const int bf, const lrt_pmat *B, int j0, int j1, const float *A,
+                                               float *C, const float *init, int back)
+{
+    if (!back) {
+        for (int j = j0; j < j1;) {
+            const int ja = j, wa = P - ja % P < j1 - ja ? P - ja % P : j1 - ja;
+            const int jb = ja + wa, wb = jb < j1 ? (P < j1 - jb ? P : j1 - jb) : 0;
+            LRT_FN(gemv_pair)(bf, B, A, C, init, ja, wa, jb, wb);
+            j = jb + wb;
+        }
+        return;
+    }
+    for (int j = j1; j > j0;) {
+        const int jb = (j - 1) / P * P > j0 ? (j - 1) / P * P : j0;   /* chunk [jb, j) */
+        const int ja = jb > j0 && (jb - 1) / P * P > j0 ? (jb - 1) / P * P : j0;   /* chunk [ja, jb) */
+        if (ja < jb)
+            LRT_FN(gemv_pair)(bf, B, A, C, init, ja, jb - ja, jb, j - jb);
+        else
+            LRT_FN(gemv_pair)(bf, B, A, C, init, jb, j - jb, 0, 0);
+        j = ja;
+    }
+}
+
 /* C[m][j0..j1) = init[j0..j1) (or 0) + A[m][0..K) @ B[0..K)[j0..j1), j0 and j1 multiples of V.
- * bf: B holds bf16 (a constant after inlining). */
+ * bf: B holds bf16 (a constant after inlining).  back: the sweep direction of a single row. */
 static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, const lrt_pmat *B, int j0, int j1,
                                                     const float *A, size_t lda, float *C, size_t ldc,
-                                                    const float *init)
+                                                    const float *init, int back)
 {
     const int K = B->k;
     const size_t pstride = (size_t)K * P;   /* elements per panel */
     if (M == 1) {
-        /* chunks: the columns of [j0, j1) that lie in one panel */
-        int j = j0;
-        while (j < j1) {
-            int ja = j, wa = P - ja % P < j1 - ja ? P - ja % P : j1 - ja;
-            int jb = ja + wa, wb = jb < j1 ? (P < j1 - jb ? P : j1 - jb) : 0;
-            size_t ia = (size_t)(ja / P) * pstride + (size_t)(ja % P);
-            size_t ib = wb ? (size_t)(jb / P) * pstride : 0;
-            if (wa == P && wb == P)
-                LRT_FN(gemv2)(PV, PV, bf, K, A, B->data, ia, ib, C + ja, C + jb,
-                              init ? init + ja : NULL, init ? init + jb : NULL);
-            else
-                LRT_FN(gemv2)(wa / V, wb / V, bf, K, A, B->data, ia, ib, C + ja, C + jb,
-                              init ? init + ja : NULL, init && wb ? init + jb : NULL);
-            j = jb + wb;
-        }
+        LRT_FN(gemv)(bf, B, j0, j1, A, C, init, back);
         return;
     }
     for (size_t m0 = 0; m0 < M; m0 += LRT_MC) {
@@ -158,26 +185,27 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, cons
 }
 
 static LRT_TARGET void LRT_FN(gemm_f32)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
-                                        size_t lda, float *C, size_t ldc, const float *init)
+                                        size_t lda, float *C, size_t ldc, const float *init, int back)
 {
-    LRT_FN(gemm_core)(0, M, B, j0, j1, A, lda, C, ldc, init);
+    LRT_FN(gemm_core)(0, M, B, j0, j1, A, lda, C, ldc, init, back);
 }
 
 static LRT_TARGET void LRT_FN(gemm_bf16)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
-                                         size_t lda, float *C, size_t ldc, const float *init)
+                                         size_t lda, float *C, size_t ldc, const float *init, int back)
 {
-    LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init);
+    LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init, back);
 }
 
-/* The product in the weights' precision.  qws: int8 scratch, lrt_ws_quant_floats() floats. */
+/* The product in the weights' precision.  qws: int8 scratch, lrt_ws_quant_floats() floats.
+ * back: sweep a single row's product from the last panel to the first (see gemv). */
 static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat *B, size_t M, int j0, int j1,
                                     const float *A, size_t lda, float *C, size_t ldc, const float *init,
-                                    float *qws)
+                                    float *qws, int back)
 {
     if (w->precision == LRT_PREC_F32) {
-        LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init);
+        LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init, back);
     } else if (w->precision == LRT_PREC_BF16) {
-        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init);
+        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init, back);
     } else {
         float *sa = qws;
         uint8_t *qa = (uint8_t *)(void *)(qws + LRT_QROWS);
@@ -351,26 +379,33 @@ static inline const float *LRT_FN(xp_row)(const LRT_FN(slice) *sl, const float *
 
 /* xproj rows for steps [lo, hi) of rows [b0, b0 + rows) of the batch: bias + x @ W^T */
 static LRT_TARGET void LRT_FN(input_proj)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0,
-                                          LRT_FN(slice) *sl, float *xproj, int lo, int hi)
+                                          LRT_FN(slice) *sl, float *xproj, int lo, int hi, int back)
 {
     const int Ball = a->batch, B = sl->rows, I = w->desc.input_size, n = w->n;
     if (B == Ball)   /* the whole batch: its steps are contiguous rows of x */
         LRT_FN(gemm)(w, &w->wt, (size_t)(hi - lo) * B, 0, n, a->x + (size_t)lo * B * I, (size_t)I, xproj, n,
-                     w->bias, sl->qws);
+                     w->bias, sl->qws, back);
     else             /* a slice: contiguous within each step */
         for (int t = lo; t < hi; t++)
             LRT_FN(gemm)(w, &w->wt, (size_t)B, 0, n, a->x + ((size_t)t * Ball + b0) * I, (size_t)I,
-                         xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->qws);
+                         xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->qws, back);
     sl->xlo = lo;
     sl->xhi = hi;
 }
 
-static LRT_TARGET void LRT_FN(gru_step)(const struct lrt_weights *w, const LRT_FN(slice) *sl, int s,
-                                        const float *xproj, float *g, float *hb, float *rh)
+/* columns of the recurrent product that only need h_prev: all, but GRU's candidate without
+ * linear_before_reset, which needs r*h_prev (gru_rows computes it) */
+static inline int LRT_FN(first_product_cols)(const struct lrt_weights *w)
+{
+    return w->desc.cell == LRT_GRU && !w->desc.linear_before_reset ? 2 * w->hp : w->n;
+}
+
+/* GRU rows of step s, g holding first_product_cols of h_prev @ R^T */
+static LRT_TARGET void LRT_FN(gru_rows)(const struct lrt_weights *w, const LRT_FN(slice) *sl, int s,
+                                        const float *xproj, float *g, float *hb, float *rh, int back)
 {
     const int B = sl->rows, hp = w->hp, n = w->n;
     const int lbr = w->desc.linear_before_reset;
-    LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, lbr ? n : 2 * hp, hb, hp, g, n, NULL, sl->qws);
     for (int b = 0; b < B; b++) {
         int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
@@ -380,7 +415,7 @@ static LRT_TARGET void LRT_FN(gru_step)(const struct lrt_weights *w, const LRT_F
             for (int j = 0; j < hp; j += V)
                 vf_store(r + j, vf_mul(vf_load(r + j), vf_load(hb + (size_t)b * hp + j)));
     }
-    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->qws);
+    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->qws, back);
     for (int b = 0; b < B; b++) {
         int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
@@ -389,8 +424,11 @@ static LRT_TARGET void LRT_FN(gru_step)(const struct lrt_weights *w, const LRT_F
     }
 }
 
-/* Runs rows [b0, b1) of the batch with workspace ws (lrt_ws_plan(w, b1 - b0, steps) floats). */
-int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws)
+/* Runs rows [b0, b1) of the batch with workspace ws (lrt_ws_plan(w, b1 - b0, steps) floats).
+ * sweep: in, the direction of this call's first single-row weight sweep (1 = back);
+ * out, the direction the next call should start with. */
+int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
+                    int *sweep)
 {
     const lrt_cell_desc *d = &w->desc;
     const int B = b1 - b0, T = a->steps, H = d->hidden_size;
@@ -422,25 +460,34 @@ int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t 
         }
     }
     if (!uniform) {
-        LRT_FN(input_proj)(w, a, b0, &sl, xproj, 0, T);
+        LRT_FN(input_proj)(w, a, b0, &sl, xproj, 0, T, 0);
         if (y)   /* steps past a sequence's end read as zeros */
             for (int b = 0; b < B; b++)
                 for (int t = sl.seq_lens[b]; t < T; t++)
                     memset(y + t * a->y_step_stride + (size_t)b * H, 0, (size_t)H * sizeof(float));
     }
 
+    /* Single-row products alternate their sweep direction (see gemv).  One step reads W then R
+     * forward, or R then W backward, so consecutive calls trace one snake through both. */
+    int back = *sweep;
+    const int one_step = T == 1;
     for (int s = 0; s < T; s++) {
+        int late = 0;   /* input projection after the recurrent product */
         if (uniform) {   /* the next chunk of steps, in the order they run */
             const int t = a->reverse ? T - 1 - s : s;
             if (t < sl.xlo || t >= sl.xhi) {
-                if (a->reverse) LRT_FN(input_proj)(w, a, b0, &sl, xproj, t + 1 - tc < 0 ? 0 : t + 1 - tc, t + 1);
-                else LRT_FN(input_proj)(w, a, b0, &sl, xproj, t, t + tc > T ? T : t + tc);
+                const int lo = a->reverse ? (t + 1 - tc < 0 ? 0 : t + 1 - tc) : t;
+                const int hi = a->reverse ? t + 1 : (t + tc > T ? T : t + tc);
+                late = one_step && back;
+                if (!late) LRT_FN(input_proj)(w, a, b0, &sl, xproj, lo, hi, back);
+                else sl.xlo = lo, sl.xhi = hi;
             }
         }
+        LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, LRT_FN(first_product_cols)(w), hb, hp, g, n, NULL, sl.qws, back);
+        if (late) LRT_FN(input_proj)(w, a, b0, &sl, xproj, sl.xlo, sl.xhi, back);
         if (d->cell == LRT_GRU) {
-            LRT_FN(gru_step)(w, &sl, s, xproj, g, hb, rh);
+            LRT_FN(gru_rows)(w, &sl, s, xproj, g, hb, rh, back);
         } else {
-            LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, n, hb, hp, g, n, NULL, sl.qws);
             for (int b = 0; b < B; b++) {
                 int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
                 if (t < 0) continue;
@@ -458,7 +505,9 @@ int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t 
                     memcpy(y + t * a->y_step_stride + (size_t)b * H, hb + (size_t)b * hp,
                            (size_t)H * sizeof(float));
             }
+        if (!one_step) back = !back;
     }
+    *sweep = one_step ? !back : back;
     for (int b = 0; b < B; b++) {
         memcpy(h + (size_t)b * H, hb + (size_t)b * hp, (size_t)H * sizeof(float));
         if (is_lstm) memcpy(c + (size_t)b * H, cb + (size_t)b * hp, (size_t)H * sizeof(float));

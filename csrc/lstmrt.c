@@ -458,15 +458,26 @@ typedef struct {
     const lrt_run_args *a;
     int32_t b0, b1;
     float *ws;
+    int sweep;
     int status;
 } lrt_slice_job;
 
 static void *run_slice(void *arg)
 {
     lrt_slice_job *job = arg;
-    job->status = job->w->run(job->w, job->a, job->b0, job->b1, job->ws);
+    job->status = job->w->run(job->w, job->a, job->b0, job->b1, job->ws, &job->sweep);
     return NULL;
 }
+#endif
+
+/* the sweep hint (internal.h): a relaxed atomic where the compiler has one; a torn or
+ * stale value only costs cache hits */
+#if defined(__GNUC__) || defined(__clang__)
+#define LRT_SWEEP_LOAD(w) __atomic_load_n(&(w)->sweep, __ATOMIC_RELAXED)
+#define LRT_SWEEP_STORE(w, v) __atomic_store_n(&((lrt_weights *)(w))->sweep, (v), __ATOMIC_RELAXED)
+#else
+#define LRT_SWEEP_LOAD(w) ((w)->sweep)
+#define LRT_SWEEP_STORE(w, v) (((lrt_weights *)(w))->sweep = (v))
 #endif
 
 int lrt_run(const lrt_weights *w, const lrt_run_args *a)
@@ -476,7 +487,12 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
     if (st != LRT_OK) return st;
     if (a->batch == 0 || a->steps == 0) return LRT_OK;   /* nothing to do; state passes through */
     const int nt = effective_threads(a->threads, a->batch);
-    if (nt == 1) return w->run(w, a, 0, a->batch, a->workspace);
+    int sweep = LRT_SWEEP_LOAD(w);
+    if (nt == 1) {
+        st = w->run(w, a, 0, a->batch, a->workspace, &sweep);
+        LRT_SWEEP_STORE(w, sweep);
+        return st;
+    }
 #ifdef LRT_HAVE_PTHREAD
     /* slices of the batch are independent sequences: no synchronisation until the join */
     lrt_slice_job jobs[LRT_MAX_THREADS];
@@ -489,6 +505,7 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
         jobs[i].b0 = slice_start(a->batch, nt, i);
         jobs[i].b1 = slice_start(a->batch, nt, i + 1);
         jobs[i].ws = ws;
+        jobs[i].sweep = sweep;
         jobs[i].status = LRT_OK;
         ws += lrt_ws_plan(w, jobs[i].b1 - jobs[i].b0, a->steps).total;
     }
@@ -501,8 +518,11 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
         else run_slice(&jobs[i]);
         if (jobs[i].status != LRT_OK) st = jobs[i].status;
     }
+    LRT_SWEEP_STORE(w, jobs[0].sweep);
     return st;
 #else
-    return w->run(w, a, 0, a->batch, a->workspace);
+    st = w->run(w, a, 0, a->batch, a->workspace, &sweep);
+    LRT_SWEEP_STORE(w, sweep);
+    return st;
 #endif
 }

@@ -100,6 +100,28 @@ def test_runs_from_many_python_threads_at_once():
     assert not errors
 
 
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("cell, lbr", [("LSTM", True), ("GRU", True), ("GRU", False), ("RNN", True)])
+@pytest.mark.parametrize("simd", PATHS)
+def test_single_row_calls_alternate_sweeps_without_changing_a_bit(precision, cell, lbr, simd):
+    """Single-row products sweep the panels forward on one call and backward on the next (a
+    cache hint kept in the weights).  A call must give the same bits whichever way it ran:
+    the same call on fresh weights (first sweep forward) is the oracle.  H=200 makes 13 panels
+    with a partial last one, and GRU without linear_before_reset splits the product at 2*hp."""
+    I, H = 70, 200
+    for T in (1, 3):
+        shared, _ = make(cell, I, H, simd, precision, lbr=lbr)
+        h0 = np.random.default_rng(5).uniform(-1, 1, (1, H)).astype(np.float32)
+        for call in range(4):
+            x, _ = inputs(T, 1, I, seed=10 + call)
+            fresh, _ = make(cell, I, H, simd, precision, lbr=lbr)
+            got = run(shared, x, h0=h0, c0=h0)
+            want = run(fresh, x, h0=h0, c0=h0)
+            for a, b in zip(got, want):
+                if a is not None:
+                    assert np.array_equal(a, b), f"T={T}, call {call} differs from a fresh first call"
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_runner_streams_like_a_whole_run(cell):
     weights, _ = make(cell, 24, 40)
