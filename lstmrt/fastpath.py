@@ -2,9 +2,11 @@
 inputs and outputs, runs as one C call per call on a CellRunner, in stream.run (CellFastPath)
 and sess.run (RunFastPath) alike.
 
-No feed dict, no plan walk, no per-call allocation but the returned arrays: this is the
-case where onnxruntime's per-call overhead dominates and lstmrt should not add its own.
-The result is the same as the general path's (tests/test_fastpath.py checks both).
+No feed check beyond type, dtype and a shape seen before, no plan walk, no allocation but the
+returned arrays: this is the case where onnxruntime's per-call overhead dominates and lstmrt
+should not add its own.  Anything else returns None and takes the general path, which runs it
+or raises the usual errors.  The result is the same as the general path's
+(tests/test_fastpath.py checks both).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from .backends.native import NativeBackend
 from .errors import StreamError
 from .ops.recurrent import RecurrentNode
 
-_MAX_SHAPES = 8     # runners kept per stream, one per (batch, steps) seen
+_MAX_SHAPES = 8     # runners kept per stream, one per chunk shape seen
+_F32 = np.dtype(np.float32)   # numpy's builtin dtypes are singletons: `is` is the cheap test
 
 
 class CellFastPath:
@@ -26,7 +29,7 @@ class CellFastPath:
         self.weights = node.packed[0]
         self.input_size = self.weights.spec.input_size
         self.hidden = self.weights.spec.hidden_size
-        self._runners: dict = {}
+        self._runners: dict = {}              # x.shape -> CellRunner
 
     @classmethod
     def detect(cls, backend, model, pairs: dict) -> "CellFastPath | None":
@@ -51,31 +54,43 @@ class CellFastPath:
             return None
         return cls(node, ins[0], state_ins, outs[0] in graph_outputs)
 
-    def _runner(self, batch: int, steps: int):
-        runner = self._runners.get((batch, steps))
+    def runner_for(self, x):
+        """The runner for chunk x, or None when x is not a float32 [T>0, B>0, input] array."""
+        if type(x) is not np.ndarray or x.dtype is not _F32:
+            return None
+        runner = self._runners.get(x.shape)
         if runner is None:
-            if len(self._runners) >= _MAX_SHAPES:
-                self._runners.pop(next(iter(self._runners)))
-            runner = self.weights.runner(batch, steps, threads=self.node.threads, y=self.y_wanted)
-            runner.views = {name: (runner.h if kind == "h" else runner.c).reshape(1, batch, self.hidden)
-                            for name, kind in self.state_slots.items()}
-            self._runners[(batch, steps)] = runner
+            if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+                return None
+            runner = self._new_runner(x.shape)
         return runner
 
-    def accepts(self, x) -> bool:
-        return (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 3
-                and x.shape[2] == self.input_size and x.shape[0] > 0 and x.shape[1] > 0)
+    def _new_runner(self, shape):
+        steps, batch = shape[0], shape[1]
+        if len(self._runners) >= _MAX_SHAPES:
+            self._runners.pop(next(iter(self._runners)))
+        runner = self.weights.runner(batch, steps, threads=self.node.threads, y=self.y_wanted)
+        runner.views = {name: getattr(runner, kind).reshape(1, batch, self.hidden)
+                        for name, kind in self.state_slots.items()}
+        runner.y4 = runner.y.reshape(steps, 1, batch, self.hidden) if self.y_wanted else None
+        runner.state_shape = (1, batch, self.hidden)
+        self._runners[shape] = runner
+        return runner
 
-    def run(self, x: np.ndarray, state: dict) -> tuple[list, dict]:
-        """Y of the chunk (if the graph outputs it) and the new state: the runner's own dict of
-        views of its buffers, which the stream must replace, never change in place."""
-        steps, batch = x.shape[0], x.shape[1]
-        runner = self._runner(batch, steps)
+    def try_run(self, x, state: dict):
+        """(Y of the chunk if the graph outputs it, new state), or None when x is not plain.
+        The new state is the runner's own dict of views of its buffers, which the stream must
+        replace, never change in place."""
+        # runner_for inlined: this is the hot loop of a streaming server
+        runner = self._runners.get(x.shape) if type(x) is np.ndarray and x.dtype is _F32 else None
+        if runner is None:
+            runner = self.runner_for(x)
+            if runner is None:
+                return None
         if state is not runner.views:      # the state came from elsewhere: load it into the runner
-            self._load_state(runner, state, batch)
-        np.copyto(runner.x, x)
-        runner.run()
-        return ([runner.y.reshape(steps, 1, batch, self.hidden).copy()] if self.y_wanted else []), runner.views
+            self._load_state(runner, state, x.shape[1])
+        runner.step(x)
+        return ([runner.y4.copy()] if self.y_wanted else []), runner.views
 
     @staticmethod
     def _load_state(runner, state: dict, batch: int) -> None:
@@ -97,8 +112,10 @@ class RunFastPath:
     def __init__(self, cell: CellFastPath, model, pairs: dict):
         self.cell = cell
         self.outputs = [o.name for o in model.outputs]
-        self.state_of_output = {out: inp for inp, out in pairs.items()}
         self.inputs = {cell.x_name, *pairs}
+        state_of_output = {out: inp for inp, out in pairs.items()}
+        # output name -> state input whose runner view holds it, or None for Y
+        self._source = {o: state_of_output.get(o) for o in self.outputs}
         self._local = threading.local()
 
     @classmethod
@@ -111,20 +128,24 @@ class RunFastPath:
     def try_run(self, feed, output_names) -> list | None:
         """The outputs, or None when the feed is not the plain case (the general path then runs it,
         and raises the usual errors)."""
-        if not isinstance(feed, dict) or feed.keys() != self.inputs:
+        if type(feed) is not dict or feed.keys() != self.inputs:
             return None
-        x = feed[self.cell.x_name]
-        if not self.cell.accepts(x):
+        try:
+            path = self._local.path
+        except AttributeError:
+            c = self.cell
+            path = self._local.path = CellFastPath(c.node, c.x_name, c.state_slots, True)
+        runner = path.runner_for(feed[path.x_name])
+        if runner is None:
             return None
-        state_shape = (1, x.shape[1], self.cell.hidden)
-        if any(type(feed[n]) is not np.ndarray or feed[n].dtype != np.float32 or feed[n].shape != state_shape
-               for n in self.cell.state_slots):
-            return None
-        path = getattr(self._local, "path", None)
-        if path is None:
-            path = self._local.path = CellFastPath(self.cell.node, self.cell.x_name, self.cell.state_slots, True)
-        y, views = path.run(x, {n: feed[n] for n in self.cell.state_slots})
-        values = {name: views[self.state_of_output[name]].copy() for name in self.state_of_output}
-        if y:
-            values.update({o: y[0] for o in self.outputs if o not in values})
-        return [values[n] for n in (output_names or self.outputs)]
+        views = runner.views
+        states = [(kind, feed[name]) for name, kind in path.state_slots.items()]
+        for kind, value in states:
+            if type(value) is not np.ndarray or value.dtype is not _F32 or value.shape != runner.state_shape:
+                return None
+        for kind, value in states:
+            runner.load(kind, value)
+        runner.step(feed[path.x_name])
+        source = self._source
+        return [(runner.y4 if source[n] is None else views[source[n]]).copy()
+                for n in (output_names or self.outputs)]

@@ -4,6 +4,7 @@ Knows nothing of ONNX graphs; lstmrt/ops/recurrent.py maps ONNX nodes onto it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -196,7 +197,7 @@ class CellWeights:
 class CellRunner:
     """One fixed-shape call of a cell with its own buffers, for the lowest per-call cost.
 
-    Fill `x` [steps, batch, input] (e.g. np.copyto(runner.x, chunk)), call `run()`;
+    Fill `x` [steps, batch, input] (load_x(chunk), or np.copyto), call `run()`;
     `h` (and `c`) [batch, hidden] carry the state from call to call, and `y`
     [steps, batch, hidden] holds the outputs of the last call.  A call is one C call
     on prebuilt arguments.  Owned by one thread at a time (it holds the workspace).
@@ -216,17 +217,39 @@ class CellRunner:
         a.batch, a.steps, a.threads = batch, steps, _check_threads(threads)
         (a.x, a.x_len), (a.h, a.h_len), (a.c, a.c_len), (a.y, a.y_len), (a.workspace, a.workspace_len) = self._bufs
         a.y_step_stride = batch * s.hidden_size
-        self._lrt_run, self._handle = lib.lrt_run, weights._handle
+        self._raw = {"x": self._bufs[0][0], "h": self._bufs[1][0], "c": self._bufs[2][0]}
+        self._raw_x, self._x_bytes = self._raw["x"], self.x.nbytes
+        self._reverse = False
+        self._call = functools.partial(lib.lrt_run, weights._handle, a)
 
     def reset(self) -> None:
         self.h.fill(0.0)
         if self.c is not None:
             self.c.fill(0.0)
 
+    def load(self, name: str, value: np.ndarray) -> None:
+        """Copy a float32 array of the same size into buffer "x", "h" or "c" (a raw copy
+        when it is C-contiguous, which the callers' checks leave as the only question)."""
+        try:
+            ffi.memmove(self._raw[name], value, value.nbytes)
+        except ValueError:   # not C-contiguous
+            getattr(self, name).reshape(value.shape)[...] = value
+
     def run(self, reverse: bool = False) -> None:
-        a = self._args
-        if a.reverse != reverse:
-            a.reverse = reverse
-        status = self._lrt_run(self._handle, a)
+        if reverse is not self._reverse:
+            self._reverse = self._args.reverse = bool(reverse)
+        status = self._call()
+        if status:
+            _check(status, f"running {self.weights.spec.cell}")
+
+    def step(self, x: np.ndarray) -> None:
+        """load("x", x), then run() forward: the streaming call, with no other Python between."""
+        try:
+            ffi.memmove(self._raw_x, x, self._x_bytes)
+        except ValueError:   # not C-contiguous
+            np.copyto(self.x, x)
+        if self._reverse:
+            self._reverse = self._args.reverse = False
+        status = self._call()
         if status:
             _check(status, f"running {self.weights.spec.cell}")

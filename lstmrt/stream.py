@@ -70,9 +70,9 @@ class Stream:
         A state input given in the feed replaces the carried one for this call."""
         fast = self._fast
         if fast is not None and output_names is None and len(input_feed) == 1:
-            x = input_feed.get(fast.x_name)
-            if fast.accepts(x):
-                results, self._state = fast.run(x, self._state)
+            done = fast.try_run(input_feed.get(fast.x_name), self._state)
+            if done is not None:
+                results, self._state = done
                 return results
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}

@@ -134,3 +134,26 @@ def test_run_fast_path_is_thread_safe():
         for outs in results[i]:
             for g, w in zip(outs, expected[i]):
                 np.testing.assert_array_equal(g, w)
+
+
+def test_fast_paths_copy_strided_arrays_correctly_and_refuse_foreign_dtypes():
+    """The hot paths copy contiguous arrays raw: a strided view must give what its contiguous
+    copy gives, and a big-endian float32 array gets the general path's error, not a raw copy."""
+    model = bare_cell("LSTM")
+    sess = lstmrt.InferenceSession(model, backend="native")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 2, 20)).astype(np.float32)[:, :, ::2]
+    h0 = rng.standard_normal((1, 2, 48)).astype(np.float32)[:, :, ::2]
+    c0 = rng.standard_normal((1, 2, 24)).astype(np.float32)
+    assert not x.flags.c_contiguous and not h0.flags.c_contiguous
+    plain = {"X": np.ascontiguousarray(x), "h0": np.ascontiguousarray(h0), "c0": c0}
+    want = lstmrt.InferenceSession(model, backend="onnxruntime").run(None, plain)
+    for g, w in zip(sess.run(None, {"X": x, "h0": h0, "c0": c0}), want):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    with pytest.raises(lstmrt.InputError, match="'c0' has dtype >f4"):
+        sess.run(None, {**plain, "c0": c0.astype(">f4")})
+    stream, reference = sess.stream(), sess.stream()
+    for chunk in (x[:2], x[2:]):
+        np.testing.assert_array_equal(stream.run({"X": chunk})[0], reference.run({"X": np.ascontiguousarray(chunk)})[0])
+    with pytest.raises(lstmrt.InputError, match="'X' has dtype >f4"):
+        stream.run({"X": x.astype(">f4")})
