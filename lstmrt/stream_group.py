@@ -20,6 +20,11 @@ def _rows(axis: int, index) -> tuple:
     return (slice(None),) * axis + (index,)
 
 
+def _split(array: np.ndarray, axis: int) -> list:
+    """Views of each index along `axis`, that axis kept with size 1 (numpy iterates, not Python)."""
+    return list(np.moveaxis(np.expand_dims(array, axis), axis + 1, 0))
+
+
 class StreamGroup:
     def __init__(self, session, state: dict | None = None):
         self._session = session
@@ -138,8 +143,12 @@ class StreamGroup:
         if not feeds:
             return {}
         keys = list(feeds)
-        where = {k: i for i, k in enumerate(self._order)}
-        rows = [where[k] if k in where else self._row(k) for k in keys]
+        everyone = keys == self._order     # the common case: every member, in row order
+        if everyone:
+            rows = range(len(keys))
+        else:
+            where = {k: i for i, k in enumerate(self._order)}
+            rows = [where[k] if k in where else self._row(k) for k in keys]
         first, columns = self._gather_feeds(feeds, keys)
         streamed = [n for n in first if n in self._template._batch_axes]
         if not streamed:
@@ -148,7 +157,6 @@ class StreamGroup:
             raise InputError("each group member is one sequence: its inputs have batch 1")
         if self._states is None:
             self._init_states(first)
-        everyone = rows == list(range(len(self._order)))
         batched = {n: np.concatenate(arrays, axis=self._template._batch_axes[n]) for n, arrays in columns.items()}
         for n, stacked in self._states.items():
             batched[n] = stacked if everyone else np.take(stacked, rows, axis=self._state_axis[n])
@@ -160,8 +168,6 @@ class StreamGroup:
             else:
                 self._states[inp][_rows(self._state_axis[inp], rows)] = results[out]
         model, count = self._session.model, len(keys)
-        pieces = []
-        for n in self._outputs:
-            axis = self._axis(n, results[n].shape, model.output(n).shape, count)
-            pieces.append([results[n][_rows(axis, slice(i, i + 1))] for i in range(count)])
-        return {k: [p[i] for p in pieces] for i, k in enumerate(keys)}
+        pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
+                  for n in self._outputs]
+        return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
