@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -20,9 +21,9 @@ class TensorInfo:
     type: str               # e.g. "tensor(float)"
     elem_type: int
 
-    @property
-    def dtype(self):
-        return helper.tensor_dtype_to_np_dtype(self.elem_type)
+    @cached_property    # read on every call's feed check
+    def dtype(self) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
 
 
 def _tensor_info(value_info) -> TensorInfo:

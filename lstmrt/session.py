@@ -49,6 +49,7 @@ class InferenceSession:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         native = NativeOptions(simd, precision, threads)
         self.model = Model(model)
+        self._inputs_by_name = {i.name: i for i in self.model.inputs}
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
         from .fastpath import RunFastPath
@@ -67,15 +68,16 @@ class InferenceSession:
     def check_feed(self, input_feed, optional=()) -> dict:
         """The feed, checked against the graph's inputs: names, dtypes, ranks, fixed dims.
         Inputs named in `optional` may be left out."""
-        if not isinstance(input_feed, Mapping):
+        if type(input_feed) is not dict and not isinstance(input_feed, Mapping):
             raise InputError(f"input_feed must be a dict of name -> numpy array, got {type(input_feed).__name__}")
-        expected = {i.name: i for i in self.model.inputs}
-        unknown = [n for n in input_feed if n not in expected]
-        if unknown:
+        expected = self._inputs_by_name
+        if not expected.keys() >= input_feed.keys():
+            unknown = [n for n in input_feed if n not in expected]
             raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(expected)}")
-        missing = [n for n in expected if n not in input_feed and n not in optional]
-        if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
+        if len(input_feed) < len(expected):
+            missing = [n for n in expected if n not in input_feed and n not in optional]
+            if missing:
+                raise InputError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
         return {name: _check_value(expected[name], value) for name, value in input_feed.items()}
 
     def _output_names(self, output_names) -> list[str]:

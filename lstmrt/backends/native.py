@@ -30,6 +30,8 @@ class Step:
     inputs: list
     outputs: list
     args: list = None     # per input: its load-time constant, None if omitted, or _FROM_SCOPE
+    bindings: list = None       # (input name, arg) pairs
+    named_outputs: list = None  # (position, name) of the outputs the graph names
 
 
 class Plan:
@@ -58,6 +60,9 @@ class Plan:
                 self.steps.append(step)
         for step in self.steps:   # constants bound once, not looked up on every call
             step.args = [None if not n else self.constants.get(n, _FROM_SCOPE) for n in step.inputs]
+            step.bindings = list(zip(step.inputs, step.args))
+            step.named_outputs = [(i, n) for i, n in enumerate(step.outputs) if n]
+        self._constant_names = frozenset(self.constants)
 
     @staticmethod
     def _execute(step: Step, values: dict, args: list | None = None) -> list:
@@ -68,19 +73,36 @@ class Plan:
         except LstmrtError:
             raise
         except Exception as e:  # numpy's own complaint, tied to the node that raised it
-            raise InputError(f"node '{step.name}' ({step.op_type}) failed on these inputs: {e}") from e
+            raise _node_failed(step, e) from e
 
     def run(self, scope: dict, output_names: list) -> list:
-        if any(name in self.constants for name in scope):   # a feed overriding an initializer
-            values, bound = {**self.constants, **scope}, False
+        if not self._constant_names.isdisjoint(scope):   # a feed overriding an initializer
+            values = {**self.constants, **scope}
+            for step in self.steps:
+                for name, value in zip(step.outputs, self._execute(step, values)):
+                    if name:
+                        values[name] = value
         else:
-            values, bound = dict(scope), True
-        for step in self.steps:
-            args = [values[n] if a is _FROM_SCOPE else a for n, a in zip(step.inputs, step.args)] if bound else None
-            for name, value in zip(step.outputs, self._execute(step, values, args)):
-                if name:
-                    values[name] = value
+            values = self._walk(dict(scope))
         return [values[name] if name in values else self.constants[name] for name in output_names]
+
+    def _walk(self, values: dict) -> dict:
+        """The steps on their bound constants: the loop every call runs, kept free of calls."""
+        step = None
+        try:
+            for step in self.steps:
+                outputs = step.kernel([values[n] if a is _FROM_SCOPE else a for n, a in step.bindings])
+                for i, name in step.named_outputs:
+                    values[name] = outputs[i]
+        except LstmrtError:
+            raise
+        except Exception as e:  # numpy's own complaint, tied to the node that raised it
+            raise _node_failed(step, e) from e
+        return values
+
+
+def _node_failed(step: Step, error: Exception) -> InputError:
+    return InputError(f"node '{step.name}' ({step.op_type}) failed on these inputs: {error}")
 
 
 def count_nodes(graph) -> int:

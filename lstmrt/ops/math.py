@@ -126,8 +126,11 @@ def _softmax(node):
     axis = node.attrs.get("axis", 1 if legacy else -1)
 
     def softmax(x, ax):
-        e = np.exp(x - np.max(x, axis=ax, keepdims=True))
-        return e / np.sum(e, axis=ax, keepdims=True)
+        # array methods and in-place ufuncs: a network's last op runs on every call
+        e = x - x.max(axis=ax, keepdims=True)
+        np.exp(e, out=e)
+        e /= e.sum(axis=ax, keepdims=True)
+        return e
 
     def run(inputs):
         x = inputs[0]
