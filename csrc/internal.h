@@ -7,6 +7,10 @@
  * whole vectors; padded weights are zero, so padded lanes stay finite. */
 #define LRT_PAD 16
 
+/* bf16 products of more than one row tile widen one K block of a panel to float32 at a time:
+ * LRT_KC * panel floats, 8192 on every path (kernel_impl.h checks) */
+#define LRT_BF16_BLOCK 8192
+
 /* int8: rows of activations are quantized this many at a time (workspace) */
 #define LRT_QROWS 64
 /* int8: the longest dot product whose int32 sum cannot overflow
@@ -62,15 +66,15 @@ struct lrt_weights {
 };
 
 /* Workspace layout of one batch slice (offsets in floats).  Every part but
- * `quant` is proportional to the rows of the slice, so slices of a batch fit
+ * `scratch` is proportional to the rows of the slice, so slices of a batch fit
  * side by side in the workspace of the whole batch. */
 typedef struct {
-    size_t xproj, gates, h, c, rh, quant, total;
+    size_t xproj, gates, h, c, rh, scratch, total;
 } lrt_ws_layout;
 
 lrt_ws_layout lrt_ws_plan(const struct lrt_weights *w, int32_t batch, int32_t steps);
-/* floats of int8 quantization scratch one slice needs (0 unless int8) */
-size_t lrt_ws_quant_floats(const struct lrt_weights *w);
+/* floats of scratch one slice needs: int8 quantized rows, or a widened bf16 block (0 for f32) */
+size_t lrt_ws_scratch_floats(const struct lrt_weights *w);
 
 int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
                   int *sweep);

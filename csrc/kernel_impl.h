@@ -15,6 +15,9 @@
 
 #define V LRT_VLEN
 #define P LRT_PANEL
+
+/* the widened bf16 block (gemm_core) must fit the scratch lrt_ws_scratch_floats() reserves */
+typedef char LRT_FN(bf16_block_fits)[LRT_KC * LRT_PANEL <= LRT_BF16_BLOCK ? 1 : -1];
 #define NR (LRT_NRV * V)
 #define PV (LRT_PANEL / LRT_VLEN)
 
@@ -126,11 +129,45 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gemv)(const int bf, const lrt_pmat *B, 
     }
 }
 
+/* Rows [0, mc) of C times one K block of B (kc rows from element bidx, nv vectors wide), in
+ * register tiles; the leftover rows in a tile of constant size too. */
+static LRT_TARGET LRT_INLINE void LRT_FN(row_tiles)(const int bf, size_t mc, int nv, int kc, const float *a,
+                                                    size_t lda, const void *b, size_t bidx, float *c, size_t ldc,
+                                                    const float *in, int from_c)
+{
+    size_t m = 0;
+    if (nv == LRT_NRV)
+        for (; m + LRT_MR <= mc; m += LRT_MR)
+            LRT_FN(tile)(LRT_MR, LRT_NRV, bf, kc, a + m * lda, lda, b, bidx, c + m * ldc, ldc, in, from_c);
+    if (nv == LRT_NRV && m < mc) {
+        const float *ar = a + m * lda;
+        float *cr = c + m * ldc;
+        switch (mc - m) {
+#define LRT_REM(r) case r: LRT_FN(tile)(r, LRT_NRV, bf, kc, ar, lda, b, bidx, cr, ldc, in, from_c); break;
+        LRT_REM(1) LRT_REM(2) LRT_REM(3)
+#if LRT_MR > 4
+        LRT_REM(4) LRT_REM(5)
+#endif
+#if LRT_MR > 6
+        LRT_REM(6) LRT_REM(7)
+#endif
+#undef LRT_REM
+        default: break;
+        }
+        m = mc;
+    }
+    for (; m < mc; m += LRT_MR)
+        LRT_FN(tile)(mc - m < LRT_MR ? (int)(mc - m) : LRT_MR, nv, bf, kc, a + m * lda, lda, b, bidx,
+                     c + m * ldc, ldc, in, from_c);
+}
+
 /* C[m][j0..j1) = init[j0..j1) (or 0) + A[m][0..K) @ B[0..K)[j0..j1), j0 and j1 multiples of V.
- * bf: B holds bf16 (a constant after inlining).  back: the sweep direction of a single row. */
+ * bf: B holds bf16 (a constant after inlining).  back: the sweep direction of a single row.
+ * widened: NULL, or LRT_BF16_BLOCK floats where a bf16 K block is widened to float32 once for
+ * all the row tiles that use it (widening in every tile made bf16 slower than float32). */
 static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, const lrt_pmat *B, int j0, int j1,
                                                     const float *A, size_t lda, float *C, size_t ldc,
-                                                    const float *init, int back)
+                                                    const float *init, int back, float *widened)
 {
     const int K = B->k;
     const size_t pstride = (size_t)K * P;   /* elements per panel */
@@ -152,31 +189,15 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, cons
                     const float *in = (k0 == 0 && init) ? init + col : NULL;
                     const float *a = A + m0 * lda + (size_t)k0;
                     float *c = C + m0 * ldc + (size_t)col;
-                    size_t m = 0;
-                    if (nv == LRT_NRV)
-                        for (; m + LRT_MR <= mc; m += LRT_MR)
-                            LRT_FN(tile)(LRT_MR, LRT_NRV, bf, kc, a + m * lda, lda, B->data, bidx,
-                                         c + m * ldc, ldc, in, k0 > 0);
-                    if (nv == LRT_NRV && m < mc) {   /* remaining rows: constant-size tiles too */
-                        const float *ar = a + m * lda;
-                        float *cr = c + m * ldc;
-                        switch (mc - m) {
-#define LRT_REM(r) case r: LRT_FN(tile)(r, LRT_NRV, bf, kc, ar, lda, B->data, bidx, cr, ldc, in, k0 > 0); break;
-                        LRT_REM(1) LRT_REM(2) LRT_REM(3)
-#if LRT_MR > 4
-                        LRT_REM(4) LRT_REM(5)
-#endif
-#if LRT_MR > 6
-                        LRT_REM(6) LRT_REM(7)
-#endif
-#undef LRT_REM
-                        default: break;
-                        }
-                        m = mc;
+                    if (bf && widened && mc > LRT_MR) {
+                        for (int k = 0; k < kc; k++)
+                            for (int v = 0; v < nv; v++)
+                                vf_store(widened + (size_t)k * P + (size_t)(cc + v * V),
+                                         vf_load_bf16((const uint16_t *)B->data + bidx + (size_t)k * P + v * V));
+                        LRT_FN(row_tiles)(0, mc, nv, kc, a, lda, widened, (size_t)cc, c, ldc, in, k0 > 0);
+                    } else {
+                        LRT_FN(row_tiles)(bf, mc, nv, kc, a, lda, B->data, bidx, c, ldc, in, k0 > 0);
                     }
-                    for (; m < mc; m += LRT_MR)
-                        LRT_FN(tile)(mc - m < LRT_MR ? (int)(mc - m) : LRT_MR, nv, bf, kc, a + m * lda, lda,
-                                     B->data, bidx, c + m * ldc, ldc, in, k0 > 0);
                 }
             }
             j += w;
@@ -187,28 +208,32 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gemm_core)(const int bf, size_t M, cons
 static LRT_TARGET void LRT_FN(gemm_f32)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
                                         size_t lda, float *C, size_t ldc, const float *init, int back)
 {
-    LRT_FN(gemm_core)(0, M, B, j0, j1, A, lda, C, ldc, init, back);
+    LRT_FN(gemm_core)(0, M, B, j0, j1, A, lda, C, ldc, init, back, NULL);
 }
 
 static LRT_TARGET void LRT_FN(gemm_bf16)(size_t M, const lrt_pmat *B, int j0, int j1, const float *A,
-                                         size_t lda, float *C, size_t ldc, const float *init, int back)
+                                         size_t lda, float *C, size_t ldc, const float *init, int back,
+                                         float *widened)
 {
-    LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init, back);
+    LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init, back, widened);
 }
 
-/* The product in the weights' precision.  qws: int8 scratch, lrt_ws_quant_floats() floats.
+/* The product in the weights' precision.  scratch: lrt_ws_scratch_floats() floats (int8 rows
+ * quantized, bf16 blocks widened).
  * back: sweep a single row's product from the last panel to the first (see gemv). */
 static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat *B, size_t M, int j0, int j1,
                                     const float *A, size_t lda, float *C, size_t ldc, const float *init,
-                                    float *qws, int back)
+                                    float *scratch, int back)
 {
     if (w->precision == LRT_PREC_F32) {
         LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init, back);
     } else if (w->precision == LRT_PREC_BF16) {
-        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init, back);
+        /* the widened block is read by every row tile: start it on a cache line */
+        float *block = scratch + (16 - (uintptr_t)scratch / sizeof(float) % 16) % 16;
+        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init, back, block);
     } else {
-        float *sa = qws;
-        uint8_t *qa = (uint8_t *)(void *)(qws + LRT_QROWS);
+        float *sa = scratch;
+        uint8_t *qa = (uint8_t *)(void *)(scratch + LRT_QROWS);
         for (size_t m0 = 0; m0 < M; m0 += LRT_QROWS) {
             const size_t mc = M - m0 < LRT_QROWS ? M - m0 : LRT_QROWS;
 #ifdef LRT_PATH_AVX512
@@ -369,7 +394,7 @@ typedef struct {
     const int32_t *seq_lens;   /* of the slice, or NULL */
     int T, reverse, rows;
     int xlo, xhi;              /* steps whose input projection xproj holds now */
-    float *qws;
+    float *scratch;
 } LRT_FN(slice);
 
 static inline const float *LRT_FN(xp_row)(const LRT_FN(slice) *sl, const float *xproj, int n, int t, int b)
@@ -384,11 +409,11 @@ static LRT_TARGET void LRT_FN(input_proj)(const struct lrt_weights *w, const lrt
     const int Ball = a->batch, B = sl->rows, I = w->desc.input_size, n = w->n;
     if (B == Ball)   /* the whole batch: its steps are contiguous rows of x */
         LRT_FN(gemm)(w, &w->wt, (size_t)(hi - lo) * B, 0, n, a->x + (size_t)lo * B * I, (size_t)I, xproj, n,
-                     w->bias, sl->qws, back);
+                     w->bias, sl->scratch, back);
     else             /* a slice: contiguous within each step */
         for (int t = lo; t < hi; t++)
             LRT_FN(gemm)(w, &w->wt, (size_t)B, 0, n, a->x + ((size_t)t * Ball + b0) * I, (size_t)I,
-                         xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->qws, back);
+                         xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->scratch, back);
     sl->xlo = lo;
     sl->xhi = hi;
 }
@@ -415,7 +440,7 @@ static LRT_TARGET void LRT_FN(gru_rows)(const struct lrt_weights *w, const LRT_F
             for (int j = 0; j < hp; j += V)
                 vf_store(r + j, vf_mul(vf_load(r + j), vf_load(hb + (size_t)b * hp + j)));
     }
-    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->qws, back);
+    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->scratch, back);
     for (int b = 0; b < B; b++) {
         int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
@@ -441,7 +466,7 @@ int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t 
     float *y = a->y ? a->y + (size_t)b0 * H : NULL;
     LRT_FN(slice) sl;
     sl.seq_lens = a->seq_lens ? a->seq_lens + b0 : NULL;
-    sl.T = T; sl.reverse = a->reverse; sl.rows = B; sl.qws = ws + L.quant;
+    sl.T = T; sl.reverse = a->reverse; sl.rows = B; sl.scratch = ws + L.scratch;
     sl.xlo = sl.xhi = 0;
     int uniform = 1;   /* every sequence of the slice runs all T steps */
     if (sl.seq_lens)
@@ -483,7 +508,7 @@ int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t 
                 else sl.xlo = lo, sl.xhi = hi;
             }
         }
-        LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, LRT_FN(first_product_cols)(w), hb, hp, g, n, NULL, sl.qws, back);
+        LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, LRT_FN(first_product_cols)(w), hb, hp, g, n, NULL, sl.scratch, back);
         if (late) LRT_FN(input_proj)(w, a, b0, &sl, xproj, sl.xlo, sl.xhi, back);
         if (d->cell == LRT_GRU) {
             LRT_FN(gru_rows)(w, &sl, s, xproj, g, hb, rh, back);

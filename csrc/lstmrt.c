@@ -368,8 +368,9 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
 }
 
 /* ---- running ---- */
-size_t lrt_ws_quant_floats(const lrt_weights *w)
+size_t lrt_ws_scratch_floats(const lrt_weights *w)
 {
+    if (w->precision == LRT_PREC_BF16) return LRT_BF16_BLOCK + 16;   /* + room to align it */
     if (w->precision != LRT_PREC_INT8) return 0;
     const size_t k4 = (size_t)(w->wt.k4 > w->rt.k4 ? w->wt.k4 : w->rt.k4);
     return LRT_QROWS + LRT_QROWS * k4 / 4;   /* row scales, then rows of k4 bytes */
@@ -385,8 +386,8 @@ lrt_ws_layout lrt_ws_plan(const lrt_weights *w, int32_t batch, int32_t steps)
     L.h = L.gates + rows * (size_t)w->n;
     L.c = L.h + row_state;
     L.rh = L.c + (w->desc.cell == LRT_LSTM ? row_state : 0);
-    L.quant = L.rh + (w->desc.cell == LRT_GRU ? row_state : 0);
-    L.total = L.quant + lrt_ws_quant_floats(w);
+    L.scratch = L.rh + (w->desc.cell == LRT_GRU ? row_state : 0);
+    L.total = L.scratch + lrt_ws_scratch_floats(w);
     return L;
 }
 

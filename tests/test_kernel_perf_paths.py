@@ -191,12 +191,13 @@ def test_int8_matches_its_numpy_emulation_exactly_on_one_step(simd, I, H):
 
 
 @pytest.mark.parametrize("simd", PATHS)
-def test_bf16_matches_its_float64_emulation(simd):
+@pytest.mark.parametrize("batch", [4, 9])   # 9 rows: the recurrent product widens bf16 blocks too
+def test_bf16_matches_its_float64_emulation(simd, batch):
     weights, (W, R, Bias) = affine_rnn(70, 50, simd, "bf16")
-    x, _ = inputs(3, 4, 70)
+    x, _ = inputs(3, batch, 70)
     y, h, _ = run(weights, x)
     Wb, Rb = to_bf16(W).astype(np.float64), to_bf16(R).astype(np.float64)
-    hh = np.zeros((4, 50))
+    hh = np.zeros((batch, 50))
     for t in range(3):
         hh = x[t].astype(np.float64) @ Wb.T + hh @ Rb.T + Bias[:50] + Bias[50:]
         np.testing.assert_allclose(y[t], hh, atol=2e-5, rtol=1e-5)
