@@ -153,7 +153,7 @@ def test_fast_paths_copy_strided_arrays_correctly_and_refuse_foreign_dtypes():
     with pytest.raises(lstmrt.InputError, match="'c0' has dtype >f4"):
         sess.run(None, {**plain, "c0": c0.astype(">f4")})
     stream, reference = sess.stream(), sess.stream()
-    for chunk in (x[:2], x[2:]):
+    for chunk in (x[:2], np.asfortranarray(x[2:])):     # strided, then Fortran-ordered
         np.testing.assert_array_equal(stream.run({"X": chunk})[0], reference.run({"X": np.ascontiguousarray(chunk)})[0])
     with pytest.raises(lstmrt.InputError, match="'X' has dtype >f4"):
         stream.run({"X": x.astype(">f4")})
