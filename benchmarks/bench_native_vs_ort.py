@@ -24,13 +24,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before numpy loads OpenBL
 import argparse  # noqa: E402
 import itertools  # noqa: E402
 import platform  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
+from lstmrt.bench import time_per_call
 from lstmrt.kernel import Activation, CellSpec, CellWeights
 
 WORKLOADS = [  # (label, hidden, batch, steps)
@@ -60,19 +60,9 @@ def model(cell: str, hidden: int):
     return proto
 
 
-def per_call_us(fn, budget_s: float, windows: int = 5) -> float:
-    """Mean time per call in the quickest of `windows` equal time windows: a shared VM's
-    neighbours slow some windows down; every runner is measured the same way."""
-    fn()
-    best = float("inf")
-    for _ in range(windows):
-        calls, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < budget_s / windows:
-            for _ in range(10):
-                fn()
-            calls += 10
-        best = min(best, elapsed / calls * 1e6)
-    return best
+def per_call_us(fn, budget_s: float) -> float:
+    """Mean per call in the quickest of 5 time windows (lstmrt bench's timing, for every runner)."""
+    return time_per_call(fn, budget_s) * 1e6
 
 
 def sgemm_gflops(budget_s: float) -> float:
