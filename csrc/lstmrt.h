@@ -1,8 +1,10 @@
 /* lstmrt.h — public C API of the lstmrt recurrent kernel.
  *
  * One lrt_weights object holds the packed weights of ONE direction of one ONNX
- * LSTM/GRU/RNN node.  It is immutable after creation, so any number of threads
- * may call lrt_run on it at once, each with its own state and workspace.
+ * LSTM/GRU/RNN node.  The weights never change after creation (one cache hint, the
+ * direction the next product sweeps them, is read and written atomically and changes no
+ * result), so any number of threads may call lrt_run on it at once, each with its own
+ * state and workspace.
  * The kernel knows nothing about ONNX graphs: the caller slices W/R/B/P per
  * direction and lays out X as [steps, batch, input_size].
  */
