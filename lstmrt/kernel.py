@@ -197,7 +197,8 @@ class CellWeights:
 class CellRunner:
     """One fixed-shape call of a cell with its own buffers, for the lowest per-call cost.
 
-    Fill `x` [steps, batch, input] (load_x(chunk), or np.copyto), call `run()`;
+    Fill `x` [steps, batch, input] (load("x", chunk), or np.copyto) and call `run()`, or do
+    both with `step(chunk)`;
     `h` (and `c`) [batch, hidden] carry the state from call to call, and `y`
     [steps, batch, hidden] holds the outputs of the last call.  A call is one C call
     on prebuilt arguments.  Owned by one thread at a time (it holds the workspace).
