@@ -79,8 +79,10 @@ class Model:
         graph = self.proto.graph
         self.graph = graph
         self.initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        # graph inputs that are also initializers are optional overrides, not required feeds
         self.inputs = [_tensor_info(v) for v in graph.input if v.name not in self.initializers]
+        # graph inputs that are also initializers: a feed may replace the initializer, as
+        # onnxruntime allows; not required, and not listed among the inputs (onnxruntime neither)
+        self.overridable = [_tensor_info(v) for v in graph.input if v.name in self.initializers]
         self.outputs = [_tensor_info(v) for v in graph.output]
         self.opset = next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None:

@@ -49,6 +49,8 @@ def inspect_model(path: str, console: Console) -> None:
     producer = f"{model.proto.producer_name} {model.proto.producer_version}".strip() or "unknown"
     console.print(f"[bold]{path}[/bold]  opset {model.opset}, {len(model.graph.node)} nodes, made by {producer}")
     console.print(_io_table("inputs", model.inputs))
+    if model.overridable:
+        console.print(_io_table("initializers a feed may replace", model.overridable))
     console.print(_io_table("outputs", model.outputs))
     console.print(_recurrent_table(model))
     try:

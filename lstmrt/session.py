@@ -50,6 +50,7 @@ class InferenceSession:
         native = NativeOptions(simd, precision, threads)
         self.model = Model(model)
         self._inputs_by_name = {i.name: i for i in self.model.inputs}
+        self._feedable = {**self._inputs_by_name, **{i.name: i for i in self.model.overridable}}
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
         from .fastpath import RunFastPath
@@ -70,15 +71,17 @@ class InferenceSession:
         Inputs named in `optional` may be left out."""
         if type(input_feed) is not dict and not isinstance(input_feed, Mapping):
             raise InputError(f"input_feed must be a dict of name -> numpy array, got {type(input_feed).__name__}")
-        expected = self._inputs_by_name
-        if not expected.keys() >= input_feed.keys():
-            unknown = [n for n in input_feed if n not in expected]
-            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(expected)}")
-        if len(input_feed) < len(expected):
-            missing = [n for n in expected if n not in input_feed and n not in optional]
+        required, feedable = self._inputs_by_name, self._feedable
+        if not feedable.keys() >= input_feed.keys():
+            unknown = [n for n in input_feed if n not in feedable]
+            overridable = [i.name for i in self.model.overridable]
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(required)}"
+                             + (f" (initializers that may be fed too: {overridable})" if overridable else ""))
+        if not required.keys() <= input_feed.keys():
+            missing = [n for n in required if n not in input_feed and n not in optional]
             if missing:
-                raise InputError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
-        return {name: _check_value(expected[name], value) for name, value in input_feed.items()}
+                raise InputError(f"missing input(s) {missing}; the model's inputs are {list(required)}")
+        return {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
 
     def _output_names(self, output_names) -> list[str]:
         known = [o.name for o in self.model.outputs]

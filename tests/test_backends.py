@@ -114,3 +114,33 @@ def test_inspect_says_why_auto_chose(tmp_path, no_cuda):
     onnx.save(with_unsupported_op(), str(path))
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert "backend auto: onnxruntime CPU: native lacks Cos at node 'the_cos'" in " ".join(result.output.split())
+
+
+def test_a_feed_may_replace_an_initializer_listed_as_an_input(tmp_path):
+    """An initializer that is also a graph input is a default: onnxruntime lets a feed replace it,
+    and so must native, even where the default alone would have been folded at load."""
+    consts = [onnx.numpy_helper.from_array(np.array([2.0, 3.0], np.float32), "scale"),
+              onnx.numpy_helper.from_array(np.array([10.0, 10.0], np.float32), "ten")]
+    nodes = [helper.make_node("Mul", ["scale", "ten"], ["scaled"]),      # foldable from the default
+             helper.make_node("Add", ["x", "scaled"], ["z"])]
+    value = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2])  # noqa: E731
+    graph = helper.make_graph(nodes, "g", [value("x"), value("scale")], [value("z")], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    native, reference = (lstmrt.InferenceSession(model, backend=b) for b in ("native", "onnxruntime"))
+    assert [i.name for i in native.get_inputs()] == ["x"]
+    x = np.array([1.0, -1.0], np.float32)
+    for feed in ({"x": x}, {"x": x, "scale": np.array([-4.0, 0.5], np.float32)}):
+        got, want = native.run(None, feed)[0], reference.run(None, feed)[0]
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(native.run(None, {"x": x, "scale": np.array([-4.0, 0.5], np.float32)})[0],
+                                  [-39.0, 4.0])
+    with pytest.raises(lstmrt.InputError, match=r"unknown input name\(s\) \['ten'\].*may be fed too: \['scale'\]"):
+        native.run(None, {"x": x, "ten": x})
+    with pytest.raises(lstmrt.InputError, match="'scale' has dtype float64"):
+        native.run(None, {"x": x, "scale": np.zeros(2)})
+    with pytest.raises(lstmrt.InputError, match=r"missing input\(s\) \['x'\]"):
+        native.run(None, {"scale": x})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")]).output
+    assert "initializers a feed may replace" in shown and "scale" in shown

@@ -37,10 +37,14 @@ class Step:
 class Plan:
     """One graph — the model's or a control-flow body — ready to run."""
 
-    def __init__(self, graph, opset: int, options: dict, outer_constants: dict | None = None):
+    def __init__(self, graph, opset: int, options: dict, outer_constants: dict | None = None,
+                 overridable=()):
         self.graph = graph
         self.constants = {**(outer_constants or {}),
                           **{t.name: numpy_helper.to_array(t) for t in graph.initializer}}
+        # initializers a feed may replace are values of each call, with these defaults: nothing
+        # is folded or bound from them at load
+        self.defaults = {name: self.constants.pop(name) for name in overridable}
         self.steps: list[Step] = []
         options = {**options, "subplan": lambda body: Plan(body, opset, options, self.constants)}
         for index, node in enumerate(graph.node):
@@ -76,7 +80,9 @@ class Plan:
             raise _node_failed(step, e) from e
 
     def run(self, scope: dict, output_names: list) -> list:
-        if not self._constant_names.isdisjoint(scope):   # a feed overriding an initializer
+        if self.defaults:
+            scope = {**self.defaults, **scope}
+        if not self._constant_names.isdisjoint(scope):   # a body's scope naming an outer constant
             values = {**self.constants, **scope}
             for step in self.steps:
                 for name, value in zip(step.outputs, self._execute(step, values)):
@@ -138,7 +144,8 @@ class NativeBackend:
     def __init__(self, model: Model, options: NativeOptions = NativeOptions()):
         self.model = model
         self.options = options
-        self.plan = Plan(model.graph, model.opset, {"native": options})
+        self.plan = Plan(model.graph, model.opset, {"native": options},
+                         overridable=[i.name for i in model.overridable])
 
     def run(self, feeds: dict, output_names: list) -> list:
         return self.plan.run(feeds, output_names)
