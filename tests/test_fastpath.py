@@ -157,3 +157,29 @@ def test_fast_paths_copy_strided_arrays_correctly_and_refuse_foreign_dtypes():
         np.testing.assert_array_equal(stream.run({"X": chunk})[0], reference.run({"X": np.ascontiguousarray(chunk)})[0])
     with pytest.raises(lstmrt.InputError, match="'X' has dtype >f4"):
         stream.run({"X": x.astype(">f4")})
+
+
+@pytest.mark.parametrize("spec_kwargs", [
+    dict(cell="LSTM", has_initial_h=True, has_initial_c=True, has_peepholes=True),
+    dict(cell="LSTM", outputs=(False, True, True)),          # no Y; states from zeros
+    dict(cell="GRU", direction="reverse", has_initial_h=True, linear_before_reset=1),
+    dict(cell="RNN", clip=0.7),
+])
+def test_small_calls_on_cached_runners_equal_the_direct_call(monkeypatch, spec_kwargs):
+    """A recurrent node's small calls run on runners kept per shape; they must give the bits the
+    direct kernel call gives, call after call, whatever state the runner held before."""
+    from onnx_cases import RecurrentSpec, make_recurrent_model, random_feed, random_weights
+    import lstmrt.ops.recurrent as recurrent
+    spec = RecurrentSpec(input_size=7, hidden_size=12, **spec_kwargs)
+    rng = np.random.default_rng(11)
+    model = make_recurrent_model(spec, random_weights(spec, rng))
+    cached = lstmrt.InferenceSession(model, backend="native")
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime")
+    feeds = [random_feed(spec, batch=b, steps=t, rng=rng) for b, t in ((2, 5), (3, 1), (2, 5), (2, 5))]
+    got = [cached.run(None, f) for f in feeds]
+    monkeypatch.setattr(recurrent, "RUNNER_FLOATS", 0)       # every call on the direct path
+    direct = lstmrt.InferenceSession(model, backend="native")
+    for feed, outs in zip(feeds, got):
+        for g, d, r in zip(outs, direct.run(None, feed), reference.run(None, feed)):
+            np.testing.assert_array_equal(g, d)
+            np.testing.assert_allclose(g, r, atol=1e-5)

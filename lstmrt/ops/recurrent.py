@@ -7,6 +7,8 @@ bidirectional runs are handled here, so the kernel sees one direction of
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import InputError
@@ -21,6 +23,10 @@ _TAKES_ALPHA_BETA = {"affine": (True, True), "leakyrelu": (True, False), "thresh
                      "scaledtanh": (True, True), "hardsigmoid": (True, True), "elu": (True, False)}
 _ALPHA_BETA_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
 INPUT_NAMES = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
+# Calls with T*B*(input+hidden) up to this run on a cached runner, whose output is copied out;
+# larger ones have the kernel write straight into the returned arrays.
+RUNNER_FLOATS = 16384
+_MAX_RUNNERS = 8   # per node and thread, one per input shape
 
 
 def parse_activations(node: NodeInfo, num_directions: int) -> list[tuple]:
@@ -72,6 +78,8 @@ class RecurrentNode:
         self.activations = parse_activations(node, self.num_directions)
         self.hidden_size_attr = a.get("hidden_size")
         self.threads = node.options["native"].threads
+        self._want_y = len(node.outputs) > 0 and node.outputs[0] != ""
+        self._local = threading.local()   # per thread: runners for small calls (_run_small)
         # weights known at load are packed once here; others are packed per call
         self.packed = self._pack(*self._const_weights(), node.fail) if self._const_weights() else None
 
@@ -119,9 +127,13 @@ class RecurrentNode:
         return InputError(f"node '{self.node.name}' ({self.cell}): {message}")
 
     def _state(self, value, name, B, H):
-        D = self.num_directions
+        """A private copy (the kernel updates it) of a checked initial state, zeros if absent."""
         if value is None:
-            return np.zeros((D, B, H), np.float32)
+            return np.zeros((self.num_directions, B, H), np.float32)
+        return np.array(self._checked_state(value, name, B, H), dtype=np.float32, order="C")
+
+    def _checked_state(self, value, name, B, H):
+        D = self.num_directions
         if value.dtype != _F32:
             raise self._input_error(f"{name} has type {value.dtype}; expected float32")
         if self.layout == 1:
@@ -130,7 +142,7 @@ class RecurrentNode:
             expected = (B, D, H) if self.layout == 1 else (D, B, H)
             shown = np.swapaxes(value, 0, 1).shape if self.layout == 1 else value.shape
             raise self._input_error(f"{name} has shape {shown}; expected {expected}")
-        return np.array(value, dtype=np.float32, order="C")   # a private copy: the kernel updates it
+        return value
 
     def _seq_lens(self, value, B, T):
         if value is None:
@@ -155,10 +167,13 @@ class RecurrentNode:
         H, D = packed[0].spec.hidden_size, self.num_directions
         if I != packed[0].spec.input_size:
             raise self._input_error(f"X has input size {I}; W expects {packed[0].spec.input_size}")
+        if (self.packed is not None and D == 1 and self.layout == 0 and seq is None
+                and T * Bsz * (I + H) <= RUNNER_FLOATS):
+            return self._run_small(packed[0], x, h0, c0)
         seq_lens = self._seq_lens(seq, Bsz, T)
         h = self._state(h0, "initial_h", Bsz, H)
         c = self._state(c0, "initial_c", Bsz, H) if self.cell == "LSTM" else None
-        want_y = len(self.node.outputs) > 0 and self.node.outputs[0] != ""
+        want_y = self._want_y
         y = np.empty((T, D, Bsz, H), np.float32) if want_y else None   # the kernel writes every entry
         for d, weights in enumerate(packed):
             reverse = self.direction == "reverse" or d == 1
@@ -170,6 +185,29 @@ class RecurrentNode:
             outputs = [None if y is None else y.transpose(2, 0, 1, 3), np.swapaxes(h, 0, 1),
                        None if c is None else np.swapaxes(c, 0, 1)]
         return outputs[:len(self.node.outputs)]
+
+    def _run_small(self, weights: CellWeights, x: np.ndarray, h0, c0) -> list:
+        """A small call on a runner kept per thread and shape: its buffers and C arguments are
+        built once, so the call costs a few copies, not an argument setup (streaming models
+        with glue ops around the cell make many such calls)."""
+        T, B, _ = x.shape
+        H = weights.spec.hidden_size
+        runners = self._local.__dict__.setdefault("runners", {})
+        runner = runners.get(x.shape)
+        if runner is None:
+            if len(runners) >= _MAX_RUNNERS:
+                runners.pop(next(iter(runners)))
+            runner = runners[x.shape] = weights.runner(B, T, threads=self.threads, y=self._want_y)
+            runner.outputs = [None if a is None else a.reshape(shape) for a, shape in   # ONNX shapes
+                              ((runner.y, (T, 1, B, H)), (runner.h, (1, B, H)), (runner.c, (1, B, H)))]
+        for value, name, slot in ((h0, "initial_h", "h"), (c0, "initial_c", "c"))[:2 if self.cell == "LSTM" else 1]:
+            if value is None:
+                getattr(runner, slot).fill(0.0)
+            else:
+                runner.load(slot, self._checked_state(value, name, B, H))
+        runner.load("x", x)
+        runner.run(reverse=self.direction == "reverse")
+        return [None if a is None else a.copy() for a in runner.outputs[:len(self.node.outputs)]]
 
 
 @op("LSTM", "GRU", "RNN")
