@@ -9,6 +9,9 @@ paths of lstmrt and on onnxruntime.  Prints microseconds per call and the speed 
   bf16/int8  stream.run on sessions with precision="bf16" / "int8" (opt-in)
   2thr    sess.run on a session with threads=2 (batch workloads), and its speed-up over run
 Then a stream group of 64 live streams against stepping the same 64 streams one by one.
+Within a workload the runners take turns, five rounds of equal windows each, and each keeps its
+quickest window (lstmrt.bench.time_interleaved): a slow spell of a shared machine then falls on
+all of them, not on whichever was being timed.
 GFLOP/s and "%sgemm" are for the f32 runner against the single-core sgemm rate measured
 here with numpy.matmul (OpenBLAS, OPENBLAS_NUM_THREADS=1) on a 2048x256 @ 256x1024 product,
 the shape of the batch workload's input projection.
@@ -30,7 +33,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
-from lstmrt.bench import time_per_call
+from lstmrt.bench import time_interleaved, time_per_call
 from lstmrt.kernel import Activation, CellSpec, CellWeights
 
 WORKLOADS = [  # (label, hidden, batch, steps)
@@ -60,17 +63,12 @@ def model(cell: str, hidden: int):
     return proto
 
 
-def per_call_us(fn, budget_s: float) -> float:
-    """Mean per call in the quickest of 5 time windows (lstmrt bench's timing, for every runner)."""
-    return time_per_call(fn, budget_s) * 1e6
-
-
 def sgemm_gflops(budget_s: float) -> float:
     rng = np.random.default_rng(0)
     a, b = rng.random((2048, 256), np.float32), rng.random((256, 1024), np.float32)
     out = np.empty((2048, 1024), np.float32)
-    t = min(per_call_us(lambda: np.matmul(a, b, out=out), budget_s / 3) for _ in range(3))
-    return 2 * 2048 * 256 * 1024 / t / 1e3
+    t = time_per_call(lambda: np.matmul(a, b, out=out), budget_s)
+    return 2 * 2048 * 256 * 1024 / t / 1e9
 
 
 def cell_weights(proto, cell: str, precision: str) -> CellWeights:
@@ -83,8 +81,8 @@ def cell_weights(proto, cell: str, precision: str) -> CellWeights:
     return CellWeights(spec, precision=precision).pack(W, R, B)
 
 
-def runner_timing(proto, cell, feed, precision, budget, ref_out, threads=1):
-    """(us per call, max |diff| vs onnxruntime on the first call) of the runner path."""
+def runner_call(proto, cell, feed, precision, ref_out, threads=1):
+    """(the runner path's call, max |diff| vs onnxruntime on the first call)."""
     X = feed["X"]
     T, B, _ = X.shape
     r = cell_weights(proto, cell, precision).runner(B, T, threads=threads)
@@ -94,13 +92,12 @@ def runner_timing(proto, cell, feed, precision, budget, ref_out, threads=1):
         np.copyto(r.c, feed["c0"][0])
     r.run()
     diff = max(np.abs(r.y - ref_out[0][:, 0]).max(), np.abs(r.h - ref_out[1][0]).max())
+    return (lambda: r.step(X)), diff
 
-    return per_call_us(lambda: r.step(X), budget), diff
 
-
-def stream_us(proto, x: dict, budget: float, **native) -> float:
+def stream_call(proto, x: dict, **native):
     stream = lstmrt.InferenceSession(proto, backend="native", **native).stream()
-    return per_call_us(lambda: stream.run(x), budget)
+    return lambda: stream.run(x)
 
 
 def group_throughput(budget: float, members: int = 64) -> None:
@@ -118,8 +115,8 @@ def group_throughput(budget: float, members: int = 64) -> None:
         got = group.run(feeds)
         for k, x, s in zip(keys, xs, streams):
             assert np.abs(got[k][0] - s.run({"X": x})[0]).max() < 1e-5
-        t_alone = per_call_us(lambda: [s.run({"X": x}) for s, x in zip(streams, xs)], budget)
-        t_group = per_call_us(lambda: group.run(feeds), budget)
+        t_alone, t_group = (t * 1e6 for t in time_interleaved(
+            [lambda: [s.run({"X": x}) for s, x in zip(streams, xs)], lambda: group.run(feeds)], budget))
         print(f"{cell:5} {hidden:4} {t_alone:15.1f} {t_group:15.1f} {t_alone / t_group:8.2f}", flush=True)
 
 
@@ -152,20 +149,19 @@ def main():
             assert diff < 1e-4, f"{cell} H={H}: native differs from onnxruntime by {diff}"
             stream = sess.stream()
             x = {"X": feed["X"]}
-            t_ort = per_call_us(lambda: ref.run(None, feed), budget)
-            t_run = per_call_us(lambda: sess.run(None, feed), budget)
-            t_stream = per_call_us(lambda: stream.run(x), budget)
-            t_rnr, d = runner_timing(proto, cell, feed, "f32", budget, ref_out)
+            rnr, d = runner_call(proto, cell, feed, "f32", ref_out)
             assert d < 1e-4, f"{cell} H={H}: runner differs from onnxruntime by {d}"
-            # reduced precision and threads through the public API: stream.run / sess.run
-            t_bf16 = stream_us(proto, x, budget, precision="bf16")
-            t_int8 = stream_us(proto, x, budget, precision="int8")
-            two = f"{'':>8} {'':>6}"
+            calls = {"ort": lambda: ref.run(None, feed), "run": lambda: sess.run(None, feed),
+                     "strm": lambda: stream.run(x), "rnr": rnr,
+                     # reduced precision and threads through the public API: stream.run / sess.run
+                     "bf16": stream_call(proto, x, precision="bf16"), "int8": stream_call(proto, x, precision="int8")}
             if B > 1:
                 sess2 = lstmrt.InferenceSession(proto, backend="native", threads=2)
                 assert max(np.abs(a - b).max() for a, b in zip(sess2.run(None, feed), ref_out)) < 1e-4
-                t_2 = per_call_us(lambda: sess2.run(None, feed), budget)
-                two = f"{t_2:8.1f} {t_run / t_2:6.2f}"
+                calls["2thr"] = lambda: sess2.run(None, feed)
+            us = {k: t * 1e6 for k, t in zip(calls, time_interleaved(list(calls.values()), budget))}
+            t_ort, t_run, t_stream, t_rnr, t_bf16, t_int8 = (us[k] for k in ("ort", "run", "strm", "rnr", "bf16", "int8"))
+            two = f"{us['2thr']:8.1f} {t_run / us['2thr']:6.2f}" if "2thr" in us else f"{'':>8} {'':>6}"
             flops = 2 * GATES[cell] * H * (H + H) * B * T
             gf = flops / t_rnr / 1e3
             print(f"{cell:5} {label:8} {H:4} {B:3} {T:3} {t_ort:8.1f} {t_run:8.1f} {t_stream:8.1f} {t_rnr:8.1f} "

@@ -31,21 +31,41 @@ def recurrent_flops(model: Model, batch: int, steps: int) -> float:
     return total
 
 
-def time_per_call(fn, budget_s: float, windows: int = 5) -> float:
-    """Seconds per call: the mean in the quickest of `windows` equal time windows (at least 3
-    calls each), so a burst of other work on the machine does not land in the figure."""
+def _calls_per_clock_read(fn) -> int:
+    """Runs fn once (a warm-up); quick calls are then timed ten at a time, so reading the clock
+    stays out of the figure."""
     start = time.perf_counter()
     fn()
-    group = 10 if time.perf_counter() - start < 1e-3 else 1   # quick calls: read the clock less often
-    best = float("inf")
-    for _ in range(windows):
-        calls, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < budget_s / windows or calls < 3:
-            for _ in range(group):
-                fn()
-            calls += group
-        best = min(best, elapsed / calls)
+    return 10 if time.perf_counter() - start < 1e-3 else 1
+
+
+def _window(fn, seconds: float, group: int) -> float:
+    """Mean seconds per call over one window of at least `seconds` and 3 calls."""
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
+        for _ in range(group):
+            fn()
+        calls += group
+    return elapsed / calls
+
+
+def time_interleaved(fns: list, budget_s: float, rounds: int = 5, on_round=None) -> list[float]:
+    """Seconds per call of each fn, given budget_s each.  The fns take turns in `rounds` rounds
+    and each keeps its quickest window, so a slow spell of a shared machine falls on all of
+    them alike instead of on whichever was being timed."""
+    groups = [_calls_per_clock_read(fn) for fn in fns]
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, (fn, group) in enumerate(zip(fns, groups)):
+            best[i] = min(best[i], _window(fn, budget_s / rounds, group))
+        if on_round:
+            on_round()
     return best
+
+
+def time_per_call(fn, budget_s: float, windows: int = 5) -> float:
+    """Seconds per call: the mean in the quickest of `windows` equal time windows."""
+    return time_interleaved([fn], budget_s, windows)[0]
 
 
 def sessions(path: str, backends: list, threads: int) -> dict:
@@ -66,27 +86,24 @@ def sessions(path: str, backends: list, threads: int) -> dict:
 
 
 def bench(path: str, backends: list, chunk: int, batch: int, threads: int = 1, budget_s: float = 1.0,
-          on_case=None) -> list[Row]:
-    """Time `run` (whole feed, state given) and `stream.run` (chunk after chunk) per backend."""
+          on_round=None, rounds: int = 5) -> list[Row]:
+    """Time `run` (whole feed, state given) and `stream.run` (chunk after chunk) per backend,
+    budget_s each, all cases taking turns (time_interleaved)."""
     model = Model(path)
     feed = random_feed(model, batch=batch, steps=chunk)
     flops = recurrent_flops(model, batch, chunk)
-    rows = []
+    cases = []   # (backend, call path, fn)
     for label, sess in sessions(path, backends, threads).items():
-        t = time_per_call(lambda: sess.run(None, feed), budget_s)
-        rows.append(Row(label, "run", t * 1e6, batch * chunk / t, flops / t / 1e9))
-        if on_case:
-            on_case()
+        cases.append((label, "run", lambda sess=sess: sess.run(None, feed)))
         try:
             stream = sess.stream()
         except StreamError:
             continue
         streamed = {k: v for k, v in feed.items() if k not in stream.pairs}
-        t = time_per_call(lambda: stream.run(streamed), budget_s)
-        rows.append(Row(label, "stream", t * 1e6, batch * chunk / t, flops / t / 1e9))
-        if on_case:
-            on_case()
-    return rows
+        cases.append((label, "stream", lambda stream=stream, streamed=streamed: stream.run(streamed)))
+    seconds = time_interleaved([fn for _, _, fn in cases], budget_s, rounds, on_round)
+    return [Row(label, call, t * 1e6, batch * chunk / t, flops / t / 1e9)
+            for (label, call, _), t in zip(cases, seconds)]
 
 
 def with_ratios(rows: list[Row]) -> list[tuple]:

@@ -165,7 +165,8 @@ def verify(model, inputs, tolerance):
 @click.option("--chunk", type=click.IntRange(min=1), default=1, show_default=True, help="time steps per call")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="threads per backend")
-@click.option("--seconds", type=float, default=1.0, show_default=True, help="timing budget per case")
+@click.option("--seconds", type=float, default=1.0, show_default=True,
+              help="timing budget per case (the cases take turns in 5 rounds)")
 def bench(model, backends, chunk, batch, threads, seconds):
     """Time MODEL per call on each backend (whole run and stream), side by side."""
     from rich.progress import Progress
@@ -174,8 +175,9 @@ def bench(model, backends, chunk, batch, threads, seconds):
     backends = list(backends) or ["native", "onnxruntime"]
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("timing", total=len(backends) * 2)
-            rows = run_bench(model, backends, chunk, batch, threads, seconds, lambda: progress.advance(task))
+            rounds = 5
+            task = progress.add_task("timing, each case in turn", total=rounds)
+            rows = run_bench(model, backends, chunk, batch, threads, seconds, lambda: progress.advance(task), rounds)
     except LstmrtError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
     table = Table(title=f"{model}: batch {batch}, {chunk} step(s) per call, {threads} thread(s)")
