@@ -16,9 +16,9 @@ import numpy as np
 
 from .backends.native import NativeBackend
 from .errors import StreamError
+from .kernel import RunnerCache
 from .ops.recurrent import RecurrentNode
 
-_MAX_SHAPES = 8     # runners kept per stream, one per chunk shape seen
 _F32 = np.dtype(np.float32)   # numpy's builtin dtypes are singletons: `is` is the cheap test
 
 
@@ -29,7 +29,7 @@ class CellFastPath:
         self.weights = node.packed[0]
         self.input_size = self.weights.spec.input_size
         self.hidden = self.weights.spec.hidden_size
-        self._runners: dict = {}              # x.shape -> CellRunner
+        self._runners = RunnerCache(self.weights, node.threads, y_wanted)   # x.shape -> CellRunner
 
     @classmethod
     def detect(cls, backend, model, pairs: dict) -> "CellFastPath | None":
@@ -67,14 +67,11 @@ class CellFastPath:
 
     def _new_runner(self, shape):
         steps, batch = shape[0], shape[1]
-        if len(self._runners) >= _MAX_SHAPES:
-            self._runners.pop(next(iter(self._runners)))
-        runner = self.weights.runner(batch, steps, threads=self.node.threads, y=self.y_wanted)
+        runner = self._runners.add(shape)
         runner.views = {name: getattr(runner, kind).reshape(1, batch, self.hidden)
                         for name, kind in self.state_slots.items()}
         runner.y4 = runner.y.reshape(steps, 1, batch, self.hidden) if self.y_wanted else None
         runner.state_shape = (1, batch, self.hidden)
-        self._runners[shape] = runner
         return runner
 
     def try_run(self, x, state: dict):

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from ..errors import InputError
-from ..kernel import ACTIVATIONS, GATES, Activation, CellSpec, CellWeights
+from ..kernel import ACTIVATIONS, GATES, Activation, CellSpec, CellWeights, RunnerCache
 from . import NodeInfo, op
 
 ACT_SLOTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
@@ -26,7 +26,6 @@ INPUT_NAMES = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P
 # Calls with T*B*(input+hidden) up to this run on a cached runner, whose output is copied out;
 # larger ones have the kernel write straight into the returned arrays.
 RUNNER_FLOATS = 16384
-_MAX_RUNNERS = 8   # per node and thread, one per input shape
 
 
 def parse_activations(node: NodeInfo, num_directions: int) -> list[tuple]:
@@ -192,12 +191,12 @@ class RecurrentNode:
         with glue ops around the cell make many such calls)."""
         T, B, _ = x.shape
         H = weights.spec.hidden_size
-        runners = self._local.__dict__.setdefault("runners", {})
+        runners = getattr(self._local, "runners", None)
+        if runners is None:
+            runners = self._local.runners = RunnerCache(weights, self.threads, self._want_y)
         runner = runners.get(x.shape)
         if runner is None:
-            if len(runners) >= _MAX_RUNNERS:
-                runners.pop(next(iter(runners)))
-            runner = runners[x.shape] = weights.runner(B, T, threads=self.threads, y=self._want_y)
+            runner = runners.add(x.shape)
             runner.outputs = [None if a is None else a.reshape(shape) for a, shape in   # ONNX shapes
                               ((runner.y, (T, 1, B, H)), (runner.h, (1, B, H)), (runner.c, (1, B, H)))]
         for value, name, slot in ((h0, "initial_h", "h"), (c0, "initial_c", "c"))[:2 if self.cell == "LSTM" else 1]:
