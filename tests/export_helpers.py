@@ -48,6 +48,11 @@ def build_and_export(script: str, outdir: Path, extra: tuple = ()) -> dict:
         return dict(pool.map(one, listing.items()))
 
 
+def onnx_path(exported: dict, name: str) -> str:
+    """The ONNX file build_and_export wrote for model `name` (beside its saved model)."""
+    return exported[name][0].rsplit(".", 1)[0] + ".onnx"
+
+
 def output_of(proc) -> str:
     return (proc.stdout or "") + (proc.stderr or "")
 

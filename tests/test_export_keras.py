@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from export_helpers import build_and_export, check_native_onnx, output_of, run, CASES, stream_matches_whole
+from export_helpers import onnx_path, build_and_export, check_native_onnx, output_of, run, CASES, stream_matches_whole
 
 pytestmark = pytest.mark.export
 
@@ -22,26 +22,24 @@ def exported(tmp_path_factory):
 
 @pytest.mark.parametrize("name", STREAMABLE + PLAIN)
 def test_cli_export_verifies_against_keras(exported, name):
-    path, proc = exported[name]
+    _, proc = exported[name]
     assert proc.returncode == 0, output_of(proc)[-4000:]
     assert "max abs error vs framework" in proc.stdout and "onnxruntime" in proc.stdout and "native" in proc.stdout
     if name in STREAMABLE:
         assert "streamed in chunks" in proc.stdout
-    model = check_native_onnx(path.rsplit(".", 1)[0] + ".onnx", streamable=name in STREAMABLE)
+    model = check_native_onnx(onnx_path(exported, name), streamable=name in STREAMABLE)
     assert {i.name for i in model.graph.input} >= {"x"} or name == "embedding_mask"
 
 
 def test_keras_gru_both_reset_after_conventions(exported):
-    path, _ = exported["gru_stack"]
-    model = check_native_onnx(path.rsplit(".", 1)[0] + ".onnx", streamable=True)
+    model = check_native_onnx(onnx_path(exported, "gru_stack"), streamable=True)
     lbr = [next((a.i for a in n.attribute if a.name == "linear_before_reset"), 0)
            for n in model.graph.node if n.op_type == "GRU"]
     assert lbr == [1, 0]
 
 
 def test_keras_mask_becomes_sequence_lens(exported):
-    path, _ = exported["embedding_mask"]
-    model = check_native_onnx(path.rsplit(".", 1)[0] + ".onnx", streamable=True)
+    model = check_native_onnx(onnx_path(exported, "embedding_mask"), streamable=True)
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     assert len(lstm.input) > 4 and lstm.input[4], "sequence_lens is wired"
 
@@ -50,7 +48,7 @@ def test_stateful_and_initial_state_pairs(exported):
     import json
     import onnx
     meta = lambda n: json.loads({p.key: p.value for p in onnx.load(
-        exported[n][0].rsplit(".", 1)[0] + ".onnx").metadata_props}["lstmrt.state_pairs"])
+        onnx_path(exported, n)).metadata_props}["lstmrt.state_pairs"])
     assert set(meta("initial_state")) == {"h0", "c0"}
     assert len(meta("stateful")) == 2
 
@@ -58,9 +56,8 @@ def test_stateful_and_initial_state_pairs(exported):
 def test_streams_here_without_tensorflow(exported):
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules
     rng = np.random.default_rng(3)
-    path, _ = exported["gru_stack"]
     feed = {"x": rng.standard_normal((2, 9, 4)).astype(np.float32)}
-    assert stream_matches_whole(path.rsplit(".", 1)[0] + ".onnx", feed, {"x": 1}) < 1e-5
+    assert stream_matches_whole(onnx_path(exported, "gru_stack"), feed, {"x": 1}) < 1e-5
 
 
 def test_unsupported_layer_is_named(exported):

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export_helpers import ENV, ROOT, build_and_export, check_native_onnx, cli, output_of, run, stream_matches_whole
+from export_helpers import onnx_path, ENV, ROOT, build_and_export, check_native_onnx, cli, output_of, run, stream_matches_whole
 
 pytestmark = pytest.mark.export
 
@@ -23,10 +23,6 @@ PLAIN = ["bigru_tm", "bisrnn2"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     return build_and_export("paddle_models.py", tmp_path_factory.mktemp("paddle"))
-
-
-def onnx_path(exported, name):
-    return exported[name][0].rsplit(".", 1)[0] + ".onnx"
 
 
 @pytest.mark.parametrize("name", STREAMABLE + PLAIN)

@@ -4,7 +4,7 @@ lstmrt native, streamed too), then checked here."""
 import numpy as np
 import pytest
 
-from export_helpers import CASES, build_and_export, check_native_onnx, cli, output_of, run, stream_matches_whole
+from export_helpers import onnx_path, CASES, build_and_export, check_native_onnx, cli, output_of, run, stream_matches_whole
 
 pytestmark = pytest.mark.export
 
@@ -15,10 +15,6 @@ PLAIN = ["bilstm"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     return build_and_export("torch_models.py", tmp_path_factory.mktemp("torch"))
-
-
-def onnx_path(exported, name):
-    return exported[name][0].rsplit(".", 1)[0] + ".onnx"
 
 
 @pytest.mark.parametrize("name", STREAMABLE + PLAIN)
