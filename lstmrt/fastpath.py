@@ -19,7 +19,7 @@ from .errors import StreamError
 from .kernel import RunnerCache
 from .ops.recurrent import RecurrentNode
 
-_F32 = np.dtype(np.float32)   # numpy's builtin dtypes are singletons: `is` is the cheap test
+F32 = np.dtype(np.float32)   # numpy's builtin dtypes are singletons: `is` is the cheap test
 
 
 class CellFastPath:
@@ -56,7 +56,7 @@ class CellFastPath:
 
     def runner_for(self, x):
         """The runner for chunk x, or None when x is not a float32 [T>0, B>0, input] array."""
-        if type(x) is not np.ndarray or x.dtype is not _F32:
+        if type(x) is not np.ndarray or x.dtype is not F32:
             return None
         runner = self._runners.get(x.shape)
         if runner is None:
@@ -79,7 +79,7 @@ class CellFastPath:
         The new state is the runner's own dict of views of its buffers, which the stream must
         replace, never change in place."""
         # runner_for inlined: this is the hot loop of a streaming server
-        runner = self._runners.get(x.shape) if type(x) is np.ndarray and x.dtype is _F32 else None
+        runner = self._runners.get(x.shape) if type(x) is np.ndarray and x.dtype is F32 else None
         if runner is None:
             runner = self.runner_for(x)
             if runner is None:
@@ -138,7 +138,7 @@ class RunFastPath:
         views = runner.views
         states = [(kind, feed[name]) for name, kind in path.state_slots.items()]
         for kind, value in states:
-            if type(value) is not np.ndarray or value.dtype is not _F32 or value.shape != runner.state_shape:
+            if type(value) is not np.ndarray or value.dtype is not F32 or value.shape != runner.state_shape:
                 return None
         for kind, value in states:
             runner.load(kind, value)

@@ -8,6 +8,24 @@ from onnx import TensorProto, helper, numpy_helper
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
+def bare_cell(cell: str, hidden: int = 24, inputs: int = 10, with_y: bool = True) -> onnx.ModelProto:
+    """X [T, B, inputs] -> one recurrent node, its state wired to h0/c0 -> hn/cn: the fast-path shape."""
+    rng = np.random.default_rng(7)
+    G, lstm = GATES[cell], cell == "LSTM"
+    inits = [numpy_helper.from_array(rng.uniform(-0.4, 0.4, s).astype(np.float32), n)
+             for n, s in (("W", (1, G * hidden, inputs)), ("R", (1, G * hidden, hidden)), ("B", (1, 2 * G * hidden)))]
+    state = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "B", hidden])  # noqa: E731
+    node = helper.make_node(cell, ["X", "W", "R", "B", "", "h0"] + (["c0"] if lstm else []),
+                            ["Y" if with_y else "", "hn"] + (["cn"] if lstm else []), hidden_size=hidden)
+    outputs = ([helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", hidden])] if with_y else []) \
+        + [state("hn")] + ([state("cn")] if lstm else [])
+    graph = helper.make_graph([node], "bare", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", inputs]),
+                                               state("h0")] + ([state("c0")] if lstm else []), outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
 def streaming_model(cell: str = "LSTM", input_size: int = 5, hidden: int = 7, seed: int = 0,
                     head: int = 3, opset: int = 14) -> onnx.ModelProto:
     """x [batch, time, I] -> cell (layout 0 between Transposes) -> MatMul head; state in h0/c0, out hn/cn."""

@@ -1,30 +1,10 @@
 """The streaming hot path (one recurrent node wired to the graph's inputs and outputs) gives
 what the general path gives, and keeps the stream API's state semantics."""
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
-
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
-def bare_cell(cell: str, hidden: int = 24, inputs: int = 10, with_y: bool = True) -> onnx.ModelProto:
-    rng = np.random.default_rng(7)
-    G, lstm = GATES[cell], cell == "LSTM"
-    inits = [numpy_helper.from_array(rng.uniform(-0.4, 0.4, s).astype(np.float32), n)
-             for n, s in (("W", (1, G * hidden, inputs)), ("R", (1, G * hidden, hidden)), ("B", (1, 2 * G * hidden)))]
-    state = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "B", hidden])  # noqa: E731
-    node = helper.make_node(cell, ["X", "W", "R", "B", "", "h0"] + (["c0"] if lstm else []),
-                            ["Y" if with_y else "", "hn"] + (["cn"] if lstm else []), hidden_size=hidden)
-    outputs = ([helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", hidden])] if with_y else []) \
-        + [state("hn")] + ([state("cn")] if lstm else [])
-    graph = helper.make_graph([node], "bare", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", inputs]),
-                                               state("h0")] + ([state("c0")] if lstm else []), outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    return model
+from models import bare_cell
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
