@@ -132,17 +132,26 @@ class RunFastPath:
         except AttributeError:
             c = self.cell
             path = self._local.path = CellFastPath(c.node, c.x_name, c.state_slots, True)
-        runner = path.runner_for(feed[path.x_name])
+        x = feed[path.x_name]
+        runner = path.runner_for(x)
         if runner is None:
             return None
-        views = runner.views
-        states = [(kind, feed[name]) for name, kind in path.state_slots.items()]
-        for kind, value in states:
-            if type(value) is not np.ndarray or value.dtype is not F32 or value.shape != runner.state_shape:
+        shape = runner.state_shape
+        for name in path.state_slots:
+            value = feed[name]
+            if type(value) is not np.ndarray or value.dtype is not F32 or value.shape != shape:
                 return None
-        for kind, value in states:
-            runner.load(kind, value)
-        runner.step(feed[path.x_name])
-        source = self._source
-        return [(runner.y4 if source[n] is None else views[source[n]]).copy()
-                for n in (output_names or self.outputs)]
+        for name, kind in path.state_slots.items():
+            runner.load(kind, feed[name])
+        runner.step(x)
+        if output_names is None:
+            try:
+                copiers = runner.copiers
+            except AttributeError:   # bound once per runner: the attribute lookups cost more than the copies
+                copiers = runner.copiers = [self._output_array(runner, n).copy for n in self.outputs]
+            return [copy() for copy in copiers]
+        return [self._output_array(runner, n).copy() for n in output_names]
+
+    def _output_array(self, runner, name: str) -> np.ndarray:
+        source = self._source[name]
+        return runner.y4 if source is None else runner.views[source]
