@@ -309,29 +309,54 @@ static LRT_INLINE LRT_TARGET vf LRT_FN(v_clip)(const lrt_cell_desc *d, vf x)
 /* pre-activation of gate block `gate` at lane j: input projection (bias included) + recurrent product */
 #define PRE(gate) vf_add(vf_load(xp + (gate) * hp + j), vf_load(g + (gate) * hp + j))
 
+/* ONNX's default cell: activations sigmoid then tanh, no clip, peepholes or input_forget.
+ * Its rows are compiled apart (`plain`, a constant after inlining): the general rows switch on
+ * each activation and spill around it, which cost the batch workload ~10% of its time. */
+static inline int LRT_FN(plain_cell)(const struct lrt_weights *w)
+{
+    const lrt_cell_desc *d = &w->desc;
+    const int32_t *k = (const int32_t[]){d->act[0].kind, d->act[1].kind, d->act[2].kind};
+    if (d->has_clip || w->peep || d->input_forget || k[0] != LRT_ACT_SIGMOID || k[1] != LRT_ACT_TANH)
+        return 0;
+    return d->cell == LRT_GRU || (d->cell == LRT_LSTM && k[2] == LRT_ACT_TANH);
+}
+
+/* gate activation `slot` of the description, clip first: with `plain`, sigmoid (slot 0) or tanh */
+#define ACT(slot, x) (plain ? ((slot) == 0 ? LRT_FN(v_sigmoid)(x) : LRT_FN(v_tanh)(x)) \
+                            : LRT_FN(v_act)(&d->act[slot], LRT_FN(v_clip)(d, x)))
+
 /* LSTM, ONNX gate order i,o,f,c; peepholes P[i,o,f]. */
-static LRT_TARGET void LRT_FN(lstm_row)(const struct lrt_weights *w, const float *xp, const float *g,
-                                        float *h, float *c)
+static LRT_TARGET LRT_INLINE void LRT_FN(lstm_row_as)(const int plain, const struct lrt_weights *w, const float *xp,
+                                                      const float *g, float *h, float *c)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
     for (int j = 0; j < hp; j += V) {
         vf c_prev = vf_load(c + j);
         vf gi = PRE(0), go = PRE(1), gf = PRE(2), gc = PRE(3);
-        if (w->peep) {
+        if (!plain && w->peep) {
             gi = vf_fma(vf_load(w->peep + j), c_prev, gi);
             gf = vf_fma(vf_load(w->peep + 2 * hp + j), c_prev, gf);
         }
-        vf i = LRT_FN(v_act)(&d->act[0], LRT_FN(v_clip)(d, gi));
-        vf f = d->input_forget ? vf_sub(vf_set1(1.f), i)
-                               : LRT_FN(v_act)(&d->act[0], LRT_FN(v_clip)(d, gf));
-        vf cand = LRT_FN(v_act)(&d->act[1], LRT_FN(v_clip)(d, gc));
+        vf i = ACT(0, gi);
+        vf f = !plain && d->input_forget ? vf_sub(vf_set1(1.f), i) : ACT(0, gf);
+        vf cand = ACT(1, gc);
         vf c_new = vf_fma(f, c_prev, vf_mul(i, cand));
-        if (w->peep) go = vf_fma(vf_load(w->peep + hp + j), c_new, go);
-        vf o = LRT_FN(v_act)(&d->act[0], LRT_FN(v_clip)(d, go));
+        if (!plain && w->peep) go = vf_fma(vf_load(w->peep + hp + j), c_new, go);
+        vf o = ACT(0, go);
         vf_store(c + j, c_new);
-        vf_store(h + j, vf_mul(o, LRT_FN(v_act)(&d->act[2], c_new)));
+        /* the cell output is not clipped */
+        vf_store(h + j, vf_mul(o, plain ? LRT_FN(v_tanh)(c_new) : LRT_FN(v_act)(&d->act[2], c_new)));
     }
+}
+
+static LRT_TARGET void LRT_FN(lstm_row)(const struct lrt_weights *w, const float *xp, const float *g,
+                                        float *h, float *c)
+{
+    if (LRT_FN(plain_cell)(w))
+        LRT_FN(lstm_row_as)(1, w, xp, g, h, c);
+    else
+        LRT_FN(lstm_row_as)(0, w, xp, g, h, c);
 }
 
 static LRT_TARGET void LRT_FN(rnn_row)(const struct lrt_weights *w, const float *xp, const float *g, float *h)
@@ -343,22 +368,31 @@ static LRT_TARGET void LRT_FN(rnn_row)(const struct lrt_weights *w, const float 
 
 /* GRU, ONNX gate order z,r,h.  Writes the activated z over its block of g and
  * returns r in `r_out`; the caller finishes the candidate. */
-static LRT_TARGET void LRT_FN(gru_zr_row)(const struct lrt_weights *w, const float *xp, float *g, float *r_out)
+static LRT_TARGET LRT_INLINE void LRT_FN(gru_zr_row_as)(const int plain, const struct lrt_weights *w,
+                                                        const float *xp, float *g, float *r_out)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
     for (int j = 0; j < hp; j += V) {
-        vf z = LRT_FN(v_act)(&d->act[0], LRT_FN(v_clip)(d, PRE(0)));
-        vf r = LRT_FN(v_act)(&d->act[0], LRT_FN(v_clip)(d, PRE(1)));
+        vf z = ACT(0, PRE(0));
+        vf r = ACT(0, PRE(1));
         vf_store(g + j, z);
         vf_store(r_out + j, r);
     }
 }
 
+static LRT_TARGET void LRT_FN(gru_zr_row)(const struct lrt_weights *w, const float *xp, float *g, float *r_out)
+{
+    if (LRT_FN(plain_cell)(w))
+        LRT_FN(gru_zr_row_as)(1, w, xp, g, r_out);
+    else
+        LRT_FN(gru_zr_row_as)(0, w, xp, g, r_out);
+}
+
 /* h = (1-z)*cand + z*h_prev.  With linear_before_reset the candidate is
  * g(xh + bh + r*(h_prev@Rh + Rbh)); without, g holds (r*h_prev)@Rh already. */
-static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const float *xp, const float *g,
-                                         const float *r, float *h)
+static LRT_TARGET LRT_INLINE void LRT_FN(gru_h_row_as)(const int plain, const struct lrt_weights *w, const float *xp,
+                                                       const float *g, const float *r, float *h)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
@@ -370,11 +404,21 @@ static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const floa
         } else {
             pre = PRE(2);
         }
-        vf cand = LRT_FN(v_act)(&d->act[1], LRT_FN(v_clip)(d, pre));
+        vf cand = ACT(1, pre);
         vf z = vf_load(g + j), h_prev = vf_load(h + j);
         vf_store(h + j, vf_fma(z, vf_sub(h_prev, cand), cand));
     }
 }
+
+static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const float *xp, const float *g,
+                                         const float *r, float *h)
+{
+    if (LRT_FN(plain_cell)(w))
+        LRT_FN(gru_h_row_as)(1, w, xp, g, r, h);
+    else
+        LRT_FN(gru_h_row_as)(0, w, xp, g, r, h);
+}
+#undef ACT
 #undef PRE
 
 /* the time step row b of the slice handles at step s, or -1 once its sequence has ended */

@@ -192,8 +192,9 @@ def conditioning(ex: Example, weights, feed) -> tuple:
     perturbed = {k: (v.astype(np.float64) * (1 + PERTURBATION * rng.choice([-1.0, 1.0], v.shape)))
                  for k, v in weights.items()}
     outs2 = numpy_reference(ex.spec, perturbed, feed)
-    moved = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for a, b in zip(outs, outs2))
-    return peak, moved
+    with np.errstate(invalid="ignore"):   # inf - inf in a runaway perturbed run: NaN, which discards it
+        moved = [np.max(np.abs(a.astype(np.float64) - b)) for a, b in zip(outs, outs2) if a.size]
+    return peak, float(np.max(moved)) if moved else 0.0
 
 
 def state_peak(ex: Example, weights, feed) -> float:
