@@ -19,8 +19,11 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LRT_INLINE inline __attribute__((always_inline))
+/* a hint to bring the line at p into L2 (never faults, whatever p is) */
+#define LRT_PREFETCH(p) __builtin_prefetch((p), 0, 2)
 #else
 #define LRT_INLINE inline
+#define LRT_PREFETCH(p) ((void)(p))
 #endif
 
 /* One packed weight matrix, K rows (input features) by N columns (gate units).
