@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 
 import numpy as np
 import onnx
@@ -24,6 +25,16 @@ class TensorInfo:
     @cached_property    # read on every call's feed check
     def dtype(self) -> np.dtype:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+    @cached_property
+    def fixed_dims(self):
+        """(pick, sizes): itemgetter of the fixed (int) dims of a shape, and what it must return;
+        None when no dim is fixed.  The feed check's accept test, without a Python loop."""
+        axes = [a for a, d in enumerate(self.shape or []) if isinstance(d, int) and d > 0]
+        if not axes:
+            return None
+        pick = itemgetter(*axes)
+        return pick, pick(self.shape)
 
 
 def _tensor_info(value_info) -> TensorInfo:

@@ -8,6 +8,7 @@ If/Loop bodies are plans of their own, run with the enclosing scope's values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from onnx import numpy_helper
 
@@ -19,9 +20,6 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 NEVER_FOLDED = RECURRENT_OPS + ("If", "Loop")   # weights to pack / bodies that read runtime scope
 
 
-_FROM_SCOPE = object()   # marks a step argument computed at run time
-
-
 @dataclass
 class Step:
     name: str
@@ -29,9 +27,14 @@ class Step:
     kernel: Kernel
     inputs: list
     outputs: list
-    args: list = None     # per input: its load-time constant, None if omitted, or _FROM_SCOPE
-    bindings: list = None       # (input name, arg) pairs
-    named_outputs: list = None  # (position, name) of the outputs the graph names
+
+
+def _instruction(step: Step) -> tuple:
+    """What the walk needs of a step, flat: (step, kernel, getter of its inputs from the values
+    dict, one input?, the name of its one output or None).  A walk's own cost per step is then a
+    few bytecodes around the kernel call, not attribute lookups and small function calls."""
+    get = itemgetter(*step.inputs) if step.inputs else (lambda values: ())
+    return step, step.kernel, get, len(step.inputs) == 1, step.outputs[0] if len(step.outputs) == 1 else None
 
 
 class Plan:
@@ -62,16 +65,15 @@ class Plan:
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
-        for step in self.steps:   # constants bound once, not looked up on every call
-            step.args = [None if not n else self.constants.get(n, _FROM_SCOPE) for n in step.inputs]
-            step.bindings = list(zip(step.inputs, step.args))
-            step.named_outputs = [(i, n) for i, n in enumerate(step.outputs) if n]
-        self._constant_names = frozenset(self.constants)
+        # the constants the steps read, and None for an omitted input (""): each call's values
+        # start from these, so a step fetches all its arguments from one dict
+        self._bound = {n: self.constants[n] for step in self.steps for n in step.inputs if n in self.constants}
+        self._bound[""] = None
+        self._program = [_instruction(step) for step in self.steps]
 
     @staticmethod
-    def _execute(step: Step, values: dict, args: list | None = None) -> list:
-        if args is None:
-            args = [values[n] if n else None for n in step.inputs]
+    def _execute(step: Step, values: dict) -> list:
+        args = [values[n] if n else None for n in step.inputs]
         try:
             return step.kernel(args)
         except LstmrtError:
@@ -80,31 +82,23 @@ class Plan:
             raise _node_failed(step, e) from e
 
     def run(self, scope: dict, output_names: list) -> list:
-        if self.defaults:
-            scope = {**self.defaults, **scope}
-        if not self._constant_names.isdisjoint(scope):   # a body's scope naming an outer constant
-            values = {**self.constants, **scope}
-            for step in self.steps:
-                for name, value in zip(step.outputs, self._execute(step, values)):
-                    if name:
-                        values[name] = value
-        else:
-            values = self._walk(dict(scope))
-        return [values[name] if name in values else self.constants[name] for name in output_names]
-
-    def _walk(self, values: dict) -> dict:
-        """The steps on their bound constants: the loop every call runs, kept free of calls."""
+        # the scope last: a control-flow body's scope may rebind an outer constant
+        values = {**self._bound, **self.defaults, **scope}
         step = None
         try:
-            for step in self.steps:
-                outputs = step.kernel([values[n] if a is _FROM_SCOPE else a for n, a in step.bindings])
-                for i, name in step.named_outputs:
-                    values[name] = outputs[i]
+            for step, kernel, get, one_input, one_output in self._program:
+                outputs = kernel([get(values)] if one_input else list(get(values)))
+                if one_output:
+                    values[one_output] = outputs[0]
+                else:
+                    for name, value in zip(step.outputs, outputs):
+                        if name:
+                            values[name] = value
         except LstmrtError:
             raise
         except Exception as e:  # numpy's own complaint, tied to the node that raised it
             raise _node_failed(step, e) from e
-        return values
+        return [values[name] if name in values else self.constants[name] for name in output_names]
 
 
 def _node_failed(step: Step, error: Exception) -> InputError:

@@ -30,24 +30,41 @@ def _transpose(node):
     return lambda inputs: [np.transpose(inputs[0], perm)]
 
 
+def _axes_getter(node: NodeInfo, index: int, attr: str, since_opset: int):
+    """inputs -> the node's axes (None if absent).  Axes from an attribute or a load-time
+    constant are read once here, not converted from an array on every call."""
+    if node.opset < since_opset or node.const_input(index) is not None or len(node.inputs) <= index \
+            or not node.inputs[index]:
+        fixed = _input_or_attr(node, [node.const_input(i) for i in range(len(node.inputs))], index, attr,
+                               since_opset)
+        return lambda inputs: fixed
+    return lambda inputs: _input_or_attr(node, inputs, index, attr, since_opset)
+
+
+def _numpy_axes(axes, rank: int) -> tuple:
+    """ONNX axes (negative ones count from the end) as numpy's, each checked against the rank."""
+    if any(not -rank <= a < rank for a in axes):
+        raise ValueError(f"axes {list(axes)} out of range for rank {rank}")
+    return tuple(a % rank for a in axes)
+
+
 @op("Squeeze")
 def _squeeze(node):
+    axes_of = _axes_getter(node, 1, "axes", 13)
+
     def run(inputs):
-        axes = _input_or_attr(node, inputs, 1, "axes", 13)
-        x = inputs[0]
-        if axes is None:
-            return [np.squeeze(x)]
-        return [np.squeeze(x, axis=tuple(a % x.ndim for a in axes))]
+        axes, x = axes_of(inputs), inputs[0]
+        return [x.squeeze() if axes is None else x.squeeze(axis=_numpy_axes(axes, x.ndim))]
     return run
 
 
 @op("Unsqueeze")
 def _unsqueeze(node):
+    axes_of = _axes_getter(node, 1, "axes", 13)
+
     def run(inputs):
-        axes = _input_or_attr(node, inputs, 1, "axes", 13)
-        x = inputs[0]
-        rank = x.ndim + len(axes)
-        return [np.expand_dims(x, tuple(sorted(a % rank for a in axes)))]
+        axes, x = axes_of(inputs), inputs[0]
+        return [np.expand_dims(x, tuple(sorted(_numpy_axes(axes, x.ndim + len(axes)))))]
     return run
 
 
