@@ -159,3 +159,15 @@ def test_corrupt_model_is_valid_onnx_but_inconsistent():
     model.graph.node[1].input[1] = "no_such_tensor"
     with pytest.raises(lstmrt.ModelError, match="no_such_tensor"):
         lstmrt.InferenceSession(model.SerializeToString())
+
+
+@pytest.mark.parametrize("op, axes", [("Squeeze", [3]), ("Squeeze", [-4]), ("Unsqueeze", [4])])
+def test_out_of_range_axes_name_the_node(op, axes):
+    """ONNX axes lie in [-rank, rank - 1] (Unsqueeze: of the output's rank); numpy's modulo would
+    wrap the others silently.  onnxruntime refuses them too."""
+    model = _single_node_model(op, ["X", "axes"], {"axes": np.array(axes, np.int64)})
+    x = {"X": np.zeros((1, 2, 1), np.float32)}
+    with pytest.raises(Exception):
+        lstmrt.InferenceSession(model, backend="onnxruntime").run(None, x)
+    with pytest.raises(lstmrt.InputError, match=f"node 'the_node' \\({op}\\).*out of range for rank"):
+        lstmrt.InferenceSession(model, backend="native").run(None, x)
