@@ -43,9 +43,25 @@ typedef struct {
 } lrt_pmat;
 
 struct lrt_weights;
-/* sweep: in/out hint of the direction of single-row weight sweeps (kernel_impl.h) */
+
+/* A team: threads that share one call's whole batch by hidden units (lstmrt.c picks teams
+ * for large weights, where each core then reads only its share of them).  A member owns units
+ * [u0, u1): their gate columns in every product, their state and output.  Members meet at
+ * lrt_team_wait once per step (twice for GRU without linear_before_reset), since each step's
+ * product reads every unit of h. */
+typedef struct lrt_team lrt_team;
+typedef struct {
+    int32_t u0, u1;     /* multiples of LRT_PAD */
+    float *scratch;     /* the member's own lrt_ws_scratch_floats() */
+    lrt_team *team;
+    int sense;          /* the member's side of the barrier */
+} lrt_member;
+void lrt_team_wait(lrt_member *m);
+
+/* Runs rows [b0, b1) of the batch, alone (m NULL) or as team member m (rows: the whole batch).
+ * sweep: in/out hint of the direction of single-row weight sweeps (kernel_impl.h) */
 typedef int (*lrt_run_fn)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1,
-                          float *workspace, int *sweep);
+                          float *workspace, int *sweep, lrt_member *m);
 
 struct lrt_weights {
     lrt_cell_desc desc;
@@ -70,23 +86,24 @@ struct lrt_weights {
 
 /* Workspace layout of one batch slice (offsets in floats).  Every part but
  * `scratch` is proportional to the rows of the slice, so slices of a batch fit
- * side by side in the workspace of the whole batch. */
+ * side by side in the workspace of the whole batch.  A team's shared workspace also has
+ * `h2`: h is double-buffered, so one member's update never races another's product. */
 typedef struct {
-    size_t xproj, gates, h, c, rh, scratch, total;
+    size_t xproj, gates, h, h2, c, rh, scratch, total;
 } lrt_ws_layout;
 
-lrt_ws_layout lrt_ws_plan(const struct lrt_weights *w, int32_t batch, int32_t steps);
+lrt_ws_layout lrt_ws_plan(const struct lrt_weights *w, int32_t batch, int32_t steps, int team);
 /* floats of scratch one slice needs: int8 quantized rows, or a widened bf16 block (0 for f32) */
 size_t lrt_ws_scratch_floats(const struct lrt_weights *w);
 
 int lrt_run_scalar(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
-                  int *sweep);
+                  int *sweep, lrt_member *m);
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define LRT_HAVE_X86 1
 int lrt_run_avx2(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
-                  int *sweep);
+                  int *sweep, lrt_member *m);
 int lrt_run_avx512(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
-                  int *sweep);
+                  int *sweep, lrt_member *m);
 /* C[m][j0..j1) = (float)(sum_k qa[m][k]*q[k][j] - csum[j]) * sa[m] * scale[j] (+ init[j]):
  * the AVX-512 VNNI int8 product (kernel_avx512.c) */
 /* lrt_quantize_row with AVX-512BW, bit-identical */

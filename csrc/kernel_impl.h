@@ -231,19 +231,50 @@ static LRT_TARGET void LRT_FN(gemm_bf16)(size_t M, const lrt_pmat *B, int j0, in
     LRT_FN(gemm_core)(1, M, B, j0, j1, A, lda, C, ldc, init, back, widened);
 }
 
-/* The product in the weights' precision.  scratch: lrt_ws_scratch_floats() floats (int8 rows
- * quantized, bf16 blocks widened).
- * back: sweep a single row's product from the last panel to the first (see gemv). */
-static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat *B, size_t M, int j0, int j1,
+/* Columns of a product: `blocks` ranges [j0, j1), [j0 + stride, j1 + stride)...  A team member's
+ * units take one range in each gate block; alone, a call has one range. */
+typedef struct {
+    int j0, j1, blocks, stride;
+} lrt_cols;
+
+static inline lrt_cols LRT_FN(cols)(int j0, int j1, int blocks, int stride)
+{
+    lrt_cols c = {j0, j1, blocks, stride};
+    if (blocks > 1 && j1 - j0 == stride) {   /* whole blocks side by side: one range */
+        c.j1 = j0 + blocks * stride;
+        c.blocks = 1;
+    }
+    return c;
+}
+
+/* columns of the i-th range the product visits (the ranges in reverse order when back) */
+static inline void LRT_FN(range_of)(lrt_cols c, int i, int back, int *j0, int *j1)
+{
+    const int k = back ? c.blocks - 1 - i : i;
+    *j0 = c.j0 + k * c.stride;
+    *j1 = c.j1 + k * c.stride;
+}
+
+/* The product in the weights' precision, over the column ranges c (in reverse order when back).
+ * scratch: lrt_ws_scratch_floats() floats (int8 rows quantized once for all the ranges, bf16
+ * blocks widened).  back: sweep a single row's product from the last panel to the first (gemv). */
+static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat *B, size_t M, lrt_cols c,
                                     const float *A, size_t lda, float *C, size_t ldc, const float *init,
                                     float *scratch, int back)
 {
+    int j0, j1;
     if (w->precision == LRT_PREC_F32) {
-        LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init, back);
+        for (int i = 0; i < c.blocks; i++) {
+            LRT_FN(range_of)(c, i, back, &j0, &j1);
+            LRT_FN(gemm_f32)(M, B, j0, j1, A, lda, C, ldc, init, back);
+        }
     } else if (w->precision == LRT_PREC_BF16) {
         /* the widened block is read by every row tile: start it on a cache line */
         float *block = scratch + (16 - (uintptr_t)scratch / sizeof(float) % 16) % 16;
-        LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init, back, block);
+        for (int i = 0; i < c.blocks; i++) {
+            LRT_FN(range_of)(c, i, back, &j0, &j1);
+            LRT_FN(gemm_bf16)(M, B, j0, j1, A, lda, C, ldc, init, back, block);
+        }
     } else {
         float *sa = scratch;
         uint8_t *qa = (uint8_t *)(void *)(scratch + LRT_QROWS);
@@ -253,13 +284,19 @@ static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat 
             if (w->vnni) {
                 for (size_t m = 0; m < mc; m++)
                     sa[m] = lrt_quantize_row_avx512(A + (m0 + m) * lda, B->k, B->k4, qa + m * (size_t)B->k4);
-                lrt_gemm_i8_vnni(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+                for (int i = 0; i < c.blocks; i++) {
+                    LRT_FN(range_of)(c, i, back, &j0, &j1);
+                    lrt_gemm_i8_vnni(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+                }
                 continue;
             }
 #endif
             for (size_t m = 0; m < mc; m++)
                 sa[m] = lrt_quantize_row(A + (m0 + m) * lda, B->k, B->k4, qa + m * (size_t)B->k4);
-            lrt_gemm_i8_ref(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+            for (int i = 0; i < c.blocks; i++) {
+                LRT_FN(range_of)(c, i, back, &j0, &j1);
+                lrt_gemm_i8_ref(mc, B, P, j0, j1, qa, sa, C + m0 * ldc, ldc, init);
+            }
         }
     }
 }
@@ -340,11 +377,11 @@ static inline int LRT_FN(plain_cell)(const struct lrt_weights *w)
 
 /* LSTM, ONNX gate order i,o,f,c; peepholes P[i,o,f]. */
 static LRT_TARGET LRT_INLINE void LRT_FN(lstm_row_as)(const int plain, const struct lrt_weights *w, const float *xp,
-                                                      const float *g, float *h, float *c)
+                                                      const float *g, float *h, float *c, int u0, int u1)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
-    for (int j = 0; j < hp; j += V) {
+    for (int j = u0; j < u1; j += V) {
         vf c_prev = vf_load(c + j);
         vf gi = PRE(0), go = PRE(1), gf = PRE(2), gc = PRE(3);
         if (!plain && w->peep) {
@@ -363,30 +400,32 @@ static LRT_TARGET LRT_INLINE void LRT_FN(lstm_row_as)(const int plain, const str
     }
 }
 
+/* units [u0, u1) of one row: c updated in place, the new h written to h */
 static LRT_TARGET void LRT_FN(lstm_row)(const struct lrt_weights *w, const float *xp, const float *g,
-                                        float *h, float *c)
+                                        float *h, float *c, int u0, int u1)
 {
     if (LRT_FN(plain_cell)(w))
-        LRT_FN(lstm_row_as)(1, w, xp, g, h, c);
+        LRT_FN(lstm_row_as)(1, w, xp, g, h, c, u0, u1);
     else
-        LRT_FN(lstm_row_as)(0, w, xp, g, h, c);
+        LRT_FN(lstm_row_as)(0, w, xp, g, h, c, u0, u1);
 }
 
-static LRT_TARGET void LRT_FN(rnn_row)(const struct lrt_weights *w, const float *xp, const float *g, float *h)
+static LRT_TARGET void LRT_FN(rnn_row)(const struct lrt_weights *w, const float *xp, const float *g, float *h,
+                                       int u0, int u1)
 {
     const int hp = w->hp;
-    for (int j = 0; j < hp; j += V)
+    for (int j = u0; j < u1; j += V)
         vf_store(h + j, LRT_FN(v_act)(&w->desc.act[0], LRT_FN(v_clip)(&w->desc, PRE(0))));
 }
 
 /* GRU, ONNX gate order z,r,h.  Writes the activated z over its block of g and
  * returns r in `r_out`; the caller finishes the candidate. */
 static LRT_TARGET LRT_INLINE void LRT_FN(gru_zr_row_as)(const int plain, const struct lrt_weights *w,
-                                                        const float *xp, float *g, float *r_out)
+                                                        const float *xp, float *g, float *r_out, int u0, int u1)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
-    for (int j = 0; j < hp; j += V) {
+    for (int j = u0; j < u1; j += V) {
         vf z = ACT(0, PRE(0));
         vf r = ACT(0, PRE(1));
         vf_store(g + j, z);
@@ -394,22 +433,24 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gru_zr_row_as)(const int plain, const s
     }
 }
 
-static LRT_TARGET void LRT_FN(gru_zr_row)(const struct lrt_weights *w, const float *xp, float *g, float *r_out)
+static LRT_TARGET void LRT_FN(gru_zr_row)(const struct lrt_weights *w, const float *xp, float *g, float *r_out,
+                                          int u0, int u1)
 {
     if (LRT_FN(plain_cell)(w))
-        LRT_FN(gru_zr_row_as)(1, w, xp, g, r_out);
+        LRT_FN(gru_zr_row_as)(1, w, xp, g, r_out, u0, u1);
     else
-        LRT_FN(gru_zr_row_as)(0, w, xp, g, r_out);
+        LRT_FN(gru_zr_row_as)(0, w, xp, g, r_out, u0, u1);
 }
 
 /* h = (1-z)*cand + z*h_prev.  With linear_before_reset the candidate is
  * g(xh + bh + r*(h_prev@Rh + Rbh)); without, g holds (r*h_prev)@Rh already. */
 static LRT_TARGET LRT_INLINE void LRT_FN(gru_h_row_as)(const int plain, const struct lrt_weights *w, const float *xp,
-                                                       const float *g, const float *r, float *h)
+                                                       const float *g, const float *r, const float *h_prev,
+                                                       float *h, int u0, int u1)
 {
     const lrt_cell_desc *d = &w->desc;
     const int hp = w->hp;
-    for (int j = 0; j < hp; j += V) {
+    for (int j = u0; j < u1; j += V) {
         vf pre;
         if (d->linear_before_reset) {
             vf rec = vf_add(vf_load(g + 2 * hp + j), vf_load(w->rbh + j));
@@ -418,18 +459,19 @@ static LRT_TARGET LRT_INLINE void LRT_FN(gru_h_row_as)(const int plain, const st
             pre = PRE(2);
         }
         vf cand = ACT(1, pre);
-        vf z = vf_load(g + j), h_prev = vf_load(h + j);
-        vf_store(h + j, vf_fma(z, vf_sub(h_prev, cand), cand));
+        vf z = vf_load(g + j), hj = vf_load(h_prev + j);
+        vf_store(h + j, vf_fma(z, vf_sub(hj, cand), cand));
     }
 }
 
+/* units [u0, u1) of one row: h from h_prev (the same buffer when alone) */
 static LRT_TARGET void LRT_FN(gru_h_row)(const struct lrt_weights *w, const float *xp, const float *g,
-                                         const float *r, float *h)
+                                         const float *r, const float *h_prev, float *h, int u0, int u1)
 {
     if (LRT_FN(plain_cell)(w))
-        LRT_FN(gru_h_row_as)(1, w, xp, g, r, h);
+        LRT_FN(gru_h_row_as)(1, w, xp, g, r, h_prev, h, u0, u1);
     else
-        LRT_FN(gru_h_row_as)(0, w, xp, g, r, h);
+        LRT_FN(gru_h_row_as)(0, w, xp, g, r, h_prev, h, u0, u1);
 }
 #undef ACT
 #undef PRE
@@ -451,7 +493,9 @@ typedef struct {
     const int32_t *seq_lens;   /* of the slice, or NULL */
     int T, reverse, rows;
     int xlo, xhi;              /* steps whose input projection xproj holds now */
+    int u0, u1;                /* the units this call computes: all [0, hp), or a team member's */
     float *scratch;
+    lrt_member *member;        /* NULL when alone */
 } LRT_FN(slice);
 
 static inline const float *LRT_FN(xp_row)(const LRT_FN(slice) *sl, const float *xproj, int n, int t, int b)
@@ -459,94 +503,128 @@ static inline const float *LRT_FN(xp_row)(const LRT_FN(slice) *sl, const float *
     return xproj + ((size_t)(t - sl->xlo) * sl->rows + b) * n;
 }
 
+/* the slice's units in the first `gates` gate blocks */
+static inline lrt_cols LRT_FN(unit_cols)(const struct lrt_weights *w, const LRT_FN(slice) *sl, int gates)
+{
+    return LRT_FN(cols)(sl->u0, sl->u1, gates, w->hp);
+}
+
 /* xproj rows for steps [lo, hi) of rows [b0, b0 + rows) of the batch: bias + x @ W^T */
 static LRT_TARGET void LRT_FN(input_proj)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0,
                                           LRT_FN(slice) *sl, float *xproj, int lo, int hi, int back)
 {
     const int Ball = a->batch, B = sl->rows, I = w->desc.input_size, n = w->n;
+    const lrt_cols cols = LRT_FN(unit_cols)(w, sl, w->gates);
     if (B == Ball)   /* the whole batch: its steps are contiguous rows of x */
-        LRT_FN(gemm)(w, &w->wt, (size_t)(hi - lo) * B, 0, n, a->x + (size_t)lo * B * I, (size_t)I, xproj, n,
+        LRT_FN(gemm)(w, &w->wt, (size_t)(hi - lo) * B, cols, a->x + (size_t)lo * B * I, (size_t)I, xproj, n,
                      w->bias, sl->scratch, back);
     else             /* a slice: contiguous within each step */
         for (int t = lo; t < hi; t++)
-            LRT_FN(gemm)(w, &w->wt, (size_t)B, 0, n, a->x + ((size_t)t * Ball + b0) * I, (size_t)I,
+            LRT_FN(gemm)(w, &w->wt, (size_t)B, cols, a->x + ((size_t)t * Ball + b0) * I, (size_t)I,
                          xproj + (size_t)(t - lo) * B * n, n, w->bias, sl->scratch, back);
     sl->xlo = lo;
     sl->xhi = hi;
 }
 
-/* columns of the recurrent product that only need h_prev: all, but GRU's candidate without
+/* gate blocks of the recurrent product that only need h_prev: all, but GRU's candidate without
  * linear_before_reset, which needs r*h_prev (gru_rows computes it) */
-static inline int LRT_FN(first_product_cols)(const struct lrt_weights *w)
+static inline int LRT_FN(first_product_gates)(const struct lrt_weights *w)
 {
-    return w->desc.cell == LRT_GRU && !w->desc.linear_before_reset ? 2 * w->hp : w->n;
+    return w->desc.cell == LRT_GRU && !w->desc.linear_before_reset ? 2 : w->gates;
 }
 
-/* GRU rows of step s, g holding first_product_cols of h_prev @ R^T */
+/* GRU rows of step s, g holding first_product_gates of h_prev @ R^T; the new h goes to h */
 static LRT_TARGET void LRT_FN(gru_rows)(const struct lrt_weights *w, const LRT_FN(slice) *sl, int s,
-                                        const float *xproj, float *g, float *hb, float *rh, int back)
+                                        const float *xproj, float *g, const float *h_prev, float *h, float *rh,
+                                        int back)
 {
-    const int B = sl->rows, hp = w->hp, n = w->n;
+    const int B = sl->rows, hp = w->hp, n = w->n, u0 = sl->u0, u1 = sl->u1;
     const int lbr = w->desc.linear_before_reset;
     for (int b = 0; b < B; b++) {
         int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
         float *r = rh + (size_t)b * hp;
-        LRT_FN(gru_zr_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, r);
+        LRT_FN(gru_zr_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, r, u0, u1);
         if (!lbr)   /* reset applied before the recurrent product: r*h_prev */
-            for (int j = 0; j < hp; j += V)
-                vf_store(r + j, vf_mul(vf_load(r + j), vf_load(hb + (size_t)b * hp + j)));
+            for (int j = u0; j < u1; j += V)
+                vf_store(r + j, vf_mul(vf_load(r + j), vf_load(h_prev + (size_t)b * hp + j)));
     }
-    if (!lbr) LRT_FN(gemm)(w, &w->rt, (size_t)B, 2 * hp, 3 * hp, rh, hp, g, n, NULL, sl->scratch, back);
+    if (!lbr) {
+        if (sl->member) lrt_team_wait(sl->member);   /* the product reads every unit of r*h_prev */
+        LRT_FN(gemm)(w, &w->rt, (size_t)B, LRT_FN(cols)(2 * hp + u0, 2 * hp + u1, 1, 0), rh, hp, g, n, NULL,
+                     sl->scratch, back);
+    }
     for (int b = 0; b < B; b++) {
         int t = LRT_FN(time_of)(sl->seq_lens, sl->T, sl->reverse, b, s);
         if (t < 0) continue;
-        LRT_FN(gru_h_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, rh + (size_t)b * hp,
-                          hb + (size_t)b * hp);
+        const size_t row = (size_t)b * hp;
+        LRT_FN(gru_h_row)(w, LRT_FN(xp_row)(sl, xproj, n, t, b), g + (size_t)b * n, rh + row, h_prev + row,
+                          h + row, u0, u1);
     }
 }
 
-/* Runs rows [b0, b1) of the batch with workspace ws (lrt_ws_plan(w, b1 - b0, steps) floats).
+/* copy units [u0, u1) of `rows` rows between row strides (floats), the part below `limit` */
+static void LRT_FN(copy_units)(float *dst, size_t dst_stride, const float *src, size_t src_stride, int rows,
+                               int u0, int u1, int limit)
+{
+    const int hi = u1 < limit ? u1 : limit;
+    if (hi > u0)
+        for (int b = 0; b < rows; b++)
+            memcpy(dst + (size_t)b * dst_stride + u0, src + (size_t)b * src_stride + u0,
+                   (size_t)(hi - u0) * sizeof(float));
+}
+
+/* the state of the slice's units in (padded lanes zero: they are never read by a product) */
+static void LRT_FN(state_in)(float *buf, const float *state, int rows, int H, int hp, int u0, int u1)
+{
+    LRT_FN(copy_units)(buf, (size_t)hp, state, (size_t)H, rows, u0, u1, H);
+    const int lo = u0 > H ? u0 : H;
+    if (u1 > lo)
+        for (int b = 0; b < rows; b++) memset(buf + (size_t)b * hp + lo, 0, (size_t)(u1 - lo) * sizeof(float));
+}
+
+/* Runs rows [b0, b1) of the batch with workspace ws (lrt_ws_plan(w, b1 - b0, steps, m != NULL)
+ * floats), alone or as team member m (internal.h).
  * sweep: in, the direction of this call's first single-row weight sweep (1 = back);
  * out, the direction the next call should start with. */
 int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1, float *ws,
-                    int *sweep)
+                    int *sweep, lrt_member *m)
 {
     const lrt_cell_desc *d = &w->desc;
     const int B = b1 - b0, T = a->steps, H = d->hidden_size;
     const int hp = w->hp, n = w->n;
     const int is_lstm = d->cell == LRT_LSTM;
-    lrt_ws_layout L = lrt_ws_plan(w, B, T);
-    float *xproj = ws + L.xproj, *g = ws + L.gates;
-    float *hb = ws + L.h, *cb = ws + L.c, *rh = ws + L.rh;
+    lrt_ws_layout L = lrt_ws_plan(w, B, T, m != NULL);
+    float *xproj = ws + L.xproj, *g = ws + L.gates, *cb = ws + L.c, *rh = ws + L.rh;
+    /* h_prev and the h a step writes: one buffer alone, two in a team (swapped each step) */
+    float *hb = ws + L.h, *hnew = m ? ws + L.h2 : hb;
     float *h = a->h + (size_t)b0 * H, *c = is_lstm ? a->c + (size_t)b0 * H : NULL;
     float *y = a->y ? a->y + (size_t)b0 * H : NULL;
     LRT_FN(slice) sl;
     sl.seq_lens = a->seq_lens ? a->seq_lens + b0 : NULL;
-    sl.T = T; sl.reverse = a->reverse; sl.rows = B; sl.scratch = ws + L.scratch;
+    sl.T = T; sl.reverse = a->reverse; sl.rows = B;
+    sl.scratch = m ? m->scratch : ws + L.scratch;
+    sl.member = m;
+    sl.u0 = m ? m->u0 : 0;
+    sl.u1 = m ? m->u1 : hp;
     sl.xlo = sl.xhi = 0;
+    const int u0 = sl.u0, u1 = sl.u1;
     int uniform = 1;   /* every sequence of the slice runs all T steps */
     if (sl.seq_lens)
         for (int b = 0; b < B; b++) uniform &= sl.seq_lens[b] == T;
     const int tc = !uniform ? T : B >= LRT_XROWS ? 1 : (LRT_XROWS / B < T ? LRT_XROWS / B : T);
 
-    /* state in; the padded lanes start at zero (they are never read by a product) */
-    for (int b = 0; b < B; b++) {
-        float *hr = hb + (size_t)b * hp;
-        memcpy(hr, h + (size_t)b * H, (size_t)H * sizeof(float));
-        memset(hr + H, 0, (size_t)(hp - H) * sizeof(float));
-        if (is_lstm) {
-            float *cr = cb + (size_t)b * hp;
-            memcpy(cr, c + (size_t)b * H, (size_t)H * sizeof(float));
-            memset(cr + H, 0, (size_t)(hp - H) * sizeof(float));
-        }
-    }
+    LRT_FN(state_in)(hb, h, B, H, hp, u0, u1);
+    if (is_lstm) LRT_FN(state_in)(cb, c, B, H, hp, u0, u1);
+    if (m) lrt_team_wait(m);   /* every unit of h is in before a product reads it */
     if (!uniform) {
         LRT_FN(input_proj)(w, a, b0, &sl, xproj, 0, T, 0);
         if (y)   /* steps past a sequence's end read as zeros */
             for (int b = 0; b < B; b++)
-                for (int t = sl.seq_lens[b]; t < T; t++)
-                    memset(y + t * a->y_step_stride + (size_t)b * H, 0, (size_t)H * sizeof(float));
+                for (int t = sl.seq_lens[b]; t < T; t++) {
+                    const int hi = u1 < H ? u1 : H;
+                    if (hi > u0) memset(y + t * a->y_step_stride + (size_t)b * H + u0, 0, (size_t)(hi - u0) * sizeof(float));
+                }
     }
 
     /* Single-row products alternate their sweep direction (see gemv).  One step reads W then R
@@ -565,35 +643,41 @@ int LRT_FN(lrt_run)(const struct lrt_weights *w, const lrt_run_args *a, int32_t 
                 else sl.xlo = lo, sl.xhi = hi;
             }
         }
-        LRT_FN(gemm)(w, &w->rt, (size_t)B, 0, LRT_FN(first_product_cols)(w), hb, hp, g, n, NULL, sl.scratch, back);
+        LRT_FN(gemm)(w, &w->rt, (size_t)B, LRT_FN(unit_cols)(w, &sl, LRT_FN(first_product_gates)(w)), hb, hp, g, n,
+                     NULL, sl.scratch, back);
         if (late) LRT_FN(input_proj)(w, a, b0, &sl, xproj, sl.xlo, sl.xhi, back);
         if (d->cell == LRT_GRU) {
-            LRT_FN(gru_rows)(w, &sl, s, xproj, g, hb, rh, back);
+            LRT_FN(gru_rows)(w, &sl, s, xproj, g, hb, hnew, rh, back);
         } else {
             for (int b = 0; b < B; b++) {
                 int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
                 if (t < 0) continue;
                 const float *xp = LRT_FN(xp_row)(&sl, xproj, n, t, b);
                 if (is_lstm)
-                    LRT_FN(lstm_row)(w, xp, g + (size_t)b * n, hb + (size_t)b * hp, cb + (size_t)b * hp);
+                    LRT_FN(lstm_row)(w, xp, g + (size_t)b * n, hnew + (size_t)b * hp, cb + (size_t)b * hp, u0, u1);
                 else
-                    LRT_FN(rnn_row)(w, xp, g + (size_t)b * n, hb + (size_t)b * hp);
+                    LRT_FN(rnn_row)(w, xp, g + (size_t)b * n, hnew + (size_t)b * hp, u0, u1);
             }
         }
-        if (y)
-            for (int b = 0; b < B; b++) {
-                int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
-                if (t >= 0)
-                    memcpy(y + t * a->y_step_stride + (size_t)b * H, hb + (size_t)b * hp,
-                           (size_t)H * sizeof(float));
+        for (int b = 0; b < B; b++) {
+            int t = LRT_FN(time_of)(sl.seq_lens, T, sl.reverse, b, s);
+            if (t < 0) {   /* ended: its h stays, in whichever buffer the next step reads */
+                if (hnew != hb) LRT_FN(copy_units)(hnew + (size_t)b * hp, 0, hb + (size_t)b * hp, 0, 1, u0, u1, hp);
+            } else if (y) {
+                LRT_FN(copy_units)(y + t * a->y_step_stride + (size_t)b * H, 0, hnew + (size_t)b * hp, 0, 1, u0, u1, H);
             }
+        }
+        if (m) {   /* every member's h is written before the next product reads it */
+            lrt_team_wait(m);
+            float *swap = hb;
+            hb = hnew;
+            hnew = swap;
+        }
         if (!one_step) back = !back;
     }
     *sweep = one_step ? !back : back;
-    for (int b = 0; b < B; b++) {
-        memcpy(h + (size_t)b * H, hb + (size_t)b * hp, (size_t)H * sizeof(float));
-        if (is_lstm) memcpy(c + (size_t)b * H, cb + (size_t)b * hp, (size_t)H * sizeof(float));
-    }
+    LRT_FN(copy_units)(h, (size_t)H, hb, (size_t)hp, B, u0, u1, H);
+    if (is_lstm) LRT_FN(copy_units)(c, (size_t)H, cb, (size_t)hp, B, u0, u1, H);
     return LRT_OK;
 }
 #undef V

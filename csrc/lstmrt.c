@@ -376,15 +376,16 @@ size_t lrt_ws_scratch_floats(const lrt_weights *w)
     return LRT_QROWS + LRT_QROWS * k4 / 4;   /* row scales, then rows of k4 bytes */
 }
 
-lrt_ws_layout lrt_ws_plan(const lrt_weights *w, int32_t batch, int32_t steps)
+lrt_ws_layout lrt_ws_plan(const lrt_weights *w, int32_t batch, int32_t steps, int team)
 {
-    lrt_ws_layout L = {0, 0, 0, 0, 0, 0, SIZE_MAX};
+    lrt_ws_layout L = {0, 0, 0, 0, 0, 0, 0, SIZE_MAX};
     size_t xproj, rows = (size_t)batch;
     if (!mul3((size_t)steps, rows, (size_t)w->n, &xproj)) return L;
     const size_t row_state = rows * (size_t)w->hp;
     L.gates = xproj;
     L.h = L.gates + rows * (size_t)w->n;
-    L.c = L.h + row_state;
+    L.h2 = L.h + row_state;
+    L.c = L.h2 + (team ? row_state : 0);
     L.rh = L.c + (w->desc.cell == LRT_LSTM ? row_state : 0);
     L.scratch = L.rh + (w->desc.cell == LRT_GRU ? row_state : 0);
     L.total = L.scratch + lrt_ws_scratch_floats(w);
@@ -401,20 +402,55 @@ static int effective_threads(int32_t threads, int32_t batch)
     return nt < 1 ? 1 : nt;
 }
 
+/* Teams (internal.h) split the hidden units: each member reads only its share of the weights,
+ * which then stays in its core's cache, but the members meet once per step.  Measured here
+ * (2 cores), splitting the batch did better whenever there were rows enough for every thread:
+ * its threads never wait for each other.  So teams are for batches smaller than the threads
+ * (a single stream's chunks), on calls long enough to repay starting threads (~80 us here:
+ * B=1, T=16 gained nothing at H=256 and ran 1.9x at H=384, 2.6x at H=512), with at least a
+ * panel's worth of units per member. */
+#define LRT_TEAM_UNITS 64                        /* least units per member */
+#define LRT_TEAM_MIN_MACS (16.0 * 1024 * 1024)   /* ~100 us of products on one core */
+
+/* members of a team for this call, or 0: split the batch instead (or run alone) */
+static int team_size(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads)
+{
+#ifdef LRT_HAVE_PTHREAD
+    const int nt = threads < w->hp / LRT_TEAM_UNITS ? threads : w->hp / LRT_TEAM_UNITS;
+    const double macs = (double)steps * batch * w->n * ((double)w->desc.input_size + w->desc.hidden_size);
+    return nt >= 2 && batch < threads && macs >= LRT_TEAM_MIN_MACS ? nt : 0;
+#else
+    (void)w, (void)batch, (void)steps, (void)threads;
+    return 0;
+#endif
+}
+
 /* rows of slice i when `batch` rows are split in nt near-equal slices */
 static int32_t slice_start(int32_t batch, int nt, int i)
 {
     return (int32_t)((int64_t)batch * i / nt);
 }
 
+/* first unit of member i of nt: near-equal shares in whole LRT_PAD groups */
+static int32_t unit_start(const lrt_weights *w, int nt, int i)
+{
+    return (int32_t)(LRT_PAD * ((int64_t)(w->hp / LRT_PAD) * i / nt));
+}
+
 size_t lrt_workspace_floats_threads(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads)
 {
     if (!w || batch < 0 || steps < 0 || batch > LRT_MAX_DIM || steps > LRT_MAX_DIM) return SIZE_MAX;
     if (threads < 0 || threads > LRT_MAX_THREADS) return SIZE_MAX;
+    const int team = team_size(w, batch, steps, threads);
+    if (team) {   /* one shared workspace, a scratch per member after the first */
+        const size_t shared = lrt_ws_plan(w, batch, steps, 1).total;
+        const size_t scratch = lrt_ws_scratch_floats(w);
+        return shared == SIZE_MAX ? SIZE_MAX : shared + (size_t)(team - 1) * scratch;
+    }
     const int nt = effective_threads(threads, batch);
     size_t total = 0;
     for (int i = 0; i < nt; i++) {
-        size_t part = lrt_ws_plan(w, slice_start(batch, nt, i + 1) - slice_start(batch, nt, i), steps).total;
+        size_t part = lrt_ws_plan(w, slice_start(batch, nt, i + 1) - slice_start(batch, nt, i), steps, 0).total;
         if (part == SIZE_MAX || total > SIZE_MAX - 1 - part) return SIZE_MAX;
         total += part;
     }
@@ -454,20 +490,82 @@ static int check_run_args(const lrt_weights *w, const lrt_run_args *a)
 }
 
 #ifdef LRT_HAVE_PTHREAD
+#include <sched.h>
+
+struct lrt_team {
+    int size;    /* members */
+    int count;   /* members arrived at the barrier */
+    int sense;   /* flips when the last arrives */
+    int go;      /* set once every member's units are assigned */
+};
+
+/* A sense-reversing barrier.  Members spin (a step is tens of microseconds and the wait
+ * usually far less), and yield after a while in case there are fewer free cores than members. */
+void lrt_team_wait(lrt_member *m)
+{
+    lrt_team *t = m->team;
+    const int sense = m->sense = !m->sense;
+    if (__atomic_add_fetch(&t->count, 1, __ATOMIC_ACQ_REL) == t->size) {
+        __atomic_store_n(&t->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->sense, sense, __ATOMIC_RELEASE);
+        return;
+    }
+    for (unsigned spins = 0; __atomic_load_n(&t->sense, __ATOMIC_ACQUIRE) != sense; spins++)
+        if (spins >= 2000) sched_yield();
+}
+
 typedef struct {
     const lrt_weights *w;
     const lrt_run_args *a;
-    int32_t b0, b1;
+    int32_t b0, b1;    /* a batch slice; a team member runs the whole batch */
     float *ws;
+    lrt_member *member;
     int sweep;
     int status;
-} lrt_slice_job;
+} lrt_job;
 
-static void *run_slice(void *arg)
+static void *run_job(void *arg)
 {
-    lrt_slice_job *job = arg;
-    job->status = job->w->run(job->w, job->a, job->b0, job->b1, job->ws, &job->sweep);
+    lrt_job *job = arg;
+    if (job->member)   /* a team member starts once the team knows its size */
+        while (!__atomic_load_n(&job->member->team->go, __ATOMIC_ACQUIRE)) sched_yield();
+    job->status = job->w->run(job->w, job->a, job->b0, job->b1, job->ws, &job->sweep, job->member);
     return NULL;
+}
+
+/* jobs[0] runs here, the others on threads; a slice whose thread cannot start runs here too.
+ * A team is sized to the threads that started (the members wait for `go` until then). */
+static int run_jobs(lrt_job *jobs, int nt, lrt_team *team)
+{
+    pthread_t tids[LRT_MAX_THREADS];
+    int started[LRT_MAX_THREADS] = {0}, st = LRT_OK;
+    for (int i = 1; i < nt; i++) {
+        started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
+        if (team && !started[i]) {
+            nt = i;
+            break;
+        }
+    }
+    if (team) {
+        team->size = nt;
+        for (int i = 0; i < nt; i++) {
+            jobs[i].member->u0 = unit_start(jobs[i].w, nt, i);
+            jobs[i].member->u1 = unit_start(jobs[i].w, nt, i + 1);
+        }
+        __atomic_store_n(&team->go, 1, __ATOMIC_RELEASE);
+    }
+    run_job(&jobs[0]);
+    for (int i = 0; i < nt; i++) {
+        if (i && started[i]) pthread_join(tids[i], NULL);
+        else if (i) run_job(&jobs[i]);
+        if (jobs[i].status != LRT_OK) st = jobs[i].status;
+    }
+    return st;
+}
+#else
+void lrt_team_wait(lrt_member *m)
+{
+    (void)m;   /* no teams without threads */
 }
 #endif
 
@@ -487,42 +585,46 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
     int st = check_run_args(w, a);
     if (st != LRT_OK) return st;
     if (a->batch == 0 || a->steps == 0) return LRT_OK;   /* nothing to do; state passes through */
-    const int nt = effective_threads(a->threads, a->batch);
+    const int team_n = team_size(w, a->batch, a->steps, a->threads);
+    const int nt = team_n ? team_n : effective_threads(a->threads, a->batch);
     int sweep = LRT_SWEEP_LOAD(w);
     if (nt == 1) {
-        st = w->run(w, a, 0, a->batch, a->workspace, &sweep);
+        st = w->run(w, a, 0, a->batch, a->workspace, &sweep, NULL);
         LRT_SWEEP_STORE(w, sweep);
         return st;
     }
 #ifdef LRT_HAVE_PTHREAD
-    /* slices of the batch are independent sequences: no synchronisation until the join */
-    lrt_slice_job jobs[LRT_MAX_THREADS];
-    pthread_t tids[LRT_MAX_THREADS];
-    int started[LRT_MAX_THREADS];
+    lrt_job jobs[LRT_MAX_THREADS];
+    lrt_member members[LRT_MAX_THREADS];
+    lrt_team team = {0, 0, 0, 0};
     float *ws = a->workspace;
+    const lrt_ws_layout L = lrt_ws_plan(w, a->batch, a->steps, 1);   /* a team's shared workspace */
     for (int i = 0; i < nt; i++) {
         jobs[i].w = w;
         jobs[i].a = a;
-        jobs[i].b0 = slice_start(a->batch, nt, i);
-        jobs[i].b1 = slice_start(a->batch, nt, i + 1);
-        jobs[i].ws = ws;
         jobs[i].sweep = sweep;
         jobs[i].status = LRT_OK;
-        ws += lrt_ws_plan(w, jobs[i].b1 - jobs[i].b0, a->steps).total;
+        if (team_n) {   /* everyone on the whole batch and one workspace; scratch apart */
+            members[i].team = &team;
+            members[i].sense = 0;
+            members[i].scratch = i ? ws + L.total + (size_t)(i - 1) * lrt_ws_scratch_floats(w) : ws + L.scratch;
+            jobs[i].member = &members[i];
+            jobs[i].b0 = 0;
+            jobs[i].b1 = a->batch;
+            jobs[i].ws = ws;
+        } else {        /* slices of the batch are independent sequences: no synchronisation */
+            jobs[i].member = NULL;
+            jobs[i].b0 = slice_start(a->batch, nt, i);
+            jobs[i].b1 = slice_start(a->batch, nt, i + 1);
+            jobs[i].ws = ws;
+            ws += lrt_ws_plan(w, jobs[i].b1 - jobs[i].b0, a->steps, 0).total;
+        }
     }
-    for (int i = 1; i < nt; i++)   /* a thread that cannot start runs its slice here instead */
-        started[i] = pthread_create(&tids[i], NULL, run_slice, &jobs[i]) == 0;
-    run_slice(&jobs[0]);
-    st = jobs[0].status;
-    for (int i = 1; i < nt; i++) {
-        if (started[i]) pthread_join(tids[i], NULL);
-        else run_slice(&jobs[i]);
-        if (jobs[i].status != LRT_OK) st = jobs[i].status;
-    }
+    st = run_jobs(jobs, nt, team_n ? &team : NULL);
     LRT_SWEEP_STORE(w, jobs[0].sweep);
     return st;
 #else
-    st = w->run(w, a, 0, a->batch, a->workspace, &sweep);
+    st = w->run(w, a, 0, a->batch, a->workspace, &sweep, NULL);
     LRT_SWEEP_STORE(w, sweep);
     return st;
 #endif

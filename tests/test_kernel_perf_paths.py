@@ -80,6 +80,29 @@ def test_threads_equal_one_thread_bit_for_bit(precision, cell, simd):
                     assert np.array_equal(a, b, equal_nan=True), f"threads={threads} differs"
 
 
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("cell, lbr", [("LSTM", True), ("GRU", True), ("GRU", False), ("RNN", True)])
+@pytest.mark.parametrize("simd", PATHS)
+def test_teams_equal_one_thread_bit_for_bit(precision, cell, lbr, simd):
+    """Batches smaller than the threads run as a team (lstmrt.c): members split the hidden units
+    and meet once per step (twice for GRU without linear_before_reset).  H=200 gives members
+    unequal shares that start mid-panel; sequence lengths leave rows ended while others run."""
+    weights, _ = make(cell, 48, 200, simd, precision, lbr=lbr, peep=cell == "LSTM")
+    T = 340 if cell == "RNN" else 120   # long enough calls to be worth a team
+    for B, threads, seq_lens, reverse in ((1, 2, None, False), (1, 3, None, True),
+                                         (2, 3, np.array([T, 37], np.int32), False),
+                                         (2, 3, np.array([0, T], np.int32), True)):
+        assert weights.workspace_floats(B, T, threads) > weights.workspace_floats(B, T, 1)   # a team's h2
+        x, h0 = inputs(T, B, 48, seed=B + threads)
+        c0 = h0[:, :1] * np.ones((1, 200), np.float32)
+        h0 = np.tile(h0, (1, 5))[:, :200]
+        one = run(weights, x, h0, c0, seq_lens=seq_lens, reverse=reverse)
+        team = run(weights, x, h0, c0, seq_lens=seq_lens, reverse=reverse, threads=threads)
+        for a, b in zip(one, team):
+            if a is not None:
+                assert np.array_equal(a, b, equal_nan=True), f"B={B} threads={threads} differs"
+
+
 def test_runs_from_many_python_threads_at_once():
     """run() keeps its workspace per thread: concurrent calls must not disturb each other."""
     weights, _ = make("LSTM", 32, 48)
