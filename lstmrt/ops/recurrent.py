@@ -81,6 +81,12 @@ class RecurrentNode:
         self._local = threading.local()   # per thread: runners for small calls (_run_small)
         # weights known at load are packed once here; others are packed per call
         self.packed = self._pack(*self._const_weights(), node.fail) if self._const_weights() else None
+        # small calls on cached runners (_run_small): one direction, layout 0, packed weights
+        self._small = self.packed is not None and self.num_directions == 1 and self.layout == 0
+        if self._small:
+            spec = self.packed[0].spec
+            self._row_floats = spec.input_size + spec.hidden_size
+            self._state_slots = (("h", 5, "initial_h"), ("c", 6, "initial_c"))[:2 if self.cell == "LSTM" else 1]
 
     def _const_weights(self):
         node = self.node
@@ -153,6 +159,10 @@ class RecurrentNode:
         return np.ascontiguousarray(value, dtype=np.int32)
 
     def __call__(self, inputs: list) -> list:
+        if self._small:
+            outputs = self._run_small(inputs)
+            if outputs is not None:
+                return outputs
         inputs = list(inputs) + [None] * (8 - len(inputs))
         X, W, R, B, seq, h0, c0, P = inputs
         if self.packed is None and (W is None or R is None):
@@ -166,9 +176,6 @@ class RecurrentNode:
         H, D = packed[0].spec.hidden_size, self.num_directions
         if I != packed[0].spec.input_size:
             raise self._input_error(f"X has input size {I}; W expects {packed[0].spec.input_size}")
-        if (self.packed is not None and D == 1 and self.layout == 0 and seq is None
-                and T * Bsz * (I + H) <= RUNNER_FLOATS):
-            return self._run_small(packed[0], x, h0, c0)
         seq_lens = self._seq_lens(seq, Bsz, T)
         h = self._state(h0, "initial_h", Bsz, H)
         c = self._state(c0, "initial_c", Bsz, H) if self.cell == "LSTM" else None
@@ -185,26 +192,36 @@ class RecurrentNode:
                        None if c is None else np.swapaxes(c, 0, 1)]
         return outputs[:len(self.node.outputs)]
 
-    def _run_small(self, weights: CellWeights, x: np.ndarray, h0, c0) -> list:
-        """A small call on a runner kept per thread and shape: its buffers and C arguments are
-        built once, so the call costs a few copies, not an argument setup (streaming models
-        with glue ops around the cell make many such calls)."""
-        T, B, _ = x.shape
-        H = weights.spec.hidden_size
+    def _run_small(self, inputs: list) -> list | None:
+        """A small call (T*B*(input+hidden) <= RUNNER_FLOATS floats, no sequence_lens, contiguous
+        float32 X of the right width) on a runner kept per thread and shape: its buffers and C
+        arguments are built once, so the call costs a few copies, not an argument setup
+        (streaming models with glue ops around the cell make many such calls).  None for any
+        other call: the general path runs it, or names what is wrong with it."""
+        X = inputs[0]
+        if type(X) is not np.ndarray or X.dtype is not _F32 or X.ndim != 3 or not X.flags.c_contiguous:
+            return None
+        T, B, I = X.shape
+        weights = self.packed[0]
+        if I != weights.spec.input_size or T * B * self._row_floats > RUNNER_FLOATS or \
+                (len(inputs) > 4 and inputs[4] is not None):
+            return None
         runners = getattr(self._local, "runners", None)
         if runners is None:
             runners = self._local.runners = RunnerCache(weights, self.threads, self._want_y)
-        runner = runners.get(x.shape)
+        runner = runners.get(X.shape)
         if runner is None:
-            runner = runners.add(x.shape)
+            H = weights.spec.hidden_size
+            runner = runners.add(X.shape)
             runner.outputs = [None if a is None else a.reshape(shape) for a, shape in   # ONNX shapes
                               ((runner.y, (T, 1, B, H)), (runner.h, (1, B, H)), (runner.c, (1, B, H)))]
-        for value, name, slot in ((h0, "initial_h", "h"), (c0, "initial_c", "c"))[:2 if self.cell == "LSTM" else 1]:
+        for slot, index, name in self._state_slots:
+            value = inputs[index] if index < len(inputs) else None
             if value is None:
                 getattr(runner, slot).fill(0.0)
             else:
-                runner.load(slot, self._checked_state(value, name, B, H))
-        runner.load("x", x)
+                runner.load(slot, self._checked_state(value, name, B, weights.spec.hidden_size))
+        runner.load("x", X)
         runner.run(reverse=self.direction == "reverse")
         return [None if a is None else a.copy() for a in runner.outputs[:len(self.node.outputs)]]
 
