@@ -157,7 +157,8 @@ class CellWeights:
 
         h (and c for LSTM) are [B, H] float32 arrays updated in place.  y, when
         given, is a flat float32 view written at y[t*y_step_stride + b*H + j].
-        threads > 1 splits the batch over that many threads (same result bit for bit).
+        threads > 1 splits the batch over that many threads, or the hidden units for a batch
+        smaller than that (csrc/lstmrt.h); the same result bit for bit.
         """
         T, B = x.shape[0], x.shape[1]
         local = _per_thread

@@ -46,7 +46,8 @@ class InferenceSession:
     Native backend only (asking for any of them makes "auto" choose native):
     simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
     precision: "f32" (default), or opt-in "bf16" / "int8" weights for the recurrent products.
-    threads: split each kernel call's batch over this many threads (default 1).
+    threads: threads per kernel call (default 1): a batch is split by rows; a batch smaller than
+        the threads (one stream's long chunks) by hidden units, when the call is long enough.
     After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 

@@ -121,7 +121,7 @@ class NativeOptions:
     """How the native backend runs: SIMD path, weight precision, threads per kernel call."""
     simd: str | None = None        # "scalar" | "avx2" | "avx512"; None: LSTMRT_SIMD or the best
     precision: str = "f32"         # "f32" | "bf16" | "int8" for the recurrent weight products
-    threads: int = 1               # batch split over this many threads inside each kernel call
+    threads: int = 1               # threads inside each kernel call (rows, or units: csrc/lstmrt.c)
 
     def __post_init__(self):
         if self.simd not in (None, "scalar", "avx2", "avx512"):
