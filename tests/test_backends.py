@@ -74,12 +74,26 @@ def test_streams_on_both_backends_equal_whole_calls(cell):
 
 
 def test_onnxruntime_stream_state_stays_bound_on_the_session_device():
+    """On CUDA a stream's state stays on the device as OrtValues (IO binding); on the CPU it is a
+    numpy array and a step a plain run.  The binding path is forced here on the CPU too, so it is
+    tested where no GPU is, and must give the plain path's results."""
     sess = lstmrt.InferenceSession(streaming_model("LSTM"), backend="onnxruntime")
-    stream = sess.stream()
-    stream.run({"x": random_feed(sess.model.proto, {"batch": 2, "time": 3})["x"]})
-    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-    for value in stream._state.values():       # OrtValues, never copied to numpy between calls
-        assert type(value).__name__ == "OrtValue" and value.device_name().lower() == device
+    chunks = [random_feed(sess.model.proto, {"batch": 2, "time": 3}, seed=s)["x"] for s in range(3)]
+    on_cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
+    assert sess._backend.bind_state == on_cuda
+    plain = sess.stream()
+    plain_out = [plain.run({"x": x})[0] for x in chunks]
+    if not on_cuda:
+        assert all(type(value) is np.ndarray for value in plain._state.values())
+    sess._backend.bind_state = True
+    bound = sess.stream()
+    bound_out = [bound.run({"x": x})[0] for x in chunks]
+    for value in bound._state.values():       # OrtValues, never copied to numpy between calls
+        assert type(value).__name__ == "OrtValue" and value.device_name().lower() == ("cuda" if on_cuda else "cpu")
+    for a, b in zip(plain_out, bound_out):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for name, value in plain.state.items():
+        np.testing.assert_allclose(value, bound.state[name], atol=1e-6)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
