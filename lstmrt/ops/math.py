@@ -21,7 +21,14 @@ _BINARY = {
 @op(*_BINARY)
 def _binary(node):
     fn = _BINARY[node.op_type]
-    return lambda inputs: [np.asarray(fn(inputs[0], inputs[1])).astype(inputs[0].dtype, copy=False)]
+
+    def run(inputs):
+        a = inputs[0]
+        result = fn(a, inputs[1])
+        if type(result) is np.ndarray and result.dtype == a.dtype:   # the usual case, as is
+            return [result]
+        return [np.asarray(result).astype(a.dtype, copy=False)]      # a 0-d scalar, or mixed types
+    return run
 
 
 def _sigmoid(x):
@@ -126,10 +133,10 @@ def _softmax(node):
     axis = node.attrs.get("axis", 1 if legacy else -1)
 
     def softmax(x, ax):
-        # array methods and in-place ufuncs: a network's last op runs on every call
-        e = x - x.max(axis=ax, keepdims=True)
+        # ufunc reductions and in-place ufuncs: a network's last op runs on every call
+        e = x - np.maximum.reduce(x, axis=ax, keepdims=True)
         np.exp(e, out=e)
-        e /= e.sum(axis=ax, keepdims=True)
+        e /= np.add.reduce(e, axis=ax, keepdims=True)
         return e
 
     def run(inputs):

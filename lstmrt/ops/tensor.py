@@ -27,7 +27,7 @@ def _identity(node):
 @op("Transpose")
 def _transpose(node):
     perm = node.attrs.get("perm")
-    return lambda inputs: [np.transpose(inputs[0], perm)]
+    return lambda inputs: [inputs[0].transpose(perm)]
 
 
 def _axes_getter(node: NodeInfo, index: int, attr: str, since_opset: int):
