@@ -444,8 +444,8 @@ size_t lrt_workspace_floats_threads(const lrt_weights *w, int32_t batch, int32_t
     const int team = team_size(w, batch, steps, threads);
     if (team) {   /* one shared workspace, a scratch per member after the first */
         const size_t shared = lrt_ws_plan(w, batch, steps, 1).total;
-        const size_t scratch = lrt_ws_scratch_floats(w);
-        return shared == SIZE_MAX ? SIZE_MAX : shared + (size_t)(team - 1) * scratch;
+        const size_t scratches = (size_t)(team - 1) * lrt_ws_scratch_floats(w);
+        return shared == SIZE_MAX || shared > SIZE_MAX - 1 - scratches ? SIZE_MAX : shared + scratches;
     }
     const int nt = effective_threads(threads, batch);
     size_t total = 0;
