@@ -8,6 +8,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
+#include <unistd.h>
 #define LRT_HAVE_PTHREAD 1
 #endif
 
@@ -412,6 +413,21 @@ static int effective_threads(int32_t threads, int32_t batch)
 #define LRT_TEAM_UNITS 64                        /* least units per member */
 #define LRT_TEAM_MIN_MACS (16.0 * 1024 * 1024)   /* ~100 us of products on one core */
 
+#ifdef LRT_HAVE_PTHREAD
+/* Cores online, read once (a benign race: every reader computes the same). */
+static int online_cores(void)
+{
+    static int cores;
+    int n = __atomic_load_n(&cores, __ATOMIC_RELAXED);
+    if (!n) {
+        const long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online < 1 ? 1 : online > LRT_MAX_THREADS ? LRT_MAX_THREADS : (int)online;
+        __atomic_store_n(&cores, n, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+#endif
+
 /* members of a team for this call, or 0: split the batch instead (or run alone) */
 static int team_size(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads)
 {
@@ -497,10 +513,13 @@ struct lrt_team {
     int count;   /* members arrived at the barrier */
     int sense;   /* flips when the last arrives */
     int go;      /* set once every member's units are assigned */
+    unsigned spins;   /* spins at the barrier before yielding the core */
 };
 
 /* A sense-reversing barrier.  Members spin (a step is tens of microseconds and the wait
- * usually far less), and yield after a while in case there are fewer free cores than members. */
+ * usually far less), then yield.  A team larger than the cores online yields at once: its
+ * members would spin while the one they wait for is descheduled (8 members on this 2-core
+ * VM ran slower than one thread). */
 void lrt_team_wait(lrt_member *m)
 {
     lrt_team *t = m->team;
@@ -511,7 +530,7 @@ void lrt_team_wait(lrt_member *m)
         return;
     }
     for (unsigned spins = 0; __atomic_load_n(&t->sense, __ATOMIC_ACQUIRE) != sense; spins++)
-        if (spins >= 2000) sched_yield();
+        if (spins >= t->spins) sched_yield();
 }
 
 typedef struct {
@@ -548,6 +567,7 @@ static int run_jobs(lrt_job *jobs, int nt, lrt_team *team)
     }
     if (team) {
         team->size = nt;
+        team->spins = nt <= online_cores() ? 2000 : 0;
         for (int i = 0; i < nt; i++) {
             jobs[i].member->u0 = unit_start(jobs[i].w, nt, i);
             jobs[i].member->u1 = unit_start(jobs[i].w, nt, i + 1);
@@ -596,7 +616,7 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
 #ifdef LRT_HAVE_PTHREAD
     lrt_job jobs[LRT_MAX_THREADS];
     lrt_member members[LRT_MAX_THREADS];
-    lrt_team team = {0, 0, 0, 0};
+    lrt_team team = {0, 0, 0, 0, 0};
     float *ws = a->workspace;
     const lrt_ws_layout L = lrt_ws_plan(w, a->batch, a->steps, 1);   /* a team's shared workspace */
     for (int i = 0; i < nt; i++) {
