@@ -407,13 +407,21 @@ static int effective_threads(int32_t threads, int32_t batch)
  * which then stays in its core's cache, but the members meet once per step.  Measured here
  * (2 cores), splitting the batch did better whenever there were rows enough for every thread:
  * its threads never wait for each other.  So teams are for batches smaller than the threads
- * (a single stream's chunks), on calls long enough to repay starting threads (~80 us here:
- * B=1, T=16 gained nothing at H=256 and ran 1.9x at H=384, 2.6x at H=512), with at least a
- * panel's worth of units per member. */
-#define LRT_TEAM_UNITS 64                        /* least units per member */
-#define LRT_TEAM_MIN_MACS (16.0 * 1024 * 1024)   /* ~100 us of products on one core */
+ * (a single stream), with at least a panel's worth of units per member.  On the pool's threads
+ * (below) a B=1 step pays off from a few hundred thousand multiply-adds: LSTM H=128 (131K)
+ * ran slower with two threads, GRU H=256 (393K) 1.4x and LSTM H=256 (524K) 1.9x quicker.
+ * Threads started for one call cost ~80 us here: a call that cannot have the pool's threads
+ * runs alone unless it is long (LRT_FRESH_MIN_MACS, ~100 us of products on one core). */
+#define LRT_TEAM_UNITS 64                          /* least units per member */
+#define LRT_THREADS_MIN_MACS (256.0 * 1024)        /* any split, on the pool's threads */
+#define LRT_FRESH_MIN_MACS (16.0 * 1024 * 1024)    /* any split, on threads started for the call */
 
 #ifdef LRT_HAVE_PTHREAD
+static double call_macs(const lrt_weights *w, int32_t batch, int32_t steps)
+{
+    return (double)steps * batch * w->n * ((double)w->desc.input_size + w->desc.hidden_size);
+}
+
 /* Cores online, read once (a benign race: every reader computes the same). */
 static int online_cores(void)
 {
@@ -433,8 +441,7 @@ static int team_size(const lrt_weights *w, int32_t batch, int32_t steps, int32_t
 {
 #ifdef LRT_HAVE_PTHREAD
     const int nt = threads < w->hp / LRT_TEAM_UNITS ? threads : w->hp / LRT_TEAM_UNITS;
-    const double macs = (double)steps * batch * w->n * ((double)w->desc.input_size + w->desc.hidden_size);
-    return nt >= 2 && batch < threads && macs >= LRT_TEAM_MIN_MACS ? nt : 0;
+    return nt >= 2 && batch < threads && call_macs(w, batch, steps) >= LRT_THREADS_MIN_MACS ? nt : 0;
 #else
     (void)w, (void)batch, (void)steps, (void)threads;
     return 0;
@@ -447,11 +454,13 @@ static int32_t slice_start(int32_t batch, int nt, int i)
     return (int32_t)((int64_t)batch * i / nt);
 }
 
+#ifdef LRT_HAVE_PTHREAD
 /* first unit of member i of nt: near-equal shares in whole LRT_PAD groups */
 static int32_t unit_start(const lrt_weights *w, int nt, int i)
 {
     return (int32_t)(LRT_PAD * ((int64_t)(w->hp / LRT_PAD) * i / nt));
 }
+#endif
 
 size_t lrt_workspace_floats_threads(const lrt_weights *w, int32_t batch, int32_t steps, int32_t threads)
 {
@@ -552,12 +561,32 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-/* jobs[0] runs here, the others on threads; a slice whose thread cannot start runs here too.
- * A team is sized to the threads that started (the members wait for `go` until then). */
-static int run_jobs(lrt_job *jobs, int nt, lrt_team *team)
+/* The team of jobs[0..nt): its size and each member's units; then the members may start. */
+static void form_team(lrt_job *jobs, int nt, lrt_team *team)
+{
+    team->size = nt;
+    team->spins = nt <= online_cores() ? 2000 : 0;
+    for (int i = 0; i < nt; i++) {
+        jobs[i].member->u0 = unit_start(jobs[i].w, nt, i);
+        jobs[i].member->u1 = unit_start(jobs[i].w, nt, i + 1);
+    }
+    __atomic_store_n(&team->go, 1, __ATOMIC_RELEASE);
+}
+
+static int status_of(const lrt_job *jobs, int nt)
+{
+    int st = LRT_OK;
+    for (int i = 0; i < nt; i++)
+        if (jobs[i].status != LRT_OK) st = jobs[i].status;
+    return st;
+}
+
+/* jobs[0] runs here, the others on threads started for them; a slice whose thread cannot start
+ * runs here too.  A team is sized to the threads that started (the members wait for `go`). */
+static int run_jobs_fresh(lrt_job *jobs, int nt, lrt_team *team)
 {
     pthread_t tids[LRT_MAX_THREADS];
-    int started[LRT_MAX_THREADS] = {0}, st = LRT_OK;
+    int started[LRT_MAX_THREADS] = {0};
     for (int i = 1; i < nt; i++) {
         started[i] = pthread_create(&tids[i], NULL, run_job, &jobs[i]) == 0;
         if (team && !started[i]) {
@@ -565,22 +594,128 @@ static int run_jobs(lrt_job *jobs, int nt, lrt_team *team)
             break;
         }
     }
-    if (team) {
-        team->size = nt;
-        team->spins = nt <= online_cores() ? 2000 : 0;
-        for (int i = 0; i < nt; i++) {
-            jobs[i].member->u0 = unit_start(jobs[i].w, nt, i);
-            jobs[i].member->u1 = unit_start(jobs[i].w, nt, i + 1);
-        }
-        __atomic_store_n(&team->go, 1, __ATOMIC_RELEASE);
-    }
+    if (team) form_team(jobs, nt, team);
     run_job(&jobs[0]);
-    for (int i = 0; i < nt; i++) {
-        if (i && started[i]) pthread_join(tids[i], NULL);
-        else if (i) run_job(&jobs[i]);
-        if (jobs[i].status != LRT_OK) st = jobs[i].status;
+    for (int i = 1; i < nt; i++) {
+        if (started[i]) pthread_join(tids[i], NULL);
+        else run_job(&jobs[i]);
     }
-    return st;
+    return status_of(jobs, nt);
+}
+
+/* ---- the pool: threads kept between calls ----
+ * Starting threads cost ~80 us a call here, more than a whole step of most streaming calls.
+ * Worker i takes its jobs from its own slot; one call at a time uses the pool (a call that
+ * finds it busy starts threads of its own).  Idle workers spin a while, since a streaming
+ * caller comes back within microseconds, then sleep. */
+#define LRT_POOL_SPINS 20000
+
+static struct {
+    pthread_mutex_t owner;   /* held by the call using the pool */
+    pthread_mutex_t lock;    /* with wake and done: sleeping and waking */
+    pthread_cond_t wake, done;
+    int workers;             /* started so far */
+    int sleepers;            /* workers waiting on wake (under lock) */
+    int pending;             /* jobs handed out and not finished */
+    lrt_job *slot[LRT_MAX_THREADS];   /* worker i's job, or NULL */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, 0, 0, 0, {0}};
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static int worker_index[LRT_MAX_THREADS];
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *pool_worker(void *arg)
+{
+    lrt_job **slot = &pool.slot[*(const int *)arg];
+    for (;;) {
+        lrt_job *job;
+        for (int spins = 0; !(job = __atomic_load_n(slot, __ATOMIC_ACQUIRE)) && spins < LRT_POOL_SPINS; spins++)
+            cpu_relax();
+        if (!job) {
+            pthread_mutex_lock(&pool.lock);
+            pool.sleepers++;
+            while (!(job = __atomic_load_n(slot, __ATOMIC_ACQUIRE))) pthread_cond_wait(&pool.wake, &pool.lock);
+            pool.sleepers--;
+            pthread_mutex_unlock(&pool.lock);
+        }
+        run_job(job);
+        __atomic_store_n(slot, NULL, __ATOMIC_RELAXED);
+        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+    return NULL;
+}
+
+/* a forked child has none of the parent's threads: it starts its own pool */
+static void pool_after_fork(void)
+{
+    pthread_mutex_init(&pool.owner, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.workers = pool.sleepers = pool.pending = 0;
+    memset(pool.slot, 0, sizeof pool.slot);
+}
+
+static void pool_init(void)
+{
+    pthread_atfork(NULL, NULL, pool_after_fork);
+}
+
+/* workers until there are n (or as many as start); returns how many there are */
+static int pool_grow(int n)
+{
+    for (int i = pool.workers; i < n; i++) {
+        pthread_t tid;
+        worker_index[i] = i;
+        if (pthread_create(&tid, NULL, pool_worker, &worker_index[i]) != 0) break;
+        pthread_detach(tid);
+        pool.workers = i + 1;
+    }
+    return pool.workers;
+}
+
+/* jobs[1..] on the pool's workers (the caller holds pool.owner), jobs[0] here; slices beyond
+ * the workers run here too, a team is sized to the workers there are */
+static int run_jobs_pooled(lrt_job *jobs, int nt, lrt_team *team)
+{
+    const int workers = pool_grow(nt - 1);
+    const int handed = nt - 1 < workers ? nt - 1 : workers;
+    if (team) {
+        nt = handed + 1;
+        form_team(jobs, nt, team);
+    }
+    __atomic_store_n(&pool.pending, handed, __ATOMIC_RELAXED);
+    for (int i = 0; i < handed; i++) __atomic_store_n(&pool.slot[i], &jobs[i + 1], __ATOMIC_RELEASE);
+    pthread_mutex_lock(&pool.lock);
+    if (pool.sleepers) pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    run_job(&jobs[0]);
+    for (int i = handed + 1; i < nt; i++) run_job(&jobs[i]);
+    for (int spins = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) && spins < LRT_POOL_SPINS; spins++)
+        cpu_relax();
+    pthread_mutex_lock(&pool.lock);
+    while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE)) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    return status_of(jobs, nt);
+}
+
+/* Whether this call takes the pool (then the caller unlocks pool.owner after), starts threads
+ * of its own (0), or had better run alone (-1): the pool is busy and the call too short. */
+static int take_pool(const lrt_weights *w, const lrt_run_args *a)
+{
+    pthread_once(&pool_once, pool_init);
+    if (pthread_mutex_trylock(&pool.owner) == 0) return 1;
+    return call_macs(w, a->batch, a->steps) >= LRT_FRESH_MIN_MACS ? 0 : -1;
 }
 #else
 void lrt_team_wait(lrt_member *m)
@@ -608,7 +743,13 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
     const int team_n = team_size(w, a->batch, a->steps, a->threads);
     const int nt = team_n ? team_n : effective_threads(a->threads, a->batch);
     int sweep = LRT_SWEEP_LOAD(w);
-    if (nt == 1) {
+    int pooled = -1;   /* alone; any workspace sized for threads holds one alone */
+#ifdef LRT_HAVE_PTHREAD
+    if (nt > 1 && call_macs(w, a->batch, a->steps) >= LRT_THREADS_MIN_MACS) pooled = take_pool(w, a);
+#else
+    (void)nt;
+#endif
+    if (pooled < 0) {
         st = w->run(w, a, 0, a->batch, a->workspace, &sweep, NULL);
         LRT_SWEEP_STORE(w, sweep);
         return st;
@@ -640,12 +781,14 @@ int lrt_run(const lrt_weights *w, const lrt_run_args *a)
             ws += lrt_ws_plan(w, jobs[i].b1 - jobs[i].b0, a->steps, 0).total;
         }
     }
-    st = run_jobs(jobs, nt, team_n ? &team : NULL);
+    lrt_team *t = team_n ? &team : NULL;
+    if (pooled) {
+        st = run_jobs_pooled(jobs, nt, t);
+        pthread_mutex_unlock(&pool.owner);
+    } else {
+        st = run_jobs_fresh(jobs, nt, t);
+    }
     LRT_SWEEP_STORE(w, jobs[0].sweep);
-    return st;
-#else
-    st = w->run(w, a, 0, a->batch, a->workspace, &sweep, NULL);
-    LRT_SWEEP_STORE(w, sweep);
-    return st;
 #endif
+    return st;
 }

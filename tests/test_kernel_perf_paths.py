@@ -1,7 +1,9 @@
 """The kernel's fast paths (issue 5): panel GEMM edges, batch-split threads, bf16/int8
 weight precision, the per-thread run context and CellRunner, and their C size checks.
 Speed is measured in benchmarks/, never here."""
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,6 +63,52 @@ def test_f32_paths_match_scalar(cell, T, B, I, H, simd):
             for g, w in zip(got, want):
                 if g is not None:
                     np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+
+
+def test_threaded_calls_from_many_python_threads_share_the_pool_correctly():
+    """Multi-threaded calls take the kernel's thread pool one at a time; a call that finds it
+    busy starts its own threads (long calls) or runs alone (short ones).  Every way must give
+    the one-thread bits, call after call."""
+    weights, _ = make("LSTM", 48, 200)
+    cases = [inputs(T, B, 48, seed=T + B)[0] for T, B in ((1, 1), (20, 1), (120, 1), (4, 6), (60, 8))]
+    want = [run(weights, x) for x in cases]
+    errors = []
+
+    def worker(i):
+        for k in range(12):
+            x = cases[(i + k) % len(cases)]
+            got = run(weights, x, threads=2 + i % 2)
+            if not all(np.array_equal(a, b) for a, b in zip(got, want[(i + k) % len(cases)]) if a is not None):
+                errors.append((i, k))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX")
+def test_a_forked_child_gets_a_pool_of_its_own():
+    """The pool's threads do not survive fork; the child must start its own, not wait on them."""
+    weights, _ = make("LSTM", 48, 200)
+    x = inputs(20, 1, 48, seed=3)[0]
+    want = run(weights, x)
+    assert all(np.array_equal(a, b) for a, b in zip(run(weights, x, threads=2), want) if a is not None)
+    pid = os.fork()
+    if pid == 0:   # the child: exit 0 only if the threaded call completes with the same bits
+        ok = all(np.array_equal(a, b) for a, b in zip(run(weights, x, threads=2), want) if a is not None)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung on the parent's pool")
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
