@@ -95,11 +95,12 @@ typedef struct {
     float *workspace; size_t workspace_len;
     int32_t threads;                 /* 0 or 1: run on the calling thread.  n > 1: split the
                                         batch into min(n, batch) slices run on that many
-                                        threads; or, for a batch smaller than n on a long
-                                        enough call, split the hidden units among a team of
-                                        threads that meet once per step (POSIX builds;
-                                        elsewhere one thread).  Results equal the one-thread
-                                        run bit for bit. */
+                                        threads; or, for a batch smaller than n, split the
+                                        hidden units among a team of threads that meet once
+                                        per step.  Threads come from a pool kept between
+                                        calls; calls too short to gain run on the calling
+                                        thread (POSIX builds; elsewhere always).  Results
+                                        equal the one-thread run bit for bit. */
 } lrt_run_args;
 
 enum { LRT_MAX_THREADS = 256 };

@@ -46,8 +46,8 @@ class InferenceSession:
     Native backend only (asking for any of them makes "auto" choose native):
     simd: force a SIMD path ("scalar", "avx2", "avx512"); default: LSTMRT_SIMD or the best.
     precision: "f32" (default), or opt-in "bf16" / "int8" weights for the recurrent products.
-    threads: threads per kernel call (default 1): a batch is split by rows; a batch smaller than
-        the threads (one stream's long chunks) by hidden units, when the call is long enough.
+    threads: threads per kernel call (default 1): a batch is split by rows, a batch smaller than
+        the threads (a single stream) by hidden units; calls too short to gain run on one thread.
     After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 
