@@ -39,6 +39,19 @@ def run(weights, x, h0=None, c0=None, seq_lens=None, reverse=False, threads=1):
     return y, h, c
 
 
+def same_bits(got, want) -> bool:
+    return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want) if a is not None)
+
+
+def in_threads(worker, count: int) -> None:
+    """worker(0..count-1), each on its own Python thread, all at once."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def inputs(T, B, I, seed=1, scale=1.0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((T, B, I)) * scale).astype(np.float32), rng.uniform(-1, 1, (B, I)).astype(np.float32)
@@ -77,15 +90,10 @@ def test_threaded_calls_from_many_python_threads_share_the_pool_correctly():
     def worker(i):
         for k in range(12):
             x = cases[(i + k) % len(cases)]
-            got = run(weights, x, threads=2 + i % 2)
-            if not all(np.array_equal(a, b) for a, b in zip(got, want[(i + k) % len(cases)]) if a is not None):
+            if not same_bits(run(weights, x, threads=2 + i % 2), want[(i + k) % len(cases)]):
                 errors.append((i, k))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(worker, 4)
     assert not errors
 
 
@@ -95,11 +103,10 @@ def test_a_forked_child_gets_a_pool_of_its_own():
     weights, _ = make("LSTM", 48, 200)
     x = inputs(20, 1, 48, seed=3)[0]
     want = run(weights, x)
-    assert all(np.array_equal(a, b) for a, b in zip(run(weights, x, threads=2), want) if a is not None)
+    assert same_bits(run(weights, x, threads=2), want)
     pid = os.fork()
     if pid == 0:   # the child: exit 0 only if the threaded call completes with the same bits
-        ok = all(np.array_equal(a, b) for a, b in zip(run(weights, x, threads=2), want) if a is not None)
-        os._exit(0 if ok else 1)
+        os._exit(0 if same_bits(run(weights, x, threads=2), want) else 1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -146,9 +153,7 @@ def test_teams_equal_one_thread_bit_for_bit(precision, cell, lbr, simd):
         h0 = np.tile(h0, (1, 5))[:, :200]
         one = run(weights, x, h0, c0, seq_lens=seq_lens, reverse=reverse)
         team = run(weights, x, h0, c0, seq_lens=seq_lens, reverse=reverse, threads=threads)
-        for a, b in zip(one, team):
-            if a is not None:
-                assert np.array_equal(a, b, equal_nan=True), f"B={B} threads={threads} differs"
+        assert same_bits(team, one), f"B={B} threads={threads} differs"
 
 
 def test_runs_from_many_python_threads_at_once():
@@ -163,11 +168,7 @@ def test_runs_from_many_python_threads_at_once():
             if not np.array_equal(run(weights, xs[i])[0], want[i]):
                 errors.append(i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(worker, 4)
     assert not errors
 
 
