@@ -59,6 +59,7 @@ class InferenceSession:
         self.model = Model(model)
         self._inputs_by_name = {i.name: i for i in self.model.inputs}
         self._feedable = {**self._inputs_by_name, **{i.name: i for i in self.model.overridable}}
+        self._all_outputs = [o.name for o in self.model.outputs]
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
         from .fastpath import RunFastPath
@@ -92,9 +93,9 @@ class InferenceSession:
         return {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
 
     def _output_names(self, output_names) -> list[str]:
-        known = [o.name for o in self.model.outputs]
         if output_names is None:
-            return known
+            return self._all_outputs
+        known = self._all_outputs
         unknown = [n for n in output_names if n not in known]
         if unknown:
             raise InputError(f"unknown output name(s) {unknown}; the model's outputs are {known}")

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from ..errors import InputError, LstmrtError, UnsupportedModelError
 from ..model import Model
 from ..ops import Kernel, NodeInfo, make_kernel
+from .rewrites import fuse_batch_first
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 NEVER_FOLDED = RECURRENT_OPS + ("If", "Loop")   # weights to pack / bodies that read runtime scope
@@ -27,6 +28,7 @@ class Step:
     kernel: Kernel
     inputs: list
     outputs: list
+    attrs: dict
 
 
 def _instruction(step: Step) -> tuple:
@@ -60,11 +62,12 @@ class Plan:
             kernel = make_kernel(info)
             # control-flow bodies read enclosing-scope values: they arrive as extra inputs
             step = Step(info.name, node.op_type, kernel, info.inputs + getattr(kernel, "outer_inputs", []),
-                        list(info.outputs))
+                        list(info.outputs), info.attrs)
             if node.op_type not in NEVER_FOLDED and all(not n or n in self.constants for n in step.inputs):
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
+        self.steps = fuse_batch_first(self.steps, self.constants, opset, {o.name for o in graph.output})
         # the constants the steps read, and None for an omitted input (""): each call's values
         # start from these, so a step fetches all its arguments from one dict
         self._bound = {n: self.constants[n] for step in self.steps for n in step.inputs if n in self.constants}
