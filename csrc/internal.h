@@ -45,10 +45,10 @@ typedef struct {
 struct lrt_weights;
 
 /* A team: threads that share one call's whole batch by hidden units (lstmrt.c picks teams
- * for large weights, where each core then reads only its share of them).  A member owns units
- * [u0, u1): their gate columns in every product, their state and output.  Members meet at
- * lrt_team_wait once per step (twice for GRU without linear_before_reset), since each step's
- * product reads every unit of h. */
+ * for batches smaller than the threads; each core then reads only its share of the weights).
+ * A member owns units [u0, u1): their gate columns in every product, their state and output.
+ * Members meet at lrt_team_wait once per step (twice for GRU without linear_before_reset),
+ * since each step's product reads every unit of h. */
 typedef struct lrt_team lrt_team;
 typedef struct {
     int32_t u0, u1;     /* multiples of LRT_PAD */

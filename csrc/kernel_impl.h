@@ -8,7 +8,8 @@
  *      nonlinearities and state update fused in one pass over each row.
  * The weights are packed in panels (internal.h), so every product streams them
  * contiguously.  Each output element is one float32 FMA chain over k in order,
- * whatever M is, so slicing the batch (threads) changes no bit of the result.
+ * whatever M is, so slicing the batch (threads) changes no bit of the result; nor
+ * does a team (internal.h), whose members compute the same chains for their own units.
  */
 #include <string.h>
 #include "internal.h"
