@@ -193,13 +193,13 @@ class RecurrentNode:
         return outputs[:len(self.node.outputs)]
 
     def _run_small(self, inputs: list) -> list | None:
-        """A small call (T*B*(input+hidden) <= RUNNER_FLOATS floats, no sequence_lens, contiguous
-        float32 X of the right width) on a runner kept per thread and shape: its buffers and C
+        """A small call (T*B*(input+hidden) <= RUNNER_FLOATS floats, no sequence_lens, float32 X
+        of the right width, strided or not) on a runner kept per thread and shape: its buffers and C
         arguments are built once, so the call costs a few copies, not an argument setup
         (streaming models with glue ops around the cell make many such calls).  None for any
         other call: the general path runs it, or names what is wrong with it."""
         X = inputs[0]
-        if type(X) is not np.ndarray or X.dtype is not _F32 or X.ndim != 3 or not X.flags.c_contiguous:
+        if type(X) is not np.ndarray or X.dtype is not _F32 or X.ndim != 3:
             return None
         T, B, I = X.shape
         weights = self.packed[0]
