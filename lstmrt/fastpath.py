@@ -16,11 +16,8 @@ import numpy as np
 
 from .backends.native import NativeBackend
 from .errors import StreamError
-from .kernel import RunnerCache
+from .kernel import F32, RunnerCache
 from .ops.recurrent import RecurrentNode
-
-F32 = np.dtype(np.float32)   # numpy's builtin dtypes are singletons: `is` is the cheap test
-
 
 class CellFastPath:
     def __init__(self, node: RecurrentNode, x_name: str, state_slots: dict, y_wanted: bool):

@@ -34,6 +34,8 @@ CELLS = {"RNN": lib.LRT_RNN, "GRU": lib.LRT_GRU, "LSTM": lib.LRT_LSTM}
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 SIMD_PATHS = {"scalar": lib.LRT_SIMD_SCALAR, "avx2": lib.LRT_SIMD_AVX2, "avx512": lib.LRT_SIMD_AVX512}
 # weight-product precision (opt-in; see csrc/lstmrt.h): state, activations and sums stay float32
+# the kernel's one dtype; numpy's builtin dtypes are singletons, so `x.dtype is F32` is the cheap test
+F32 = np.dtype(np.float32)
 PRECISIONS = {"f32": lib.LRT_PREC_F32, "bf16": lib.LRT_PREC_BF16, "int8": lib.LRT_PREC_INT8}
 MAX_THREADS = lib.LRT_MAX_THREADS
 # lower-case ONNX activation name -> kernel enum

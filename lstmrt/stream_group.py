@@ -14,7 +14,7 @@ from operator import attrgetter
 import numpy as np
 
 from .errors import InputError, StreamError
-from .fastpath import F32
+from .kernel import F32
 from .stream import Stream
 
 

@@ -12,13 +12,12 @@ import threading
 import numpy as np
 
 from ..errors import InputError
-from ..kernel import ACTIVATIONS, GATES, Activation, CellSpec, CellWeights, RunnerCache
+from ..kernel import ACTIVATIONS, F32, GATES, Activation, CellSpec, CellWeights, RunnerCache
 from . import NodeInfo, op
 
 ACT_SLOTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh"), "RNN": ("tanh",)}
 # which activations consume an alpha / a beta, and their defaults (as onnxruntime does)
-_F32 = np.dtype(np.float32)   # dtype == dtype is quick; dtype == np.float32 (a type) is not
 _TAKES_ALPHA_BETA = {"affine": (True, True), "leakyrelu": (True, False), "thresholdedrelu": (True, False),
                      "scaledtanh": (True, True), "hardsigmoid": (True, True), "elu": (True, False)}
 _ALPHA_BETA_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
@@ -139,7 +138,7 @@ class RecurrentNode:
 
     def _checked_state(self, value, name, B, H):
         D = self.num_directions
-        if value.dtype != _F32:
+        if value.dtype != F32:
             raise self._input_error(f"{name} has type {value.dtype}; expected float32")
         if self.layout == 1:
             value = np.swapaxes(value, 0, 1)
@@ -168,7 +167,7 @@ class RecurrentNode:
         if self.packed is None and (W is None or R is None):
             raise self._input_error("W and R are required")
         packed = self.packed or self._pack(W, R, B, P, self._input_error)
-        if X is None or X.ndim != 3 or X.dtype != _F32:
+        if X is None or X.ndim != 3 or X.dtype != F32:
             raise self._input_error("X must be a rank-3 float32 tensor"
                                     + ("" if X is None else f", got {X.dtype} {X.shape}"))
         x = np.ascontiguousarray(np.swapaxes(X, 0, 1) if self.layout == 1 else X)
@@ -199,7 +198,7 @@ class RecurrentNode:
         (streaming models with glue ops around the cell make many such calls).  None for any
         other call: the general path runs it, or names what is wrong with it."""
         X = inputs[0]
-        if type(X) is not np.ndarray or X.dtype is not _F32 or X.ndim != 3:
+        if type(X) is not np.ndarray or X.dtype is not F32 or X.ndim != 3:
             return None
         T, B, I = X.shape
         weights = self.packed[0]
