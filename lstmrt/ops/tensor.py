@@ -33,12 +33,12 @@ def _transpose(node):
 def _axes_getter(node: NodeInfo, index: int, attr: str, since_opset: int):
     """inputs -> the node's axes (None if absent).  Axes from an attribute or a load-time
     constant are read once here, not converted from an array on every call."""
-    if node.opset < since_opset or node.const_input(index) is not None or len(node.inputs) <= index \
-            or not node.inputs[index]:
-        fixed = _input_or_attr(node, [node.const_input(i) for i in range(len(node.inputs))], index, attr,
-                               since_opset)
-        return lambda inputs: fixed
-    return lambda inputs: _input_or_attr(node, inputs, index, attr, since_opset)
+    computed = (node.opset >= since_opset and len(node.inputs) > index and node.inputs[index]
+                and node.const_input(index) is None)   # an input known only at run time
+    if computed:
+        return lambda inputs: _input_or_attr(node, inputs, index, attr, since_opset)
+    fixed = _input_or_attr(node, [node.const_input(i) for i in range(len(node.inputs))], index, attr, since_opset)
+    return lambda inputs: fixed
 
 
 def _numpy_axes(axes, rank: int) -> tuple:
