@@ -97,6 +97,8 @@ add(case("ConstantOfShape", {}, {"s": I64(2, 3)}, {"value": numpy_helper.from_ar
 add(case("Transpose", {"x": F(2, 3, 4)}, attrs={"perm": [2, 0, 1]}))
 add(case("Unsqueeze", {"x": F(2, 3)}, {"a": I64(0, -1)}, opset=13))
 add(case("Squeeze", {"x": F(1, 3, 1)}, attrs={"axes": [0]}, opset=11))
+add(case("Squeeze", {"x": F(1, 3, 1), "a": I64(-1)}))           # axes known only at run time
+add(case("Unsqueeze", {"x": F(2, 3), "a": I64(1)}))
 
 
 def _if_model():
