@@ -127,4 +127,19 @@ float lrt_quantize_row(const float *a, int k, int k4, uint8_t *q);
 void lrt_gemm_i8_ref(size_t M, const lrt_pmat *B, int panel, int j0, int j1, const uint8_t *qa,
                      const float *sa, float *C, size_t ldc, const float *init);
 
+/* The vector loops of program ops, one table per SIMD path (ops_impl.h) */
+typedef struct {
+    void (*dense)(const struct lrt_weights *w, size_t M, const float *A, size_t lda, float *C, size_t ldc,
+                  float *scratch);
+    void (*unary)(int32_t kind, const float *x, float *y, size_t n, float alpha, float beta);
+    void (*binary)(int32_t kind, const float *a, int as, const float *b, int bs, float *y, size_t n);
+    void (*softmax)(const float *x, float *y, size_t n, int log);
+} lrt_vops;
+extern const lrt_vops lrt_vops_scalar;
+#ifdef LRT_HAVE_X86
+extern const lrt_vops lrt_vops_avx2, lrt_vops_avx512;
+#endif
+/* the resolved path of a request (LRT_SIMD_AUTO reads LSTMRT_SIMD), or LRT_E_SIMD */
+int lrt_resolve_simd(int32_t requested, int32_t *out);
+
 #endif

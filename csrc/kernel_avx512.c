@@ -2,6 +2,7 @@
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include "simd_avx512.h"
 #include "kernel_impl.h"
+#include "ops_impl.h"
 #include <float.h>
 #include <math.h>
 

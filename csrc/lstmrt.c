@@ -58,7 +58,7 @@ static int cpu_has_vnni(void)
 #endif
 }
 
-static int resolve_simd(int32_t requested, int32_t *out)
+int lrt_resolve_simd(int32_t requested, int32_t *out)
 {
     if (requested == LRT_SIMD_AUTO) {
         const char *env = getenv("LSTMRT_SIMD");
@@ -333,7 +333,7 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
     if ((P == NULL) != (p_len == 0) || (P && (desc->cell != LRT_LSTM || p_len != (size_t)3 * H)))
         return LRT_E_ARG;
     int32_t simd;
-    int st = resolve_simd(desc->simd, &simd);
+    int st = lrt_resolve_simd(desc->simd, &simd);
     if (st != LRT_OK) return st;
 
     lrt_weights *w = calloc(1, sizeof *w);
@@ -366,6 +366,58 @@ int lrt_weights_create(const lrt_cell_desc *desc, const float *W, size_t w_len, 
         for (int g = 0; g < 3; g++) memcpy(w->peep + (size_t)g * w->hp, P + (size_t)g * H, (size_t)H * sizeof(float));
     *out = w;
     return LRT_OK;
+}
+
+/* ---- dense products (program.c's MatMul, Gemm and Conv): a one-gate cell's input weights ---- */
+int lrt_dense_create(int32_t k, int32_t n, const float *W, size_t w_len, const float *bias,
+                     size_t bias_len, int32_t simd, int32_t precision, lrt_weights **out)
+{
+    if (!out) return LRT_E_ARG;
+    *out = NULL;
+    lrt_cell_desc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.cell = LRT_RNN;
+    desc.input_size = k;
+    desc.hidden_size = n;
+    desc.simd = simd;
+    desc.precision = precision;
+    if (!W || !check_desc(&desc) || w_len != (size_t)k * (size_t)n) return LRT_E_ARG;
+    if ((bias == NULL) != (bias_len == 0) || (bias && bias_len != (size_t)n)) return LRT_E_ARG;
+    int32_t path;
+    int st = lrt_resolve_simd(simd, &path);
+    if (st != LRT_OK) return st;
+    lrt_weights *w = calloc(1, sizeof *w);
+    if (!w) return LRT_E_NOMEM;
+    w->desc = desc;
+    w->gates = 1;
+    w->hp = (n + LRT_PAD - 1) / LRT_PAD * LRT_PAD;
+    w->n = w->hp;
+    w->simd = path;
+    w->run = run_fn_of(path);
+    w->panel = path == LRT_SIMD_AVX512 ? LRT_PANEL_AVX512 : path == LRT_SIMD_AVX2 ? LRT_PANEL_AVX2
+                                                                              : LRT_PANEL_SCALAR;
+    w->np = (w->n + w->panel - 1) / w->panel * w->panel;
+    w->precision = precision;
+    w->vnni = precision == LRT_PREC_INT8 && path == LRT_SIMD_AVX512 && cpu_has_vnni();
+    w->bias = alloc_lines((size_t)w->n, sizeof(float));
+    const int ok = pack_matrix(&w->wt, w, W, k);
+    if (ok <= 0 || !w->bias) {
+        lrt_weights_free(w);
+        return ok < 0 ? LRT_E_ARG : LRT_E_NOMEM;
+    }
+    if (bias) memcpy(w->bias, bias, (size_t)n * sizeof(float));
+    *out = w;
+    return LRT_OK;
+}
+
+int32_t lrt_dense_ldc(const lrt_weights *w)
+{
+    return w ? w->hp : 0;
+}
+
+size_t lrt_dense_scratch_floats(const lrt_weights *w)
+{
+    return w ? lrt_ws_scratch_floats(w) : 0;
 }
 
 /* ---- running ---- */

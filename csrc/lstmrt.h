@@ -120,6 +120,118 @@ const char *lrt_weights_product(const lrt_weights *w);
 int lrt_cpu_supports(int32_t simd);
 const char *lrt_status_string(int status);
 
+/* ---- Dense products: one packed [K, N] weight matrix (a MatMul/Gemm/Conv's constant B) ----
+ * W is given as N rows of K floats (B transposed, as ONNX stores recurrent weights); bias: N
+ * floats or NULL.  Immutable after creation, like lrt_weights, so any number of threads may
+ * use it at once.  Precision as for cells (bf16/int8 opt-in; K <= 65536 for int8). */
+int lrt_dense_create(int32_t k, int32_t n, const float *W, size_t w_len, const float *bias,
+                     size_t bias_len, int32_t simd, int32_t precision, lrt_weights **out);
+/* floats of C one lrt_dense_run row needs: N rounded up to 16 (padded columns are written) */
+int32_t lrt_dense_ldc(const lrt_weights *w);
+/* floats of scratch lrt_dense_run needs (bf16/int8 products; 0 for float32) */
+size_t lrt_dense_scratch_floats(const lrt_weights *w);
+
+/* ---- Programs: a whole model specialised to one input signature ----
+ * A program is a flat array of instructions over byte buffers: the caller's inputs and
+ * outputs, borrowed constants, and one arena the caller owns (values planned into it, reused
+ * after their last use).  lstmrt/program.py compiles ONNX graphs into programs; this side
+ * knows nothing of ONNX.  Ownership: lrt_program_create copies the instruction, operand and
+ * parameter tables; constants and weights objects are BORROWED and must outlive the program.
+ * An arena belongs to one caller at a time (a stream's state lives in it between calls); the
+ * program itself is immutable, so threads may run it at once, each with its own arena.
+ * Aliasing: an instruction's operands may overlap only where its op says so (LRT_OP_COPY
+ * and LRT_OP_UNARY/BINARY read each element before writing the same element: in == out is
+ * allowed; partial overlap is not); the compiler never plans any other overlap.
+ * Every operand is checked at creation to lie inside its buffer, and each op's parameters
+ * against its operands' extents; at run time the caller's arena size is checked, and the only
+ * data-dependent checks (runtime Gather indices) fail the call with LRT_E_ARG and *failed set to the
+ * instruction, before that instruction writes anything. */
+enum { LRT_LOC_NONE = -1, LRT_LOC_ARENA = 0, LRT_LOC_INPUT = 1, LRT_LOC_OUTPUT = 2, LRT_LOC_CONST = 3 };
+
+typedef struct {
+    int32_t loc;      /* LRT_LOC_*: NONE marks an absent optional operand */
+    int32_t index;    /* input, output or constant number (0 for the arena) */
+    int64_t offset;   /* bytes from the start of that buffer */
+    int64_t nbytes;   /* bytes the instruction may touch from there */
+} lrt_operand;
+
+/* Ops and their integer parameters (element strides and counts, never bytes):
+ *  COPY     src,dst      esize ndim dims[ndim] src_strides[ndim] dst_strides[ndim]  (ndim <= 8)
+ *  FILL     dst          esize count bits (the element's bit pattern)
+ *  UNARY    x,y          kind n                      floats: alpha beta    (float32)
+ *  BINARY   a,b,y        kind ndim dims a_strides b_strides  (y contiguous; LRT_BIN_*)
+ *  WHERE    c,a,b,y      esize ndim dims c_strides a_strides b_strides
+ *  CAST     x,y          from to n                   (LRT_DT_*)
+ *  DENSE    a,y,scratch  m act (weights: 1; y is m rows of N; scratch m*ldc (when N != ldc)
+ *                        + lrt_dense_scratch_floats; act: a UNARY kind applied after the bias)
+ *  MATMUL   a,b,y        batch m k n a_bstride b_bstride   (float32, both operands computed)
+ *  SOFTMAX  x,y          outer n inner log
+ *  REDUCE   x,y          kind outer r inner
+ *  LAYERNORM x,scale,bias,y  outer n                 floats: epsilon
+ *  GATHER   data,idx,y   esize outer n inner count idx_dtype
+ *  INDEX    x,table,y    esize count bits   (y[i] = x[table[i]], or bits where table[i] < 0;
+ *                        table: count int64 in a constant, checked at creation)
+ *  RECURRENT x,h0,c0,y,yh,yc,ws  steps batch dirs reverse threads  (weights: dirs)
+ *  CONV     x,y,scratch  batch cin cout group act ih iw kh kw ph pw sh sw dh dw oh ow   (2-D;
+ *                        1-D as ih = kh = 1; weights: group dense objects of K = cin/group*kh*kw,
+ *                        N = cout/group; scratch oh*ow*(K + ldc) + dense scratch floats)
+ */
+enum {
+    LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
+    LRT_OP_DENSE, LRT_OP_MATMUL, LRT_OP_SOFTMAX, LRT_OP_REDUCE, LRT_OP_LAYERNORM, LRT_OP_GATHER,
+    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_COUNT
+};
+/* UNARY kinds: the LRT_ACT_* activations, then these */
+enum {
+    LRT_UN_EXP = 32, LRT_UN_LOG, LRT_UN_NEG, LRT_UN_ABS, LRT_UN_SQRT, LRT_UN_RECIPROCAL,
+    LRT_UN_CLIP, LRT_UN_ERF, LRT_UN_GELU, LRT_UN_FLOOR, LRT_UN_CEIL, LRT_UN_SIN, LRT_UN_COS,
+    LRT_UN_IDENTITY, LRT_UN_NOT, LRT_UN_END
+};
+/* BINARY kinds: float32 arithmetic -> float32; comparisons of float32 -> bool (1 byte);
+ * logic of bools -> bool */
+enum {
+    LRT_BIN_ADD = 0, LRT_BIN_SUB, LRT_BIN_MUL, LRT_BIN_DIV, LRT_BIN_POW, LRT_BIN_MAX, LRT_BIN_MIN,
+    LRT_BIN_LESS = 16, LRT_BIN_LESS_EQ, LRT_BIN_GREATER, LRT_BIN_GREATER_EQ, LRT_BIN_EQUAL,
+    LRT_BIN_AND = 32, LRT_BIN_OR, LRT_BIN_XOR, LRT_BIN_END
+};
+enum { LRT_RED_SUM = 0, LRT_RED_MEAN, LRT_RED_MAX, LRT_RED_MIN, LRT_RED_PROD, LRT_RED_L2, LRT_RED_SUMSQ,
+       LRT_RED_END };
+enum { LRT_DT_F32 = 0, LRT_DT_BOOL, LRT_DT_I32, LRT_DT_I64, LRT_DT_F64, LRT_DT_END };
+
+typedef struct {
+    int32_t op;                       /* LRT_OP_* */
+    int32_t first_operand, noperands; /* operands[first .. first + n) */
+    int32_t first_weights, nweights;  /* weights[first .. first + n) */
+    int32_t nints, nfloats;
+    int64_t first_int, first_float;   /* ints[...], floats[...] */
+} lrt_instr;
+
+typedef struct {
+    const lrt_instr *instrs; int32_t ninstrs;
+    const lrt_operand *operands; int32_t noperands;
+    const int64_t *ints; int64_t nints;
+    const float *floats; int64_t nfloats;
+    lrt_weights *const *weights; int32_t nweights;       /* borrowed */
+    const void *const *consts; const int64_t *const_nbytes; int32_t nconsts;   /* borrowed */
+    const int64_t *input_nbytes; int32_t ninputs;
+    const int64_t *output_nbytes; int32_t noutputs;
+    int64_t arena_bytes;
+    int32_t simd;       /* LRT_SIMD_*; AUTO as for weights */
+    int32_t threads;    /* threads for recurrent instructions, as lrt_run_args.threads */
+} lrt_program_desc;
+
+typedef struct lrt_program lrt_program;
+
+/* *bad_instr: the instruction a failure is about, or -1 */
+int lrt_program_create(const lrt_program_desc *d, lrt_program **out, int32_t *bad_instr);
+void lrt_program_free(lrt_program *p);
+/* Runs every instruction.  inputs/outputs: ninputs/noutputs pointers to buffers of at least the
+ * declared sizes; arena: arena_bytes or more, 64-byte aligned.  seconds: NULL, or one double per
+ * instruction that the instruction's time is added to (profiling).  The GIL-free caller's
+ * arena and outputs are written; inputs are only read. */
+int lrt_program_run(const lrt_program *p, const void *const *inputs, void *const *outputs,
+                    void *arena, size_t arena_bytes, double *seconds, int32_t *failed);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,7 +11,7 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ["lstmrt.c", "kernel_scalar.c", "kernel_avx2.c", "kernel_avx512.c"]
+SOURCES = ["lstmrt.c", "program.c", "kernel_scalar.c", "kernel_avx2.c", "kernel_avx512.c"]
 
 
 def _public_declarations() -> str:

@@ -138,6 +138,11 @@ class CellWeights:
         return self
 
     @property
+    def handle(self):
+        """The C weights object (cdata), for compiled programs, which borrow it."""
+        return self._handle
+
+    @property
     def simd_path(self) -> str:
         return ffi.string(lib.lrt_weights_path(self._handle)).decode()
 
@@ -195,6 +200,23 @@ class CellWeights:
     def runner(self, batch: int, steps: int, threads: int = 1, y: bool = True) -> "CellRunner":
         """A preallocated call of this cell for streaming: see CellRunner."""
         return CellRunner(self, batch, steps, threads, y)
+
+
+class DenseWeights:
+    """A packed constant product operand (a MatMul/Gemm/Conv's weights) for compiled programs:
+    W given as N rows of K (the transpose of MatMul's B), bias N floats or None."""
+
+    def __init__(self, W_nk: np.ndarray, bias, simd: str | None = None, precision: str = "f32"):
+        W = np.ascontiguousarray(W_nk, dtype=np.float32)
+        self.n, self.k = W.shape
+        b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        out = ffi.new("lrt_weights **")
+        _check(lib.lrt_dense_create(self.k, self.n, *_float_buffer(W), *_float_buffer(b),
+                                    SIMD_PATHS[simd] if simd else lib.LRT_SIMD_AUTO, PRECISIONS[precision], out),
+               f"packing a {self.k}x{self.n} product")
+        self.handle = ffi.gc(out[0], lib.lrt_weights_free)
+        self.ldc = lib.lrt_dense_ldc(self.handle)
+        self.scratch_floats = lib.lrt_dense_scratch_floats(self.handle)
 
 
 class CellRunner:

@@ -1,0 +1,838 @@
+"""Specialising a plan to one input signature and compiling it into a Program (plan -> program).
+
+The walk follows the plan's steps with every value's shape known from the feed's shapes:
+  - a value computed only from constants, shapes (Shape, Size) and small integer scalar inputs
+    (a sample rate) is *static*: folded to a constant for this signature, so shape arithmetic and
+    an If whose condition becomes constant vanish (the taken branch is inlined);
+  - every other value is *dynamic*: an instruction computes it, into the arena, or it is a view
+    (Reshape, Squeeze, a Transpose or Slice that moves no data) of a value that is.
+Shapes come from running the numpy plan's own kernels on zeros of the signature (the reference
+semantics, once per signature).  Data movement with static parameters (Transpose, Slice, Expand,
+Tile, Pad, Split, Gather of constant indices, ...) is compiled by applying the op to an array
+of element indices: an affine result is a strided copy or a view, any other a lookup table.
+Anything else without a compiled form raises CompileError naming the node; the backend then runs
+that signature on the numpy plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import LstmrtError, UnsupportedModelError
+from .kernel import lib
+from .program import ALIGN, NONE, Instr, Operand, Program
+
+MAX_ND = 8
+SMALL_SCALAR = 4   # integer inputs of at most this many elements are part of the signature
+
+
+class CompileError(UnsupportedModelError):
+    """A node without a compiled form for this signature."""
+
+
+@dataclass(eq=False)
+class Storage:
+    nbytes: int
+    first: int                  # the instruction that writes it first
+    last: int                   # the last instruction that reads it
+    loc: int = lib.LRT_LOC_ARENA
+    index: int = 0              # input number / constant number
+    offset: int = 0             # arena offset, once planned
+
+
+@dataclass(eq=False)
+class Val:
+    shape: tuple
+    dtype: np.dtype
+    const: np.ndarray | None = None          # static: known for this signature
+    storage: Storage | None = None           # dynamic: where it lives
+    offset: int = 0                          # bytes into the storage (views)
+    sample: np.ndarray | None = field(default=None, repr=False)   # zeros of the shape (dynamic)
+
+    @property
+    def static(self) -> bool:
+        return self.const is not None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def value(self):
+        return self.const if self.static else self.sample
+
+
+@dataclass
+class SymOperand:
+    storage: Storage
+    offset: int
+    nbytes: int
+
+
+F32 = np.dtype(np.float32)
+BOOL = np.dtype(np.bool_)
+DTYPE_CODES = {F32: lib.LRT_DT_F32, BOOL: lib.LRT_DT_BOOL, np.dtype(np.int32): lib.LRT_DT_I32,
+               np.dtype(np.int64): lib.LRT_DT_I64, np.dtype(np.float64): lib.LRT_DT_F64}
+
+UNARY = {"Relu": lib.LRT_ACT_RELU, "Sigmoid": lib.LRT_ACT_SIGMOID, "Tanh": lib.LRT_ACT_TANH,
+         "Exp": lib.LRT_UN_EXP, "Log": lib.LRT_UN_LOG, "Neg": lib.LRT_UN_NEG, "Abs": lib.LRT_UN_ABS,
+         "Sqrt": lib.LRT_UN_SQRT, "Reciprocal": lib.LRT_UN_RECIPROCAL, "Erf": lib.LRT_UN_ERF,
+         "Floor": lib.LRT_UN_FLOOR, "Ceil": lib.LRT_UN_CEIL, "Sin": lib.LRT_UN_SIN, "Cos": lib.LRT_UN_COS,
+         "Softplus": lib.LRT_ACT_SOFTPLUS, "Softsign": lib.LRT_ACT_SOFTSIGN}
+# op -> (kind, attribute defaults (alpha, beta))
+UNARY_WITH_ATTRS = {"LeakyRelu": (lib.LRT_ACT_LEAKYRELU, (0.01, 0.0)), "Elu": (lib.LRT_ACT_ELU, (1.0, 0.0)),
+                    "HardSigmoid": (lib.LRT_ACT_HARDSIGMOID, (0.2, 0.5)),
+                    "ThresholdedRelu": (lib.LRT_ACT_THRESHOLDEDRELU, (1.0, 0.0))}
+FUSABLE_ACTIVATIONS = {"Relu": lib.LRT_ACT_RELU, "Sigmoid": lib.LRT_ACT_SIGMOID, "Tanh": lib.LRT_ACT_TANH}
+ARITHMETIC = {"Add": lib.LRT_BIN_ADD, "Sub": lib.LRT_BIN_SUB, "Mul": lib.LRT_BIN_MUL, "Div": lib.LRT_BIN_DIV,
+              "Pow": lib.LRT_BIN_POW, "Max": lib.LRT_BIN_MAX, "Min": lib.LRT_BIN_MIN}
+COMPARISONS = {"Less": lib.LRT_BIN_LESS, "LessOrEqual": lib.LRT_BIN_LESS_EQ, "Greater": lib.LRT_BIN_GREATER,
+               "GreaterOrEqual": lib.LRT_BIN_GREATER_EQ, "Equal": lib.LRT_BIN_EQUAL}
+LOGIC = {"And": lib.LRT_BIN_AND, "Or": lib.LRT_BIN_OR, "Xor": lib.LRT_BIN_XOR}
+REDUCTIONS = {"ReduceSum": lib.LRT_RED_SUM, "ReduceMean": lib.LRT_RED_MEAN, "ReduceMax": lib.LRT_RED_MAX,
+              "ReduceMin": lib.LRT_RED_MIN, "ReduceProd": lib.LRT_RED_PROD}
+# ops whose first input is the data and whose other inputs are parameters: static ones make
+# them pure data movement
+MOVEMENT = {"Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice",
+            "Expand", "Tile", "Pad", "Split", "Gather", "ReverseSequence"}
+SHAPE_ONLY = {"Shape", "Size"}
+
+
+def _contiguous_strides(shape) -> list:
+    strides, s = [], 1
+    for d in reversed(shape):
+        strides.append(s)
+        s *= d
+    return strides[::-1]
+
+
+def _broadcast_strides(shape, out_shape) -> list:
+    """Element strides of a contiguous `shape` broadcast to out_shape (0 along broadcast dims)."""
+    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, _contiguous_strides(shape))]
+
+
+def _collapse(dims, *stride_lists):
+    """Drops size-1 dims and merges neighbours every stride list allows: fewer, longer loops."""
+    kept = [(d, [s[i] for s in stride_lists]) for i, d in enumerate(dims) if d != 1]
+    if not kept:
+        return [1], [[0] for _ in stride_lists]
+    out_dims, out_strides = [kept[0][0]], [[s] for s in kept[0][1]]
+    for d, strides in kept[1:]:
+        if all(ss[-1] == s * d for ss, s in zip(out_strides, strides)):
+            out_dims[-1] *= d
+            for ss, s in zip(out_strides, strides):
+                ss[-1] = s
+        else:
+            out_dims.append(d)
+            for ss, s in zip(out_strides, strides):
+                ss.append(s)
+    return out_dims, out_strides
+
+
+def _affine(table: np.ndarray):
+    """(base, strides) when table[i...] == base + sum(i_d * strides_d), else None."""
+    flat = table.reshape(-1)
+    base = int(flat[0])
+    strides = []
+    for d, n in enumerate(table.shape):
+        if n == 1:
+            strides.append(0)
+            continue
+        index = [0] * table.ndim
+        index[d] = 1
+        strides.append(int(table[tuple(index)]) - base)
+    expected = np.full(table.shape, base, np.int64)
+    for d, (n, s) in enumerate(zip(table.shape, strides)):
+        if n > 1:
+            expected += (np.arange(n, dtype=np.int64) * s).reshape([-1 if a == d else 1 for a in range(table.ndim)])
+    if not np.array_equal(expected, table) or any(s < 0 for s in strides):
+        return None
+    return base, strides
+
+
+def is_signature_scalar(info) -> bool:
+    """An integer input small enough that its value is part of the signature (a sample rate)."""
+    if info.dtype.kind not in "iu" or info.shape is None:
+        return False
+    fixed = [d for d in info.shape if isinstance(d, int) and d > 0]
+    return len(fixed) == len(info.shape) and int(np.prod(fixed, dtype=np.int64)) <= SMALL_SCALAR
+
+
+class Compiler:
+    """One compilation: a plan, a signature, the outputs wanted."""
+
+    def __init__(self, plan, options, packed_cache: dict):
+        self.plan = plan
+        self.options = options
+        self.packed = packed_cache       # shared by a backend's programs: weights packed once
+        self.instrs: list[Instr] = []
+        self.storages: list[Storage] = []
+        self.consts: list[np.ndarray] = []
+        self._const_storage: dict = {}
+        self.keep: list = []
+        self.env: dict[str, Val] = {}
+        self.aliases: dict[str, str] = {}   # a fused-away step's output -> the value it equals
+        self.skipped: set = set()           # outputs of steps fused into an earlier instruction
+
+    # -- values and operands ----------------------------------------------------
+    def static(self, array) -> Val:
+        array = np.asarray(array)
+        return Val(tuple(array.shape), array.dtype, const=array)
+
+    def new_val(self, shape, dtype) -> Val:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        storage = Storage(max(size * dtype.itemsize, 1), len(self.instrs), len(self.instrs))
+        self.storages.append(storage)
+        return Val(tuple(shape), dtype, storage=storage, sample=np.zeros(shape, dtype))
+
+    def temp(self, nbytes: int) -> SymOperand:
+        storage = Storage(max(int(nbytes), 1), len(self.instrs), len(self.instrs))
+        self.storages.append(storage)
+        return SymOperand(storage, 0, storage.nbytes)
+
+    def ref(self, val: Val | None, extra_offset: int = 0):
+        """An operand reading or writing `val` from `extra_offset` bytes on."""
+        if val is None:
+            return None
+        if val.static:
+            storage = self._const_for(val.const)
+            return SymOperand(storage, extra_offset, storage.nbytes - extra_offset)
+        val.storage.last = max(val.storage.last, len(self.instrs))
+        return SymOperand(val.storage, val.offset + extra_offset, val.nbytes - extra_offset)
+
+    def _const_for(self, array: np.ndarray) -> Storage:
+        key = id(array)
+        if key not in self._const_storage:
+            data = np.ascontiguousarray(array)
+            self.consts.append(data)
+            self.keep.append(array)
+            self._const_storage[key] = Storage(data.nbytes, -1, -1, lib.LRT_LOC_CONST, len(self.consts) - 1)
+        return self._const_storage[key]
+
+    def emit(self, op, operands, ints=(), floats=(), weights=(), label=""):
+        self.instrs.append(Instr(op, list(operands), [int(i) for i in ints], [float(f) for f in floats],
+                                 list(weights), label))
+
+    # -- the walk ---------------------------------------------------------------
+    def compile(self, feed: dict, signature_inputs: set, output_names: list) -> Program:
+        inputs, input_nbytes = [], []
+        for name, array in feed.items():
+            if name in signature_inputs:
+                self.env[name] = self.static(array.copy())
+                continue
+            storage = Storage(max(array.nbytes, 1), -1, -1, lib.LRT_LOC_INPUT, len(inputs))
+            inputs.append(name)
+            input_nbytes.append(array.nbytes)
+            self.env[name] = Val(tuple(array.shape), array.dtype, storage=storage,
+                                 sample=np.zeros(array.shape, array.dtype))
+        self.walk(self.plan, output_names)
+        outputs, static_outputs = [], {}
+        for name in output_names:
+            val = self.lookup(name, self.plan)
+            if val.static:
+                static_outputs[name] = val.const
+                continue
+            dst = Storage(max(val.nbytes, 1), -1, -1, lib.LRT_LOC_OUTPUT, len(outputs))
+            outputs.append((name, val.shape, val.dtype))
+            self.copy_contiguous(val, SymOperand(dst, 0, val.nbytes), f"output '{name}'")
+        arena = self.plan_arena()
+        instrs = [Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
+                  for i in self.instrs]
+        program = Program(instrs, self.consts, inputs, input_nbytes, outputs, arena,
+                          self.options.simd, self.options.threads, self.keep)
+        program.static_outputs = static_outputs
+        program.output_names = list(output_names)
+        return program
+
+    def lookup(self, name: str, plan) -> Val:
+        name = self.aliases.get(name, name)
+        val = self.env.get(name)
+        if val is None:
+            if name in plan.constants:
+                val = self.env[name] = self.static(plan.constants[name])
+            elif name in plan.defaults:
+                val = self.env[name] = self.static(plan.defaults[name])
+            else:
+                raise CompileError(f"value '{name}' is not computed before it is read")
+        return val
+
+    def walk(self, plan, wanted: list):
+        consumers: dict = {}
+        for step in plan.compiled_steps:
+            for n in step.inputs:
+                consumers.setdefault(n, []).append(step)
+        for n in wanted:
+            consumers.setdefault(n, []).append(None)
+        self._consumers = consumers
+        for step in plan.compiled_steps:
+            if all(o in self.skipped or not o for o in step.outputs):
+                continue
+            self.step(plan, step)
+
+    def sole_consumer(self, name: str):
+        users = self._consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def step(self, plan, step):
+        ins = [self.lookup(n, plan) if n else None for n in step.inputs]
+        label = f"'{step.name}' ({step.op_type})"
+        if step.op_type == "If":
+            return self.inline_if(plan, step, ins)
+        if all(v is None or v.static for v in ins) or step.op_type in SHAPE_ONLY:
+            return self.fold(step, ins)
+        if any(v is not None and not v.static and v.size == 0 for v in ins):
+            raise CompileError(f"node {label}: a zero-size value has no compiled form", step.op_type, step.name)
+        outs = self.run_reference(step, ins)
+        emitter = EMITTERS.get(step.op_type)
+        if emitter is None:
+            raise CompileError(f"node {label}: {step.op_type} has no compiled form", step.op_type, step.name)
+        results = emitter(self, step, ins, outs, label)
+        for name, val in zip(step.outputs, results):
+            if name:
+                self.env[name] = val
+
+    def run_reference(self, step, ins) -> list:
+        """The numpy kernel on this signature's values (zeros where dynamic): output shapes."""
+        with np.errstate(all="ignore"):
+            try:
+                outs = step.kernel([None if v is None else v.value() for v in ins])
+            except LstmrtError:
+                raise
+            except Exception as e:
+                raise CompileError(f"node '{step.name}' ({step.op_type}) cannot run on these shapes: {e}",
+                                   step.op_type, step.name) from e
+        return [None if o is None else np.asarray(o) for o in outs]
+
+    def fold(self, step, ins):
+        if step.op_type in SHAPE_ONLY:
+            x = ins[0]
+            shape = np.array(x.shape, np.int64)
+            if step.op_type == "Size":
+                value = np.array(x.size, np.int64)
+            else:
+                start, end = step.attrs.get("start", 0), step.attrs.get("end")
+                value = shape[start:end]
+            self.env[step.outputs[0]] = self.static(value)
+            return
+        outs = self.run_reference(step, ins)
+        for name, value in zip(step.outputs, outs):
+            if name:
+                self.env[name] = self.static(value)
+
+    def inline_if(self, plan, step, ins):
+        cond = ins[0]
+        if not cond.static:
+            raise CompileError(f"node '{step.name}' (If): its condition is computed from the data, "
+                               "so the branch is not known when compiled", "If", step.name)
+        taken = bool(np.asarray(cond.const).reshape(-1)[0])
+        kernel = step.kernel
+        branch = kernel.plans[taken]
+        names = [o.name for o in kernel.branches[taken].output]
+        saved = self._consumers
+        self.walk(branch, names)
+        self._consumers = saved
+        for out, inner in zip(step.outputs, names):
+            if out:
+                self.env[out] = self.lookup(inner, branch)
+
+    # -- shared emitters --------------------------------------------------------
+    def copy_contiguous(self, src: Val, dst: SymOperand, label: str):
+        self.emit(lib.LRT_OP_COPY, [self.ref(src), dst], [src.dtype.itemsize, 1, max(src.size, 1), 1, 1],
+                  label=label)
+
+    # -- the arena ----------------------------------------------------------------
+    def plan_arena(self) -> int:
+        """Offsets for the arena's storages: each lives from its first write to its last read;
+        a storage whose life is over is reused (first fit)."""
+        live: list[Storage] = []
+        end = 0
+        for s in sorted((s for s in self.storages if s.loc == lib.LRT_LOC_ARENA), key=lambda s: s.first):
+            live = [o for o in live if o.last >= s.first]
+            size = -(-s.nbytes // ALIGN) * ALIGN
+            offset = 0
+            for o in sorted(live, key=lambda o: o.offset):
+                if o.offset - offset >= size:
+                    break
+                offset = max(offset, o.offset + -(-o.nbytes // ALIGN) * ALIGN)
+            s.offset = offset
+            live.append(s)
+            end = max(end, offset + size)
+        return end
+
+    def resolve(self, o) -> Operand:
+        if o is None:
+            return NONE
+        base = o.storage.offset if o.storage.loc == lib.LRT_LOC_ARENA else 0
+        return Operand(o.storage.loc, o.storage.index, base + o.offset, o.nbytes)
+
+
+# ---- emitters: (compiler, step, input Vals, reference outputs, label) -> output Vals ----------
+EMITTERS = {}
+
+
+def emitter(*ops):
+    def register(fn):
+        for name in ops:
+            EMITTERS[name] = fn
+        return fn
+    return register
+
+
+def _fail(step, message):
+    return CompileError(f"node '{step.name}' ({step.op_type}): {message}", step.op_type, step.name)
+
+
+def _need_static(step, ins, first: int = 1):
+    for i, v in enumerate(ins[first:], first):
+        if v is not None and not v.static:
+            raise _fail(step, f"input {i} ('{step.inputs[i]}') is computed from the data; "
+                              "only a constant has a compiled form here")
+
+
+def _need_f32(step, *vals):
+    for v in vals:
+        if v is not None and v.dtype != F32:
+            raise _fail(step, f"computes on {v.dtype} values; compiled ops compute float32")
+
+
+@emitter(*MOVEMENT)
+def _movement(c: Compiler, step, ins, outs, label):
+    if step.op_type == "Gather" and not ins[1].static:
+        return [_gather(c, step, ins, outs, label)]
+    _need_static(step, ins)
+    x = ins[0]
+    if step.op_type == "Pad" and step.attrs.get("value", 0.0) != 0.0:
+        raise _fail(step, "a legacy Pad with a non-zero value attribute has no compiled form")
+    # element indices, shifted by one so that 0 marks a padded (constant) element
+    index = np.arange(1, x.size + 1, dtype=np.int64).reshape(x.shape)
+    args = [index] + [None if v is None else v.const for v in ins[1:]]
+    if step.op_type == "Pad" and len(args) > 2 and args[2] is not None:
+        fill = args[2]
+        args[2] = np.zeros_like(np.asarray(fill), dtype=np.int64)
+    else:
+        fill = None
+    tables = step.kernel(args)
+    results = []
+    for table, ref in zip(tables, outs):
+        results.append(_moved(c, x, np.asarray(table) - 1, ref, fill, label))
+    return results
+
+
+def _moved(c: Compiler, x: Val, table: np.ndarray, ref, fill, label) -> Val:
+    shape = tuple(ref.shape)
+    if table.size == 0:
+        raise CompileError(f"node {label}: a zero-size value has no compiled form")
+    fit = _affine(table) if table.min() >= 0 else None
+    esize = x.dtype.itemsize
+    if fit is not None:
+        base, strides = fit
+        if [s for s, n in zip(strides, shape) if n > 1] == [s for s, n in zip(_contiguous_strides(shape), shape) if n > 1]:
+            return Val(shape, x.dtype, storage=x.storage, offset=x.offset + base * esize,
+                       sample=np.zeros(shape, x.dtype))         # a view: no instruction
+        dims, (src, dst) = _collapse(list(shape), strides, _contiguous_strides(shape))
+        if len(dims) <= MAX_ND:
+            out = c.new_val(shape, x.dtype)
+            c.emit(lib.LRT_OP_COPY, [c.ref(x, base * esize), c.ref(out)], [esize, len(dims), *dims, *src, *dst],
+                   label=label)
+            return out
+    out = c.new_val(shape, x.dtype)
+    table = np.ascontiguousarray(table.reshape(-1), dtype=np.int64)
+    bits = 0
+    if fill is not None:
+        bits = int(np.frombuffer(np.asarray(fill, x.dtype).reshape(-1)[:1].tobytes().ljust(8, b"\0"), np.int64)[0])
+    c.emit(lib.LRT_OP_INDEX, [c.ref(x), c.ref(c.static(table)), c.ref(out)], [esize, table.size, bits], label=label)
+    return out
+
+
+def _gather(c: Compiler, step, ins, outs, label) -> Val:
+    data, idx = ins
+    axis = step.attrs.get("axis", 0) % max(len(data.shape), 1)
+    if idx.dtype not in (np.dtype(np.int64), np.dtype(np.int32)):
+        raise _fail(step, f"indices of type {idx.dtype}")
+    out = c.new_val(outs[0].shape, data.dtype)
+    outer = int(np.prod(data.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(data.shape[axis + 1:], dtype=np.int64))
+    c.emit(lib.LRT_OP_GATHER, [c.ref(data), c.ref(idx), c.ref(out)],
+           [data.dtype.itemsize, outer, data.shape[axis], inner, idx.size, DTYPE_CODES[idx.dtype]], label=label)
+    return out
+
+
+@emitter("Concat")
+def _concat(c: Compiler, step, ins, outs, label):
+    ref = outs[0]
+    out = c.new_val(ref.shape, ref.dtype)
+    axis = step.attrs["axis"] % ref.ndim
+    out_strides = _contiguous_strides(ref.shape)
+    at = 0
+    for v in ins:
+        if v is None or v.size == 0:
+            at += 0 if v is None else v.shape[axis]
+            continue
+        dims, (src, dst) = _collapse(list(v.shape), _contiguous_strides(v.shape), out_strides)
+        c.emit(lib.LRT_OP_COPY, [c.ref(v), c.ref(out, at * out_strides[axis] * ref.dtype.itemsize)],
+               [ref.dtype.itemsize, len(dims), *dims, *src, *dst], label=label)
+        at += v.shape[axis]
+    return [out]
+
+
+def _fusable_activation(c: Compiler, name: str):
+    """(kind, the activation step's output) when `name` feeds only a Relu/Sigmoid/Tanh."""
+    user = c.sole_consumer(name)
+    if user is not None and user.op_type in FUSABLE_ACTIVATIONS:
+        return FUSABLE_ACTIVATIONS[user.op_type], user.outputs[0]
+    return lib.LRT_UN_IDENTITY, None
+
+
+def _fusable_bias(c: Compiler, name: str, n: int):
+    """(bias [n], the Add's output) when `name` feeds only an Add of a constant vector of n."""
+    user = c.sole_consumer(name)
+    if user is None or user.op_type != "Add":
+        return None, None
+    other = [i for i in user.inputs if i != name]
+    if len(other) != 1 or user.inputs.count(name) != 1:
+        return None, None
+    val = c.env.get(other[0])
+    if val is None and other[0] in c.plan.constants:
+        val = c.static(c.plan.constants[other[0]])
+    if val is None or not val.static or val.dtype != F32 or val.const.size != n or \
+            (val.const.ndim and val.const.shape[-1] != n):
+        return None, None
+    return val.const.reshape(n), user.outputs[0]
+
+
+def _dense_weights(c: Compiler, key, W_nk: np.ndarray, bias):
+    from .kernel import DenseWeights
+    weights = c.packed.get(key)
+    if weights is None:
+        weights = c.packed[key] = DenseWeights(W_nk, bias, c.options.simd, c.options.precision)
+    return weights
+
+
+def _emit_dense(c: Compiler, step, a: Val, W_nk: np.ndarray, bias, label, key):
+    """y = act(a @ W^T + bias) over a's leading dims, fusing a following bias Add and activation."""
+    n = W_nk.shape[0]
+    out_name = step.outputs[0]
+    if bias is None:
+        bias, fused_add = _fusable_bias(c, out_name, n)
+        if fused_add is not None:
+            c.skipped.add(fused_add)
+            out_name = fused_add
+            key = key + (id(bias),)
+    act, fused_act = _fusable_activation(c, out_name)
+    if fused_act is not None:
+        c.skipped.add(fused_act)
+    weights = _dense_weights(c, key, W_nk, bias)
+    m = a.size // W_nk.shape[1]
+    out = c.new_val(a.shape[:-1] + (n,), F32)
+    scratch = (0 if n == weights.ldc else m * weights.ldc) + weights.scratch_floats
+    c.emit(lib.LRT_OP_DENSE, [c.ref(a), c.ref(out), c.temp(scratch * 4) if scratch else None], [m, act],
+           weights=[weights.handle], label=label)
+    for fused in (out_name if out_name != step.outputs[0] else None, fused_act):
+        if fused:
+            c.env[fused] = out
+    return out
+
+
+@emitter("MatMul")
+def _matmul(c: Compiler, step, ins, outs, label):
+    a, b = ins
+    _need_f32(step, a, b)
+    if b.static and b.const.ndim == 2 and not a.static and a.shape and a.shape[-1] == b.shape[0]:
+        return [_emit_dense(c, step, a, np.ascontiguousarray(b.const.T), None, label, (step.name, "W"))]
+    ref = outs[0]
+    if a.static or len(a.shape) < 2 or len(b.shape) < 2:
+        raise _fail(step, "this MatMul form (a constant left operand or a vector) has no compiled form")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = ref.shape[:-2]
+    count = int(np.prod(batch, dtype=np.int64))
+    strides = []
+    for v in (a, b):
+        vb = v.shape[:-2]
+        if int(np.prod(vb, dtype=np.int64)) == 1:
+            strides.append(0)
+        elif tuple(vb) == tuple(batch):
+            strides.append(v.shape[-2] * v.shape[-1])
+        else:
+            raise _fail(step, "batch dims broadcast partially")
+    out = c.new_val(ref.shape, F32)
+    c.emit(lib.LRT_OP_MATMUL, [c.ref(a), c.ref(b), c.ref(out)], [count, M, K, N, *strides], label=label)
+    return [out]
+
+
+@emitter("Gemm")
+def _gemm(c: Compiler, step, ins, outs, label):
+    a, b = ins[0], ins[1]
+    bias_val = ins[2] if len(ins) > 2 else None
+    _need_static(step, ins)
+    _need_f32(step, a, b)
+    if step.attrs.get("transA", 0):
+        raise _fail(step, "transA=1 has no compiled form")
+    alpha, beta = step.attrs.get("alpha", 1.0), step.attrs.get("beta", 1.0)
+    B = b.const if step.attrs.get("transB", 0) else b.const.T
+    W = np.ascontiguousarray(B * np.float32(alpha), dtype=np.float32)
+    n = W.shape[0]
+    bias = None
+    if bias_val is not None:
+        cst = np.asarray(bias_val.const, np.float32) * np.float32(beta)
+        if cst.size == 1:
+            bias = np.full(n, cst.reshape(-1)[0], np.float32)
+        elif cst.size == n and (cst.ndim == 1 or cst.shape[-1] == n):
+            bias = cst.reshape(n)
+        else:
+            raise _fail(step, f"a bias C of shape {list(cst.shape)} has no compiled form")
+    return [_emit_dense(c, step, a, W, bias, label, (step.name, "gemm"))]
+
+
+@emitter("Conv")
+def _conv(c: Compiler, step, ins, outs, label):
+    from .ops.nn import _conv_pads
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    _need_static(step, ins)
+    _need_f32(step, x, w)
+    rank = len(x.shape) - 2
+    if rank not in (1, 2):
+        raise _fail(step, f"a {rank}-D convolution has no compiled form (1-D and 2-D do)")
+    W = w.const
+    kernel = list(W.shape[2:])
+    strides = step.attrs.get("strides", [1] * rank)
+    dilations = step.attrs.get("dilations", [1] * rank)
+    pads = _conv_pads(step, x.shape[2:], kernel, strides, dilations)
+    group = step.attrs.get("group", 1)
+    ref = outs[0]
+    out_spatial = list(ref.shape[2:])
+    if rank == 1:
+        ih, iw, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow = (1, x.shape[2], 1, kernel[0], 0, pads[0][0], 1, strides[0],
+                                                          1, dilations[0], 1, out_spatial[0])
+    else:
+        ih, iw = x.shape[2:]
+        kh, kw = kernel
+        (ph, _), (pw, _) = pads
+        sh, sw = strides
+        dh, dw = dilations
+        oh, ow = out_spatial
+    cout, cin = W.shape[0], x.shape[1]
+    cout_g = cout // group
+    bias_all = None if b is None else np.asarray(b.const, np.float32)
+    act, fused_act = _fusable_activation(c, step.outputs[0])
+    if fused_act is not None:
+        c.skipped.add(fused_act)
+    weights = []
+    for g in range(group):
+        rows = np.ascontiguousarray(W[g * cout_g:(g + 1) * cout_g].reshape(cout_g, -1), np.float32)
+        bias = None if bias_all is None else np.ascontiguousarray(bias_all[g * cout_g:(g + 1) * cout_g])
+        weights.append(_dense_weights(c, (step.name, "conv", g), rows, bias))
+    out = c.new_val(ref.shape, F32)
+    positions = oh * ow
+    scratch = positions * (weights[0].k + weights[0].ldc) + weights[0].scratch_floats
+    c.emit(lib.LRT_OP_CONV, [c.ref(x), c.ref(out), c.temp(scratch * 4)],
+           [x.shape[0], cin, cout, group, act, ih, iw, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow],
+           weights=[wt.handle for wt in weights], label=label)
+    if fused_act is not None:
+        c.env[fused_act] = out
+    return [out]
+
+
+@emitter(*UNARY, *UNARY_WITH_ATTRS, "Clip", "Gelu", "Not")
+def _unary(c: Compiler, step, ins, outs, label):
+    x = ins[0]
+    alpha = beta = 0.0
+    if step.op_type == "Not":
+        if x.dtype != BOOL:
+            raise _fail(step, f"Not of {x.dtype}")
+        kind = lib.LRT_UN_NOT
+    else:
+        _need_f32(step, x)
+        if step.op_type in UNARY:
+            kind = UNARY[step.op_type]
+        elif step.op_type in UNARY_WITH_ATTRS:
+            kind, (da, db) = UNARY_WITH_ATTRS[step.op_type]
+            alpha, beta = step.attrs.get("alpha", da), step.attrs.get("beta", db)
+        elif step.op_type == "Gelu":
+            if step.attrs.get("approximate", "none") != "none":
+                raise _fail(step, "the tanh approximation has no compiled form")
+            kind = lib.LRT_UN_GELU
+        else:
+            _need_static(step, ins)
+            kind = lib.LRT_UN_CLIP
+            lo = ins[1].const if len(ins) > 1 and ins[1] is not None else step.attrs.get("min", -np.inf)
+            hi = ins[2].const if len(ins) > 2 and ins[2] is not None else step.attrs.get("max", np.inf)
+            alpha, beta = float(np.asarray(lo).reshape(-1)[0]), float(np.asarray(hi).reshape(-1)[0])
+    out = c.new_val(x.shape, x.dtype)
+    c.emit(lib.LRT_OP_UNARY, [c.ref(x), c.ref(out)], [kind, x.size], [alpha, beta], label=label)
+    return [out]
+
+
+def _broadcast(c: Compiler, op, vals, out: Val, head: list, label: str):
+    """An elementwise instruction over `vals` broadcast to out's shape (collapsed dims)."""
+    stride_lists = [_broadcast_strides(v.shape, out.shape) for v in vals]
+    dims, strides = _collapse(list(out.shape), *stride_lists, _contiguous_strides(out.shape))
+    if len(dims) > MAX_ND:
+        raise CompileError(f"node {label}: broadcasting over more than {MAX_ND} dims")
+    c.emit(op, [c.ref(v) for v in vals] + [c.ref(out)], head + [len(dims), *dims, *[s for ss in strides[:-1] for s in ss]],
+           label=label)
+
+
+@emitter(*ARITHMETIC, *COMPARISONS, *LOGIC)
+def _binary(c: Compiler, step, ins, outs, label):
+    op = step.op_type
+    vals = [v for v in ins if v is not None]
+    if op in LOGIC:
+        if any(v.dtype != BOOL for v in vals):
+            raise _fail(step, "logic on non-bool values")
+        kind = LOGIC[op]
+    else:
+        _need_f32(step, *vals)
+        kind = ARITHMETIC.get(op, COMPARISONS.get(op))
+    if len(vals) != 2:
+        if op not in ("Max", "Min") or len(vals) < 2:
+            raise _fail(step, f"{len(vals)} operands")
+    ref = outs[0]
+    result = vals[0]
+    for i, v in enumerate(vals[1:]):   # variadic Max/Min: a chain of pairs
+        shape = ref.shape if i == len(vals) - 2 else np.broadcast_shapes(result.shape, v.shape)
+        out = c.new_val(shape, ref.dtype)
+        _broadcast(c, lib.LRT_OP_BINARY, [result, v], out, [kind], label)
+        result = out
+    return [result]
+
+
+@emitter("Where")
+def _where(c: Compiler, step, ins, outs, label):
+    cond, a, b = ins
+    if cond.dtype != BOOL or a.dtype != b.dtype:
+        raise _fail(step, "operand types")
+    out = c.new_val(outs[0].shape, a.dtype)
+    _broadcast(c, lib.LRT_OP_WHERE, [cond, a, b], out, [a.dtype.itemsize], label)
+    return [out]
+
+
+@emitter("Cast")
+def _cast(c: Compiler, step, ins, outs, label):
+    x, ref = ins[0], outs[0]
+    if x.dtype == ref.dtype:
+        return [x]
+    if x.dtype not in DTYPE_CODES or ref.dtype not in DTYPE_CODES:
+        raise _fail(step, f"a cast from {x.dtype} to {ref.dtype}")
+    out = c.new_val(x.shape, ref.dtype)
+    c.emit(lib.LRT_OP_CAST, [c.ref(x), c.ref(out)], [DTYPE_CODES[x.dtype], DTYPE_CODES[ref.dtype], x.size],
+           label=label)
+    return [out]
+
+
+@emitter("Softmax", "LogSoftmax")
+def _softmax(c: Compiler, step, ins, outs, label):
+    x = ins[0]
+    _need_f32(step, x)
+    nd = len(x.shape)
+    legacy = c.plan.opset < 13
+    axis = step.attrs.get("axis", 1 if legacy else -1) % max(nd, 1)
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    if legacy:
+        n, inner = int(np.prod(x.shape[axis:], dtype=np.int64)), 1
+    else:
+        n, inner = x.shape[axis], int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+    out = c.new_val(x.shape, F32)
+    c.emit(lib.LRT_OP_SOFTMAX, [c.ref(x), c.ref(out)], [outer, n, inner, step.op_type == "LogSoftmax"], label=label)
+    return [out]
+
+
+@emitter(*REDUCTIONS)
+def _reduce(c: Compiler, step, ins, outs, label):
+    from .ops.math import _AXES_AS_INPUT_SINCE
+    x = ins[0]
+    _need_f32(step, x)
+    _need_static(step, ins)
+    if c.plan.opset >= _AXES_AS_INPUT_SINCE[step.op_type]:
+        axes = ins[1].const if len(ins) > 1 and ins[1] is not None and ins[1].const.size else None
+    else:
+        axes = step.attrs.get("axes")
+    nd = len(x.shape)
+    if axes is None:
+        if step.attrs.get("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(nd))
+    axes = sorted(int(a) % nd for a in np.asarray(axes).reshape(-1))
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        raise _fail(step, f"reducing over axes {axes}, not one run of neighbours")
+    outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
+    r = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
+    inner = int(np.prod(x.shape[axes[-1] + 1:], dtype=np.int64))
+    out = c.new_val(outs[0].shape, F32)
+    c.emit(lib.LRT_OP_REDUCE, [c.ref(x), c.ref(out)], [REDUCTIONS[step.op_type], outer, r, inner], label=label)
+    return [out]
+
+
+@emitter("LayerNormalization")
+def _layer_norm(c: Compiler, step, ins, outs, label):
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    _need_f32(step, x, scale, bias)
+    if any(o for o in step.outputs[1:]):
+        raise _fail(step, "the Mean and InvStdDev outputs have no compiled form")
+    axis = step.attrs.get("axis", -1) % len(x.shape)
+    n = int(np.prod(x.shape[axis:], dtype=np.int64))
+    for v in (scale, bias):
+        if v is not None and v.size != n:
+            raise _fail(step, "a scale or bias that broadcasts")
+    out = c.new_val(x.shape, F32)
+    c.emit(lib.LRT_OP_LAYERNORM, [c.ref(x), c.ref(scale), c.ref(bias), c.ref(out)], [x.size // n, n],
+           [step.attrs.get("epsilon", 1e-5)], label=label)
+    return [out]
+
+
+@emitter("BatchNormalization")
+def _batch_norm(c: Compiler, step, ins, outs, label):
+    """Inference batch norm as one multiply-add per channel, its constants folded here."""
+    x = ins[0]
+    _need_static(step, ins)
+    _need_f32(step, x)
+    if any(o for o in step.outputs[1:]) or step.attrs.get("training_mode", 0):
+        raise _fail(step, "training mode has no compiled form")
+    scale, bias, mean, var = (np.asarray(v.const, np.float64) for v in ins[1:5])
+    mul = scale / np.sqrt(var + step.attrs.get("epsilon", 1e-5))
+    add = bias - mean * mul
+    channel = [1, -1] + [1] * (len(x.shape) - 2)
+    scaled = c.new_val(x.shape, F32)
+    _broadcast(c, lib.LRT_OP_BINARY, [x, c.static(mul.astype(np.float32).reshape(channel))], scaled,
+               [lib.LRT_BIN_MUL], label)
+    out = c.new_val(x.shape, F32)
+    _broadcast(c, lib.LRT_OP_BINARY, [scaled, c.static(add.astype(np.float32).reshape(channel))], out,
+               [lib.LRT_BIN_ADD], label)
+    return [out]
+
+
+@emitter("LSTM", "GRU", "RNN")
+def _recurrent(c: Compiler, step, ins, outs, label):
+    node = step.kernel
+    if node.packed is None:
+        raise _fail(step, "weights computed at run time have no compiled form")
+    if node.layout != 0:
+        raise _fail(step, "layout=1 has no compiled form")
+    ins = list(ins) + [None] * (8 - len(ins))
+    x, seq, h0, c0 = ins[0], ins[4], ins[5], ins[6]
+    _need_f32(step, x, h0, c0)
+    if len(x.shape) != 3:
+        raise _fail(step, "X must be rank 3")
+    T, B, _ = x.shape
+    if seq is not None:
+        if not seq.static or not np.all(np.asarray(seq.const) == T):
+            raise _fail(step, "sequence_lens other than the full length have no compiled form")
+    weights = node.packed
+    H, D = weights[0].spec.hidden_size, node.num_directions
+    lstm = node.cell == "LSTM"
+    names = list(step.outputs) + [""] * (3 - len(step.outputs))
+    y = c.new_val((T, D, B, H), F32) if names[0] else None
+    yh = c.new_val((D, B, H), F32)
+    yc = c.new_val((D, B, H), F32) if lstm else None
+    ws_floats = weights[0].workspace_floats(B, T, c.options.threads)
+    c.emit(lib.LRT_OP_RECURRENT, [c.ref(x), c.ref(h0), c.ref(c0) if lstm else None, c.ref(y), c.ref(yh),
+                                  c.ref(yc), c.temp(ws_floats * 4)],
+           [T, B, D, node.direction == "reverse"], weights=[w.handle for w in weights], label=label)
+    return [y, yh, yc][:len(step.outputs)]

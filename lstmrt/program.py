@@ -1,0 +1,172 @@
+"""A compiled program: the C side's flat instruction array for one input signature, and the
+state one caller runs it with (plan -> program -> outputs).
+
+`Program` owns the C object and what it borrows (constants, packed weights); it is immutable,
+so threads share it.  `ProgramState` is one caller's arena and call arguments: a thread's for
+`sess.run`, a stream's own (its state lives in the arena between calls).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError, KernelError
+from .kernel import ffi, lib
+
+ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Operand:
+    loc: int          # lib.LRT_LOC_*
+    index: int
+    offset: int       # bytes
+    nbytes: int
+
+
+NONE = Operand(lib.LRT_LOC_NONE, 0, 0, 0)
+
+
+@dataclass
+class Instr:
+    op: int
+    operands: list
+    ints: list
+    floats: list
+    weights: list     # CellWeights/DenseWeights handles (cdata)
+    label: str        # node name and op, for errors and the profiler
+
+
+class Program:
+    """One signature's compiled program.
+
+    inputs: names of the feed arrays passed by pointer, in order; outputs: (name, shape, dtype)
+    of the arrays each call returns, in order; static_outputs: name -> array known when compiled.
+    """
+
+    def __init__(self, instrs: list, consts: list, inputs: list, input_nbytes: list, outputs: list,
+                 arena_bytes: int, simd: str | None, threads: int, keep: list):
+        self.instrs = instrs
+        self.labels = [i.label for i in instrs]
+        self.inputs = inputs
+        self.outputs = outputs
+        self.arena_bytes = arena_bytes
+        self._keep = (consts, keep)        # borrowed by the C program: alive as long as it is
+        self._handle = _create(instrs, consts, input_nbytes, outputs, arena_bytes, simd, threads)
+        self.static_outputs: dict = {}
+        self.output_names = [name for name, _, _ in outputs]
+
+    @property
+    def _all_dynamic(self) -> bool:
+        return not self.static_outputs
+
+    def new_state(self) -> "ProgramState":
+        return ProgramState(self)
+
+    def assemble(self, results: list) -> list:
+        """The requested outputs, in order: the arrays a call returned, and copies of the static ones."""
+        if self._all_dynamic:
+            return results
+        by_name = dict(zip((name for name, _, _ in self.outputs), results))
+        return [by_name[n] if n in by_name else self.static_outputs[n].copy() for n in self.output_names]
+
+    def profile(self, state: "ProgramState", feed: dict, calls: int) -> list:
+        seconds = ffi.new("double[]", max(1, len(self.instrs)))
+        for _ in range(calls):
+            state.run(feed, seconds)
+        return sorted(((label, seconds[i] / calls) for i, label in enumerate(self.labels)), key=lambda r: -r[1])
+
+    def describe(self) -> list[str]:
+        return list(self.labels)
+
+
+def _create(instrs, consts, input_nbytes, outputs, arena_bytes, simd, threads):
+    from .kernel import SIMD_PATHS
+    operands = [op for ins in instrs for op in ins.operands]
+    ints = [v for ins in instrs for v in ins.ints]
+    floats = [v for ins in instrs for v in ins.floats]
+    weights = [w for ins in instrs for w in ins.weights]
+    c_instrs = ffi.new("lrt_instr[]", max(1, len(instrs)))
+    n_op = n_int = n_flt = n_w = 0
+    for c, ins in zip(c_instrs, instrs):
+        c.op = ins.op
+        c.first_operand, c.noperands = n_op, len(ins.operands)
+        c.first_int, c.nints = n_int, len(ins.ints)
+        c.first_float, c.nfloats = n_flt, len(ins.floats)
+        c.first_weights, c.nweights = n_w, len(ins.weights)
+        n_op += len(ins.operands); n_int += len(ins.ints); n_flt += len(ins.floats); n_w += len(ins.weights)
+    c_ops = ffi.new("lrt_operand[]", max(1, len(operands)))
+    for c, o in zip(c_ops, operands):
+        c.loc, c.index, c.offset, c.nbytes = o.loc, o.index, o.offset, o.nbytes
+    d = ffi.new("lrt_program_desc *")
+    keep = [c_instrs, c_ops]
+    d.instrs, d.ninstrs = c_instrs, len(instrs)
+    d.operands, d.noperands = c_ops, len(operands)
+    keep.append(ffi.new("int64_t[]", [int(v) for v in ints] or [0]))
+    d.ints, d.nints = keep[-1], len(ints)
+    keep.append(ffi.new("float[]", [float(v) for v in floats] or [0.0]))
+    d.floats, d.nfloats = keep[-1], len(floats)
+    keep.append(ffi.new("lrt_weights *[]", weights or [ffi.NULL]))
+    d.weights, d.nweights = keep[-1], len(weights)
+    const_ptrs = [ffi.from_buffer("char[]", c) for c in consts]
+    keep.append(ffi.new("void *[]", const_ptrs or [ffi.NULL]))
+    d.consts = keep[-1]
+    keep.append(ffi.new("int64_t[]", [c.nbytes for c in consts] or [0]))
+    d.const_nbytes, d.nconsts = keep[-1], len(consts)
+    keep.append(ffi.new("int64_t[]", list(input_nbytes) or [0]))
+    d.input_nbytes, d.ninputs = keep[-1], len(input_nbytes)
+    keep.append(ffi.new("int64_t[]", [int(np.prod(s)) * np.dtype(t).itemsize for _, s, t in outputs] or [0]))
+    d.output_nbytes, d.noutputs = keep[-1], len(outputs)
+    d.arena_bytes = arena_bytes
+    d.simd = SIMD_PATHS[simd] if simd else lib.LRT_SIMD_AUTO
+    d.threads = threads
+    out = ffi.new("lrt_program **")
+    bad = ffi.new("int32_t *")
+    status = lib.lrt_program_create(d, out, bad)
+    if status != lib.LRT_OK:
+        where = f" at instruction {bad[0]} ({instrs[bad[0]].label})" if bad[0] >= 0 else ""
+        raise KernelError(f"building the compiled program{where}: "
+                          f"{ffi.string(lib.lrt_status_string(status)).decode()}")
+    return ffi.gc(out[0], lib.lrt_program_free)
+
+
+class ProgramState:
+    """One caller's arena and argument arrays for a Program: used by one thread at a time."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        raw = np.zeros(program.arena_bytes + ALIGN, np.uint8)
+        start = (-raw.ctypes.data) % ALIGN
+        self.arena = raw[start:start + program.arena_bytes]
+        self._arena_ptr = ffi.from_buffer("char[]", self.arena) if program.arena_bytes else ffi.NULL
+        self._inputs = ffi.new("void *[]", max(1, len(program.inputs)))
+        self._outputs = ffi.new("void *[]", max(1, len(program.outputs)))
+        self._failed = ffi.new("int32_t *")
+        self._run = lib.lrt_program_run
+        self._handle = program._handle
+        self._out_specs = [(shape, dtype) for _, shape, dtype in program.outputs]
+
+    def run(self, feed: dict, seconds=None) -> list:
+        """The program's outputs for this feed (arrays of the compiled signature, C-contiguous)."""
+        keep = [ffi.from_buffer("char[]", feed[name]) for name in self.program.inputs]
+        ptrs = self._inputs
+        for i, buf in enumerate(keep):
+            ptrs[i] = buf
+        results = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+        out_bufs = [ffi.from_buffer("char[]", r) for r in results]
+        optrs = self._outputs
+        for i, buf in enumerate(out_bufs):
+            optrs[i] = buf
+        status = self._run(self._handle, ptrs, optrs, self._arena_ptr, self.program.arena_bytes,
+                           ffi.NULL if seconds is None else seconds, self._failed)
+        if status:
+            self._raise(status)
+        return results
+
+    def _raise(self, status):
+        i = self._failed[0]
+        label = self.program.labels[i] if 0 <= i < len(self.program.labels) else "?"
+        if status == lib.LRT_E_ARG and " Gather" in label:
+            raise InputError(f"node {label}: an index is out of range for the gathered axis")
+        raise KernelError(f"node {label}: {ffi.string(lib.lrt_status_string(status)).decode()}")
