@@ -238,13 +238,17 @@ class Compiler:
             if val.static:
                 static_outputs[name] = val.const
                 continue
-            dst = Storage(max(val.nbytes, 1), -1, -1, lib.LRT_LOC_OUTPUT, len(outputs))
-            outputs.append((name, val.shape, val.dtype))
-            self.copy_contiguous(val, SymOperand(dst, 0, val.nbytes), f"output '{name}'")
+            if val.storage.loc != lib.LRT_LOC_ARENA:   # an input passed through: into the arena
+                moved = self.new_val(val.shape, val.dtype)
+                self.copy_contiguous(val, self.ref(moved), f"output '{name}'")
+                val = moved
+            val.storage.last = 1 << 62            # read by the caller after the call: never reused
+            outputs.append((name, val))
         arena = self.plan_arena()
         instrs = [Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
                   for i in self.instrs]
-        program = Program(instrs, self.consts, inputs, input_nbytes, outputs, arena,
+        placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
+        program = Program(instrs, self.consts, inputs, input_nbytes, placed, arena,
                           self.options.simd, self.options.threads, self.keep)
         program.static_outputs = static_outputs
         program.output_names = list(output_names)

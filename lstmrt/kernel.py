@@ -279,17 +279,3 @@ class CellRunner:
         status = self._call()
         if status:
             _check(status, f"running {self.weights.spec.cell}")
-
-
-class RunnerCache(dict):
-    """CellRunners of one cell by chunk shape (steps, batch, input); past `limit` shapes the
-    oldest is dropped.  Like a CellRunner, used by one thread at a time."""
-    def __init__(self, weights: CellWeights, threads: int = 1, y: bool = True, limit: int = 8):
-        super().__init__()
-        self.weights, self.threads, self.y, self.limit = weights, threads, y, limit
-
-    def add(self, shape: tuple) -> CellRunner:
-        if len(self) >= self.limit:
-            self.pop(next(iter(self)))
-        runner = self[shape] = self.weights.runner(shape[1], shape[0], threads=self.threads, y=self.y)
-        return runner

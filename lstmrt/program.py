@@ -7,6 +7,7 @@ so threads share it.  `ProgramState` is one caller's arena and call arguments: a
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,9 @@ class Instr:
 class Program:
     """One signature's compiled program.
 
-    inputs: names of the feed arrays passed by pointer, in order; outputs: (name, shape, dtype)
-    of the arrays each call returns, in order; static_outputs: name -> array known when compiled.
+    inputs: names of the feed arrays passed by pointer, in order; outputs: (name, shape, dtype,
+    arena offset) of the arrays each call leaves in the arena (returned as copies), in order;
+    static_outputs: name -> array known when compiled.
     """
 
     def __init__(self, instrs: list, consts: list, inputs: list, input_nbytes: list, outputs: list,
@@ -53,9 +55,9 @@ class Program:
         self.outputs = outputs
         self.arena_bytes = arena_bytes
         self._keep = (consts, keep)        # borrowed by the C program: alive as long as it is
-        self._handle = _create(instrs, consts, input_nbytes, outputs, arena_bytes, simd, threads)
+        self._handle = _create(instrs, consts, input_nbytes, arena_bytes, simd, threads)
         self.static_outputs: dict = {}
-        self.output_names = [name for name, _, _ in outputs]
+        self.output_names = [name for name, _, _, _ in outputs]
 
     @property
     def _all_dynamic(self) -> bool:
@@ -68,7 +70,7 @@ class Program:
         """The requested outputs, in order: the arrays a call returned, and copies of the static ones."""
         if self._all_dynamic:
             return results
-        by_name = dict(zip((name for name, _, _ in self.outputs), results))
+        by_name = dict(zip((name for name, _, _, _ in self.outputs), results))
         return [by_name[n] if n in by_name else self.static_outputs[n].copy() for n in self.output_names]
 
     def profile(self, state: "ProgramState", feed: dict, calls: int) -> list:
@@ -81,7 +83,7 @@ class Program:
         return list(self.labels)
 
 
-def _create(instrs, consts, input_nbytes, outputs, arena_bytes, simd, threads):
+def _create(instrs, consts, input_nbytes, arena_bytes, simd, threads):
     from .kernel import SIMD_PATHS
     operands = [op for ins in instrs for op in ins.operands]
     ints = [v for ins in instrs for v in ins.ints]
@@ -116,8 +118,8 @@ def _create(instrs, consts, input_nbytes, outputs, arena_bytes, simd, threads):
     d.const_nbytes, d.nconsts = keep[-1], len(consts)
     keep.append(ffi.new("int64_t[]", list(input_nbytes) or [0]))
     d.input_nbytes, d.ninputs = keep[-1], len(input_nbytes)
-    keep.append(ffi.new("int64_t[]", [int(np.prod(s)) * np.dtype(t).itemsize for _, s, t in outputs] or [0]))
-    d.output_nbytes, d.noutputs = keep[-1], len(outputs)
+    keep.append(ffi.new("int64_t[]", [0]))
+    d.output_nbytes, d.noutputs = keep[-1], 0     # outputs stay in the arena
     d.arena_bytes = arena_bytes
     d.simd = SIMD_PATHS[simd] if simd else lib.LRT_SIMD_AUTO
     d.threads = threads
@@ -141,32 +143,32 @@ class ProgramState:
         self.arena = raw[start:start + program.arena_bytes]
         self._arena_ptr = ffi.from_buffer("char[]", self.arena) if program.arena_bytes else ffi.NULL
         self._inputs = ffi.new("void *[]", max(1, len(program.inputs)))
-        self._outputs = ffi.new("void *[]", max(1, len(program.outputs)))
         self._failed = ffi.new("int32_t *")
-        self._run = lib.lrt_program_run
-        self._handle = program._handle
-        self._out_specs = [(shape, dtype) for _, shape, dtype in program.outputs]
+        self._call = functools.partial(lib.lrt_program_run, program._handle, self._inputs, ffi.NULL,
+                                       self._arena_ptr, program.arena_bytes)
+        self._names = list(enumerate(program.inputs))
+        # the outputs as views of the arena: each call returns copies of them
+        self._copiers = [self._view(offset, shape, dtype).copy for _, shape, dtype, offset in program.outputs]
+
+    def _view(self, offset, shape, dtype):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return self.arena[offset:offset + nbytes].view(dtype).reshape(shape)
 
     def run(self, feed: dict, seconds=None) -> list:
         """The program's outputs for this feed (arrays of the compiled signature, C-contiguous)."""
-        keep = [ffi.from_buffer("char[]", feed[name]) for name in self.program.inputs]
         ptrs = self._inputs
-        for i, buf in enumerate(keep):
-            ptrs[i] = buf
-        results = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
-        out_bufs = [ffi.from_buffer("char[]", r) for r in results]
-        optrs = self._outputs
-        for i, buf in enumerate(out_bufs):
-            optrs[i] = buf
-        status = self._run(self._handle, ptrs, optrs, self._arena_ptr, self.program.arena_bytes,
-                           ffi.NULL if seconds is None else seconds, self._failed)
+        keep = []
+        for i, name in self._names:
+            keep.append(ffi.from_buffer(feed[name]))
+            ptrs[i] = keep[-1]
+        status = self._call(ffi.NULL if seconds is None else seconds, self._failed)
         if status:
             self._raise(status)
-        return results
+        return [copy() for copy in self._copiers]
 
     def _raise(self, status):
         i = self._failed[0]
         label = self.program.labels[i] if 0 <= i < len(self.program.labels) else "?"
-        if status == lib.LRT_E_ARG and " Gather" in label:
+        if status == lib.LRT_E_ARG and "(Gather)" in label:
             raise InputError(f"node {label}: an index is out of range for the gathered axis")
         raise KernelError(f"node {label}: {ffi.string(lib.lrt_status_string(status)).decode()}")

@@ -48,22 +48,23 @@ class InferenceSession:
     precision: "f32" (default), or opt-in "bf16" / "int8" weights for the recurrent products.
     threads: threads per kernel call (default 1): a batch is split by rows, a batch smaller than
         the threads (a single stream) by hidden units; calls too short to gain run on one thread.
+    compiled: True (default): each input signature runs as one compiled C program; False walks
+        the numpy reference plan op by op (what compiled programs are tested against).
     After loading, `backend` names the backend chosen and `backend_reason` says why.
     """
 
     def __init__(self, model, sess_options=None, providers=None, *, backend: str = "auto",
-                 simd: str | None = None, precision: str = "f32", threads: int = 1):
+                 simd: str | None = None, precision: str = "f32", threads: int = 1, compiled: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        native = NativeOptions(simd, precision, threads)
+        native = NativeOptions(simd, precision, threads, compiled)
         self.model = Model(model)
         self._inputs_by_name = {i.name: i for i in self.model.inputs}
         self._feedable = {**self._inputs_by_name, **{i.name: i for i in self.model.overridable}}
         self._all_outputs = [o.name for o in self.model.outputs]
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
-        from .fastpath import RunFastPath
-        self._fast_run = RunFastPath.detect(self._backend, self.model)
+        self._run_known = getattr(self._backend, "run_known", None)
 
     def get_providers(self) -> list[str]:
         """onnxruntime's providers in use, or ["lstmrt-native"]."""
@@ -104,8 +105,9 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None) -> list:
         """Run the whole model: like onnxruntime, returns the outputs named (all if None) in order."""
         del run_options  # accepted for onnxruntime compatibility
-        if self._fast_run is not None and (output_names is None or set(output_names) <= set(self._fast_run.outputs)):
-            result = self._fast_run.try_run(input_feed, output_names)
+        if self._run_known is not None and type(input_feed) is dict:
+            # a signature checked before runs straight away
+            result = self._run_known(input_feed, self._all_outputs if output_names is None else output_names)
             if result is not None:
                 return result
         return self._backend.run(self.check_feed(input_feed), self._output_names(output_names))

@@ -23,8 +23,9 @@ class Stream:
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
-        from .fastpath import CellFastPath
-        self._fast = CellFastPath.detect(self._backend, model, self.pairs)
+        # a signature that ran before goes straight to its compiled program (native backend)
+        self._run_known = getattr(self._backend, "run_known", None)
+        self._known_outputs = self._outputs + list(self.pairs.values())
 
     @property
     def state(self) -> dict:
@@ -65,15 +66,36 @@ class Stream:
                               "give it once with set_state() or in the first run()'s feed")
         return zeros
 
+    def _check_batch(self, name: str, feed: dict) -> None:
+        """A carried state that no longer fits this chunk (its batch changed) is the caller's
+        mistake, named as such rather than left to the node that trips on it."""
+        try:
+            expected = self._zero_state(name, feed).shape
+        except StreamError:
+            return
+        carried = tuple(self._backend.shape_of(self._state[name]))
+        if carried != expected:
+            raise StreamError(f"state '{name}' is {list(carried)} but this chunk needs {list(expected)} "
+                              "(a different batch); reset() the stream or set_state() to change the batch")
+
+    def _carry(self, results: list) -> list:
+        """Keeps the state outputs of a known signature's call as the new state."""
+        n = len(self._outputs)
+        new_state = dict(zip(self.pairs, results[n:]))
+        for name, value in new_state.items():
+            if value.shape != self._state[name].shape:
+                raise StreamError(f"state output '{self.pairs[name]}' came out {list(value.shape)} but state "
+                                  f"input '{name}' is {list(self._state[name].shape)}; they cannot be carried")
+        self._state = new_state
+        return results[:n]
+
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
-        fast = self._fast
-        if fast is not None and output_names is None and len(input_feed) == 1:
-            done = fast.try_run(input_feed.get(fast.x_name), self._state)
-            if done is not None:
-                results, self._state = done
-                return results
+        if self._run_known is not None and output_names is None and self._state and type(input_feed) is dict:
+            results = self._run_known({**input_feed, **self._state}, self._known_outputs)
+            if results is not None:
+                return self._carry(results)
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}
         state = {}
@@ -82,6 +104,7 @@ class Stream:
                 state[name] = self._backend.from_host(feed[name])
             elif name in self._state:
                 state[name] = self._state[name]
+                self._check_batch(name, feed)
             else:
                 state[name] = self._backend.from_host(self._zero_state(name, feed))
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)

@@ -9,16 +9,11 @@ every member runs.
 from __future__ import annotations
 
 import itertools
-from operator import attrgetter
 
 import numpy as np
 
 from .errors import InputError, StreamError
-from .kernel import F32
 from .stream import Stream
-
-
-_dtype, _shape = attrgetter("dtype"), attrgetter("shape")
 
 
 def _rows(axis: int, index) -> tuple:
@@ -35,14 +30,12 @@ class StreamGroup:
         self._session = session
         self._template = Stream(session, state)      # checks the model can stream; finds the pairs
         self.pairs = self._template.pairs
-        self._cell = self._template._fast             # a bare cell's fast path, or None
         self._outputs = [o.name for o in session.model.outputs if o.name not in self.pairs.values()]
         self._batch_dim = self._batch_dim_name()
         self._keys = itertools.count()
         self._order: list[int] = []           # member keys, in row order
         self._pending: dict[int, dict] = {}   # state given to add() before the rows exist
-        # state input -> stacked array, one row per member.  Always replaced, never changed in
-        # place: on the fast path it is the runner's own dict of views of its buffers.
+        # state input -> stacked array, one row per member; replaced, never changed in place
         self._states: dict | None = None
         self._state_axis: dict = {}
 
@@ -151,10 +144,6 @@ class StreamGroup:
             return {}
         keys = list(feeds)
         everyone = keys == self._order     # the common case: every member, in row order
-        if everyone and self._cell is not None:
-            done = self._run_cell(feeds, keys)
-            if done is not None:
-                return done
         if everyone:
             rows = range(len(keys))
         else:
@@ -183,33 +172,3 @@ class StreamGroup:
         pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
                   for n in self._outputs]
         return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
-
-    def _run_cell(self, feeds: dict, keys: list) -> dict | None:
-        """A bare cell (lstmrt.fastpath) with every member running: the members' x joined into
-        one runner call, the state left in the runner's buffers between steps.  None when a feed
-        is not contiguous float32 chunks of one shape; the general path then runs it or names
-        the mistake.  (Set-of-attributes checks and a bytes join: a Python loop over 64 members
-        cost more than the kernel at H=64.)"""
-        cell = self._cell
-        try:
-            if {*map(len, feeds.values())} != {1}:
-                return None
-            xs = [feed[cell.x_name] for feed in feeds.values()]
-            shape = xs[0].shape
-            if ({*map(type, xs)} != {np.ndarray} or {*map(_dtype, xs)} != {F32} or {*map(_shape, xs)} != {shape}
-                    or len(shape) != 3 or shape[1] != 1):
-                return None
-            joined = b"".join(xs)
-        except (KeyError, TypeError, AttributeError, BufferError, ValueError):
-            return None
-        if self._states is None:
-            self._init_states({cell.x_name: xs[0]})
-        stacked = np.frombuffer(joined, F32).reshape(len(xs), shape[0], shape[2]).swapaxes(0, 1)
-        done = cell.try_run(stacked, self._states)
-        if done is None:
-            return None
-        outputs, self._states = done
-        if not outputs:
-            return {k: [] for k in keys}
-        # Y is [T, 1, members, H]: member m's view is Y[:, :, m:m+1]
-        return {k: [y] for k, y in zip(keys, outputs[0].transpose(2, 0, 1, 3)[:, :, :, None])}

@@ -29,7 +29,7 @@ def with_unsupported_op() -> onnx.ModelProto:
 def test_auto_picks_native_when_it_runs_every_node(no_cuda):
     sess = lstmrt.InferenceSession(streaming_model("LSTM"))
     assert sess.backend == "native"
-    assert sess.backend_reason == "native: all 7 nodes supported (no CUDA)"
+    assert sess.backend_reason == "native: compiled, all 7 nodes in one C call (no CUDA)"
 
 
 def test_auto_falls_back_to_onnxruntime_cpu_and_says_why(no_cuda):

@@ -55,7 +55,7 @@ def test_inspect_tells_layers_state_and_backend():
     result = CliRunner().invoke(main, ["inspect", str(MODEL)])
     assert result.exit_code == 0, result.output
     assert "/rnn/LSTM" in result.output and "h0 -> hn, c0 -> cn" in result.output
-    assert "native: all 8 nodes supported" in result.output
+    assert "native: compiled, all 8 nodes in one C call" in result.output
     result = CliRunner().invoke(main, ["inspect", str(FIXTURES / "keras_gru_loop.onnx")])
     assert "native: all 58 nodes supported" in result.output
     result = CliRunner().invoke(main, ["inspect", str(FIXTURES / "torch_bilstm_seq.onnx")])

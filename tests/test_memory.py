@@ -18,9 +18,9 @@ def rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not STATM.exists(), reason="reads resident memory from /proc (Linux)")
-@pytest.mark.parametrize("glue", [True, False], ids=["general path", "fast path"])
+@pytest.mark.parametrize("glue", [True, False], ids=["with glue", "bare cell"])
 def test_streams_share_the_packed_weights(glue):
-    from test_fastpath import bare_cell
+    from models import bare_cell
     hidden = 512
     model = streaming_model("LSTM", input_size=hidden, hidden=hidden) if glue else bare_cell("LSTM", hidden, hidden)
     x_name = "x" if glue else "X"

@@ -77,45 +77,36 @@ def test_tf2onnx_model_with_unnamed_dims_groups():
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_bare_cell_group_runs_one_call_per_step_and_matches_onnxruntime(cell, monkeypatch):
-    """A bare cell's group keeps its members' state in one runner (lstmrt.fastpath): members
-    join, leave, sit a step out and change chunk length, and each gets what a lone onnxruntime
-    stream gets."""
+def test_bare_cell_group_matches_lone_onnxruntime_streams(cell):
+    """Members of a bare cell's group join, leave, sit a step out and change chunk length, and
+    each gets what a lone onnxruntime stream gets."""
     model = bare_cell(cell)
     sess = lstmrt.InferenceSession(model, backend="native")
     reference = lstmrt.InferenceSession(model, backend="onnxruntime")
     group = sess.stream_group()
-    assert group._cell is not None
-    general_calls = []
-    real_run = sess.run
-    monkeypatch.setattr(sess, "run", lambda *a: general_calls.append(1) or real_run(*a))
     rng = np.random.default_rng(8)
     lone = {}
     # (step length, members running: "all" or a subset by join order, joins before the step, leaves after)
     schedule = [(1, "all", 3, 0), (1, "all", 0, 0), (3, "all", 2, 1), (1, [0, 2], 0, 0), (2, "all", 1, 2), (1, "all", 0, 0)]
-    fast_steps = 0
     for steps, running, joins, leaves in schedule:
         for _ in range(joins):
             key = group.add()
             lone[key] = reference.stream()
         members = list(lone) if running == "all" else [list(lone)[i] for i in running]
         feeds = {k: {"X": rng.standard_normal((steps, 1, 10)).astype(np.float32)} for k in members}
-        before = len(general_calls)
         got = group.run(feeds)
-        fast_steps += len(general_calls) == before
         for k in members:
             np.testing.assert_allclose(got[k][0], lone[k].run(feeds[k])[0], atol=1e-5)
             assert got[k][0].shape == (steps, 1, 1, 24)
         for k in list(lone)[:leaves]:
             group.remove(k)
             del lone[k]
-    assert fast_steps == 5 and len(general_calls) == 1    # only the step with a member sitting out
     for k, stream in lone.items():
         for name, value in stream.state.items():
             np.testing.assert_allclose(group.state(k)[name], value, atol=1e-5)
 
 
-def test_bare_cell_group_odd_feeds_take_the_general_path():
+def test_bare_cell_group_odd_feeds_are_copied_or_refused():
     sess = lstmrt.InferenceSession(bare_cell("LSTM"), backend="native")
     reference = lstmrt.InferenceSession(bare_cell("LSTM"), backend="onnxruntime")
     group = sess.stream_group()

@@ -5,7 +5,7 @@ and from_host/to_host/shape_of for the state values it keeps.  choose() picks on
 """
 from __future__ import annotations
 
-from ..errors import UnsupportedModelError
+from ..errors import LstmrtError, UnsupportedModelError
 from ..model import Model
 
 BACKENDS = ("auto", "native", "onnxruntime")
@@ -35,7 +35,14 @@ def choose(model: Model, backend: str = "auto", providers=None, native=None, ses
         notes.append("no CUDA")
     try:
         chosen = NativeBackend(model, native)
-        return chosen, f"{chosen.describe()} ({'; '.join(notes)})"
     except UnsupportedModelError as e:
         lacking = f"native lacks {e.op_type} at node '{e.node}'" if e.op_type else f"native cannot run it: {e}"
         return OnnxruntimeBackend(model, ["CPUExecutionProvider"]), f"onnxruntime CPU: {lacking}"
+    if not chosen.compile_note:
+        return chosen, f"{chosen.describe()} ({'; '.join(notes)})"
+    # native would walk numpy for this model: onnxruntime is quicker, where it loads the model
+    try:
+        return (OnnxruntimeBackend(model, ["CPUExecutionProvider"]),
+                f"onnxruntime CPU: native does not compile it ({chosen.compile_note})")
+    except LstmrtError as e:
+        return chosen, f"{chosen.describe()} (onnxruntime cannot load it: {e})"

@@ -21,7 +21,6 @@ from ..compiler import CompileError, Compiler, is_signature_scalar
 from ..model import Model
 from ..program import ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
-from .rewrites import fuse_batch_first
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 NEVER_FOLDED = RECURRENT_OPS + ("If", "Loop")   # weights to pack / bodies that read runtime scope
@@ -74,8 +73,7 @@ class Plan:
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
-        self.compiled_steps = list(self.steps)   # what the compiler walks: the graph's own ops
-        self.steps = fuse_batch_first(self.steps, self.constants, opset, {o.name for o in graph.output})
+        self.compiled_steps = self.steps   # what the compiler walks
         # the constants the steps read, and None for an omitted input (""): each call's values
         # start from these, so a step fetches all its arguments from one dict
         self._bound = {n: self.constants[n] for step in self.steps for n in step.inputs if n in self.constants}
@@ -133,6 +131,7 @@ class NativeOptions:
     simd: str | None = None        # "scalar" | "avx2" | "avx512"; None: LSTMRT_SIMD or the best
     precision: str = "f32"         # "f32" | "bf16" | "int8" for the recurrent weight products
     threads: int = 1               # threads inside each kernel call (rows, or units: csrc/lstmrt.c)
+    compiled: bool = True          # False: walk the numpy plan, the reference programs are tested against
 
     def __post_init__(self):
         if self.simd not in (None, "scalar", "avx2", "avx512"):
@@ -165,6 +164,9 @@ class _Fallback:
         self.reason = reason
 
 
+_OFF = _Fallback("compilation turned off")
+
+
 class NativeBackend:
     name = "native"
 
@@ -178,7 +180,7 @@ class NativeBackend:
         self._packed: dict = {}                # dense weights, shared by every program
         self._local = threading.local()        # per thread: a ProgramState per program
         self._lock = threading.Lock()
-        self.compile_note = self._probe()
+        self.compile_note = self._probe() if options.compiled else "compilation turned off"
 
     # -- compiled programs -------------------------------------------------------
     def _key(self, feeds: dict, output_names: list) -> tuple:
@@ -190,6 +192,8 @@ class NativeBackend:
 
     def program_for(self, feeds: dict, output_names: list):
         """The Program for this feed's signature (compiled on first sight), or a _Fallback."""
+        if not self.options.compiled:
+            return _OFF
         key = self._key(feeds, output_names)
         entry = self._programs.get(key)
         if entry is None:
@@ -222,7 +226,37 @@ class NativeBackend:
         program = self.program_for(feeds, output_names)
         if type(program) is _Fallback:
             return self.plan.run(feeds, output_names)
-        return program.assemble(self._state(program).run(feeds))
+        state = self._state(program)
+        results = program.assemble(state.run(feeds))
+        self._remember(feeds, output_names, program, state)
+        return results
+
+    # -- signatures already checked: the call goes straight to its program ------
+    def _remember(self, feeds: dict, output_names, program, state) -> None:
+        """After a checked call: the same signature (names, shapes, dtypes, scalar values, outputs
+        asked) needs no feed check again (the session's check depends on nothing else)."""
+        known = getattr(self._local, "known", None)
+        if known is None:
+            known = self._local.known = {}
+        if len(known) >= self._programs.limit:
+            known.clear()
+        known[self._fast_key(feeds, output_names)] = (program, state)
+
+    def _fast_key(self, feeds: dict, output_names) -> tuple:
+        key = tuple([(name, value.shape, value.dtype) for name, value in feeds.items()])
+        if self._signature_inputs:
+            key += tuple(feeds[n].tobytes() for n in self._signature_inputs if n in feeds)
+        return key, tuple(output_names)
+
+    def run_known(self, feeds: dict, output_names):
+        """The outputs when this exact signature ran before on this thread, else None (the caller
+        then checks the feed and runs it the long way).  Not for arrays other than numpy's own
+        C-contiguous ones: anything else returns None."""
+        try:
+            program, state = self._local.known[self._fast_key(feeds, output_names)]
+            return program.assemble(state.run(feeds))
+        except (AttributeError, KeyError, TypeError, ValueError, BufferError):
+            return None
 
     def profile(self, feeds: dict, output_names: list, calls: int = 100) -> list:
         """[(instruction label, seconds per call)] of the compiled program, slowest first."""

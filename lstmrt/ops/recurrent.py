@@ -7,12 +7,10 @@ bidirectional runs are handled here, so the kernel sees one direction of
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..errors import InputError
-from ..kernel import ACTIVATIONS, F32, GATES, Activation, CellSpec, CellWeights, RunnerCache
+from ..kernel import ACTIVATIONS, F32, GATES, Activation, CellSpec, CellWeights
 from . import NodeInfo, op
 
 ACT_SLOTS = {"LSTM": 3, "GRU": 2, "RNN": 1}
@@ -22,9 +20,6 @@ _TAKES_ALPHA_BETA = {"affine": (True, True), "leakyrelu": (True, False), "thresh
                      "scaledtanh": (True, True), "hardsigmoid": (True, True), "elu": (True, False)}
 _ALPHA_BETA_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
 INPUT_NAMES = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
-# Calls with T*B*(input+hidden) up to this run on a cached runner, whose output is copied out;
-# larger ones have the kernel write straight into the returned arrays.
-RUNNER_FLOATS = 16384
 
 
 def parse_activations(node: NodeInfo, num_directions: int) -> list[tuple]:
@@ -77,15 +72,8 @@ class RecurrentNode:
         self.hidden_size_attr = a.get("hidden_size")
         self.threads = node.options["native"].threads
         self._want_y = len(node.outputs) > 0 and node.outputs[0] != ""
-        self._local = threading.local()   # per thread: runners for small calls (_run_small)
         # weights known at load are packed once here; others are packed per call
         self.packed = self._pack(*self._const_weights(), node.fail) if self._const_weights() else None
-        # small calls on cached runners (_run_small): one direction, layout 0, packed weights
-        self._small = self.packed is not None and self.num_directions == 1 and self.layout == 0
-        if self._small:
-            spec = self.packed[0].spec
-            self._row_floats = spec.input_size + spec.hidden_size
-            self._state_slots = (("h", 5, "initial_h"), ("c", 6, "initial_c"))[:2 if self.cell == "LSTM" else 1]
 
     def _const_weights(self):
         node = self.node
@@ -158,10 +146,6 @@ class RecurrentNode:
         return np.ascontiguousarray(value, dtype=np.int32)
 
     def __call__(self, inputs: list) -> list:
-        if self._small:
-            outputs = self._run_small(inputs)
-            if outputs is not None:
-                return outputs
         inputs = list(inputs) + [None] * (8 - len(inputs))
         X, W, R, B, seq, h0, c0, P = inputs
         if self.packed is None and (W is None or R is None):
@@ -190,39 +174,6 @@ class RecurrentNode:
             outputs = [None if y is None else y.transpose(2, 0, 1, 3), np.swapaxes(h, 0, 1),
                        None if c is None else np.swapaxes(c, 0, 1)]
         return outputs[:len(self.node.outputs)]
-
-    def _run_small(self, inputs: list) -> list | None:
-        """A small call (T*B*(input+hidden) <= RUNNER_FLOATS floats, no sequence_lens, float32 X
-        of the right width, strided or not) on a runner kept per thread and shape: its buffers and C
-        arguments are built once, so the call costs a few copies, not an argument setup
-        (streaming models with glue ops around the cell make many such calls).  None for any
-        other call: the general path runs it, or names what is wrong with it."""
-        X = inputs[0]
-        if type(X) is not np.ndarray or X.dtype is not F32 or X.ndim != 3:
-            return None
-        T, B, I = X.shape
-        weights = self.packed[0]
-        if I != weights.spec.input_size or T * B * self._row_floats > RUNNER_FLOATS or \
-                (len(inputs) > 4 and inputs[4] is not None):
-            return None
-        runners = getattr(self._local, "runners", None)
-        if runners is None:
-            runners = self._local.runners = RunnerCache(weights, self.threads, self._want_y)
-        runner = runners.get(X.shape)
-        if runner is None:
-            H = weights.spec.hidden_size
-            runner = runners.add(X.shape)
-            runner.outputs = [None if a is None else a.reshape(shape) for a, shape in   # ONNX shapes
-                              ((runner.y, (T, 1, B, H)), (runner.h, (1, B, H)), (runner.c, (1, B, H)))]
-        for slot, index, name in self._state_slots:
-            value = inputs[index] if index < len(inputs) else None
-            if value is None:
-                getattr(runner, slot).fill(0.0)
-            else:
-                runner.load(slot, self._checked_state(value, name, B, weights.spec.hidden_size))
-        runner.load("x", X)
-        runner.run(reverse=self.direction == "reverse")
-        return [None if a is None else a.copy() for a in runner.outputs[:len(self.node.outputs)]]
 
 
 @op("LSTM", "GRU", "RNN")

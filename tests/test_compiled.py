@@ -1,0 +1,142 @@
+"""Compiled programs give what the numpy reference plan gives (compiled=False) and what
+onnxruntime gives, keep the stream API's state semantics, and are safe across threads."""
+import threading
+
+import numpy as np
+import pytest
+
+import lstmrt
+from models import bare_cell, streaming_model
+
+
+def _sessions(model, **kw):
+    return (lstmrt.InferenceSession(model, backend="native", **kw),
+            lstmrt.InferenceSession(model, backend="native", compiled=False, **kw),
+            lstmrt.InferenceSession(model, backend="onnxruntime"))
+
+
+@pytest.mark.parametrize("model", [bare_cell("LSTM"), bare_cell("GRU"), bare_cell("RNN"), streaming_model("LSTM"),
+                                   streaming_model("GRU")], ids=["lstm", "gru", "rnn", "glue-lstm", "glue-gru"])
+def test_streams_equal_the_reference_plan_and_onnxruntime(model):
+    compiled, reference, ort = (s.stream() for s in _sessions(model))
+    name = compiled._session.get_inputs()[0].name
+    shape = [{"T": 23, "B": 3, "batch": 3, "time": 23}.get(d, d) for d in compiled._session.get_inputs()[0].shape]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    axis = compiled._batch_axes.get(name, 1) ^ 1 if len(shape) == 3 else 0
+    for a, b in [(0, 1), (1, 5), (5, 6), (6, 23)]:
+        chunk = np.ascontiguousarray(np.take(x, range(a, b), axis=axis))
+        got, want, ref = (s.run({name: chunk}) for s in (compiled, reference, ort))
+        for g, w, r in zip(got, want, ref):
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_allclose(g, r, atol=1e-5)
+    for state in compiled.pairs:
+        np.testing.assert_array_equal(compiled.state[state], reference.state[state])
+
+
+def test_stream_state_api():
+    sess = lstmrt.InferenceSession(bare_cell("LSTM"), backend="native")
+    stream = sess.stream()
+    x = np.random.default_rng(2).standard_normal((4, 2, 10)).astype(np.float32)
+    first = stream.run({"X": x})[0]
+    saved = stream.state
+    second = stream.run({"X": x})[0]
+    assert not np.allclose(first, second)
+    stream.state["h0"][:] = 99                 # .state is a copy: changing it changes nothing
+    stream.reset()
+    np.testing.assert_array_equal(stream.run({"X": x})[0], first)
+    stream.set_state(saved)
+    np.testing.assert_array_equal(stream.run({"X": x})[0], second)
+    stream.set_state({k: np.zeros_like(v) for k, v in saved.items()})   # zeros: back to the start
+    np.testing.assert_array_equal(stream.run({"X": x})[0], first)
+    stream.set_state(saved)
+    np.testing.assert_array_equal(stream.run({"X": x, "h0": saved["h0"]})[0], second)   # state given in the feed
+    with pytest.raises(lstmrt.StreamError, match="batch"):
+        stream.run({"X": x[:, :1]})            # a batch change needs reset() or set_state()
+    stream.reset()
+    assert stream.run({"X": x[:, :1]})[0].shape == (4, 1, 1, 24)
+
+
+def test_stream_without_y_and_bad_input_gets_the_usual_errors():
+    sess = lstmrt.InferenceSession(bare_cell("GRU", with_y=False), backend="native")
+    stream = sess.stream()
+    assert stream.run({"X": np.zeros((3, 2, 10), np.float32)}) == []
+    assert stream.state["h0"].shape == (1, 2, 24)
+    for _ in range(2):   # the second time the signature is known: the same checks still hold
+        with pytest.raises(lstmrt.InputError, match="dtype float64"):
+            stream.run({"X": np.zeros((3, 2, 10))})
+        with pytest.raises(lstmrt.InputError, match="dimension 2 must be 10"):
+            stream.run({"X": np.zeros((3, 2, 9), np.float32)})
+        stream.run({"X": np.zeros((3, 2, 10), np.float32)})
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_run_equals_the_reference_plan_and_onnxruntime(cell):
+    compiled, reference, ort = _sessions(bare_cell(cell))
+    rng = np.random.default_rng(3)
+    feed = {i.name: rng.standard_normal([{"T": 6, "B": 3}.get(d, d) for d in i.shape]).astype(np.float32)
+            for i in compiled.get_inputs()}
+    before = {k: v.copy() for k, v in feed.items()}
+    for _ in range(2):    # compiled on the first call, known on the second
+        got, want, ref = compiled.run(None, feed), reference.run(None, feed), ort.run(None, feed)
+        for g, w, r in zip(got, want, ref):
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_allclose(g, r, atol=1e-5)
+    for k in feed:
+        np.testing.assert_array_equal(feed[k], before[k])       # the caller's arrays are left alone
+    names = [o.name for o in compiled.get_outputs()][::-1]
+    for g, w in zip(compiled.run(names, feed), reference.run(names, feed)):
+        np.testing.assert_array_equal(g, w)
+    returned = compiled.run(None, feed)
+    returned[0][...] = 7                        # returned arrays are the caller's: the next call is unharmed
+    np.testing.assert_array_equal(compiled.run(None, feed)[0], want[0])
+    with pytest.raises(lstmrt.InputError, match="dimension 2 must be 10"):
+        compiled.run(None, {**feed, "X": feed["X"][:, :, :9].copy()})
+
+
+@pytest.mark.parametrize("model", [bare_cell("LSTM", hidden=48, inputs=16), streaming_model("GRU")],
+                         ids=["bare", "glue"])
+def test_concurrent_runs_are_bit_identical_to_sequential(model):
+    sess = lstmrt.InferenceSession(model, backend="native")
+    rng = np.random.default_rng(4)
+    shapes = {i.name: [{"T": 5, "B": 2, "batch": 2, "time": 5}.get(d, d) for d in i.shape] for i in sess.get_inputs()}
+    feeds = [{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(2)]
+    expected = [sess.run(None, f) for f in feeds]
+    results = [[], []]
+
+    def work(i):
+        for _ in range(300):
+            results[i].append(sess.run(None, feeds[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for outs in results[i]:
+            for g, w in zip(outs, expected[i]):
+                np.testing.assert_array_equal(g, w)
+
+
+def test_strided_arrays_are_copied_and_foreign_dtypes_refused():
+    """Known signatures hand contiguous arrays to C as they are: a strided view must give what
+    its contiguous copy gives, and a big-endian float32 array gets the feed check's error."""
+    model = bare_cell("LSTM")
+    sess = lstmrt.InferenceSession(model, backend="native")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 2, 20)).astype(np.float32)[:, :, ::2]
+    h0 = rng.standard_normal((1, 2, 48)).astype(np.float32)[:, :, ::2]
+    c0 = rng.standard_normal((1, 2, 24)).astype(np.float32)
+    assert not x.flags.c_contiguous and not h0.flags.c_contiguous
+    plain = {"X": np.ascontiguousarray(x), "h0": np.ascontiguousarray(h0), "c0": c0}
+    want = lstmrt.InferenceSession(model, backend="onnxruntime").run(None, plain)
+    sess.run(None, plain)                       # the signature is known from here on
+    for g, w in zip(sess.run(None, {"X": x, "h0": h0, "c0": c0}), want):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    with pytest.raises(lstmrt.InputError, match="'c0' has dtype >f4"):
+        sess.run(None, {**plain, "c0": c0.astype(">f4")})
+    stream, reference = sess.stream(), sess.stream()
+    for chunk in (x[:2], np.asfortranarray(x[2:])):     # strided, then Fortran-ordered
+        np.testing.assert_array_equal(stream.run({"X": chunk})[0], reference.run({"X": np.ascontiguousarray(chunk)})[0])
+    with pytest.raises(lstmrt.InputError, match="'X' has dtype >f4"):
+        stream.run({"X": x.astype(">f4")})
