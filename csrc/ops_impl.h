@@ -48,6 +48,7 @@ static float LRT_FN(scalar_unary)(int32_t kind, float x, float alpha, float beta
     case LRT_UN_COS: return cosf(x);
     case LRT_UN_IDENTITY: return x;
     case LRT_ACT_RELU: return x != x ? x : x > 0.f ? x : 0.f;
+    case LRT_ACT_HARDSIGMOID: { const float v = alpha * x + beta; return v != v ? v : v < 0.f ? 0.f : v > 1.f ? 1.f : v; }
     default: return lrt_act_scalar(kind, alpha, beta, x);
     }
 }
@@ -58,11 +59,20 @@ static int LRT_FN(vector_kind)(int32_t kind)
            kind == LRT_UN_NEG || kind == LRT_UN_ABS || kind == LRT_UN_CLIP || kind == LRT_UN_IDENTITY;
 }
 
+/* the vector exp clamps its argument, which would turn NaN into a number */
+static int LRT_FN(clamps_nan)(int32_t kind, const float *x, size_t n)
+{
+    if (kind != LRT_ACT_SIGMOID && kind != LRT_ACT_TANH && kind != LRT_UN_EXP) return 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) nan |= x[i] != x[i];
+    return nan;
+}
+
 /* y[i] = f(x[i]); x == y allowed */
 static LRT_TARGET void LRT_FN(unary)(int32_t kind, const float *x, float *y, size_t n, float alpha, float beta)
 {
     size_t i = 0;
-    if (LRT_FN(vector_kind)(kind)) {
+    if (LRT_FN(vector_kind)(kind) && !LRT_FN(clamps_nan)(kind, x, n)) {
         for (; i + VL <= n; i += VL) vf_store(y + i, LRT_FN(v_unary)(kind, vf_load(x + i), alpha, beta));
         if (kind == LRT_ACT_SIGMOID || kind == LRT_ACT_TANH) {   /* the tail through the same vector code */
             if (i < n) {

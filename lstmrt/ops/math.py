@@ -48,7 +48,8 @@ def _softplus(x):
 
 _UNARY = {"Relu": lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "Tanh": np.tanh, "Sigmoid": _sigmoid,
           "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Abs": np.abs, "Neg": np.negative, "Erf": _erf,
-          "Softplus": _softplus}
+          "Softplus": _softplus, "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil, "Sin": np.sin,
+          "Cos": np.cos, "Softsign": lambda x: (x / (1 + np.abs(x))).astype(x.dtype, copy=False)}
 
 
 @op(*_UNARY)
@@ -61,6 +62,31 @@ def _unary(node):
 def _leaky_relu(node):
     alpha = node.attrs.get("alpha", 0.01)
     return lambda inputs: [np.where(inputs[0] >= 0, inputs[0], inputs[0] * inputs[0].dtype.type(alpha))]
+
+
+@op("Elu")
+def _elu(node):
+    alpha = node.attrs.get("alpha", 1.0)
+    return lambda inputs: [np.where(inputs[0] >= 0, inputs[0],
+                                    (np.expm1(inputs[0]) * inputs[0].dtype.type(alpha)).astype(inputs[0].dtype))]
+
+
+@op("ThresholdedRelu")
+def _thresholded_relu(node):
+    alpha = node.attrs.get("alpha", 1.0)
+    return lambda inputs: [np.where(inputs[0] > alpha, inputs[0], inputs[0].dtype.type(0))]
+
+
+@op("Max", "Min")
+def _max_min(node):
+    fn = np.maximum if node.op_type == "Max" else np.minimum   # NaN wins, as in onnxruntime
+
+    def run(inputs):
+        result = inputs[0]
+        for x in inputs[1:]:
+            result = fn(result, x)
+        return [np.asarray(result)]
+    return run
 
 
 @op("HardSigmoid")
@@ -127,14 +153,17 @@ def _reduce(node):
     return run
 
 
-@op("Softmax")
+@op("Softmax", "LogSoftmax")
 def _softmax(node):
     legacy = node.opset < 13     # before opset 13 Softmax flattens to 2-D at `axis` (default 1)
     axis = node.attrs.get("axis", 1 if legacy else -1)
+    log = node.op_type == "LogSoftmax"
 
     def softmax(x, ax):
         # ufunc reductions and in-place ufuncs: a network's last op runs on every call
         e = x - np.maximum.reduce(x, axis=ax, keepdims=True)
+        if log:
+            return e - np.log(np.add.reduce(np.exp(e), axis=ax, keepdims=True))
         np.exp(e, out=e)
         e /= np.add.reduce(e, axis=ax, keepdims=True)
         return e

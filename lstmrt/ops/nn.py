@@ -96,3 +96,17 @@ def _layer_norm(node: NodeInfo):
             y = y + bias
         return [y.astype(x.dtype, copy=False), mean.astype(x.dtype), inv_std.astype(x.dtype)][:len(node.outputs)]
     return run
+
+
+@op("BatchNormalization")
+def _batch_norm(node: NodeInfo):
+    if node.attrs.get("training_mode", 0):
+        raise node.fail("training_mode=1 is not supported (inference only)")
+    epsilon = node.attrs.get("epsilon", 1e-5)
+
+    def run(inputs):
+        x, scale, bias, mean, var = inputs[:5]
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        inv = scale.reshape(shape) / np.sqrt(var.reshape(shape) + epsilon)
+        return [((x - mean.reshape(shape)) * inv + bias.reshape(shape)).astype(x.dtype, copy=False)]
+    return run

@@ -86,8 +86,8 @@ def _flatten(node):
 
     def run(inputs):
         x = inputs[0]
-        a = axis % x.ndim if x.ndim else 0
-        return [np.reshape(x, (int(np.prod(x.shape[:a])), -1))]
+        a = axis + x.ndim if axis < 0 else axis     # axis may be the rank itself: [all, 1]
+        return [np.reshape(x, (int(np.prod(x.shape[:a])), int(np.prod(x.shape[a:]))))]
     return run
 
 
@@ -140,6 +140,11 @@ def _gather(node):
 def _shape(node):
     start, end = node.attrs.get("start", 0), node.attrs.get("end")
     return lambda inputs: [np.array(inputs[0].shape[start:end], dtype=np.int64)]
+
+
+@op("Size")
+def _size(node):
+    return lambda inputs: [np.array(inputs[0].size, np.int64)]
 
 
 @op("Constant")
