@@ -19,10 +19,10 @@ def no_cuda(monkeypatch):
 
 
 def with_unsupported_op() -> onnx.ModelProto:
-    """The streaming model with a Cos (which native lacks) on its output."""
+    """The streaming model with an Atan (which native lacks) on its output."""
     model = streaming_model("GRU")
-    model.graph.node[-2].output[0] = "y_raw"          # MatMul -> y_raw -> Cos -> y
-    model.graph.node.insert(len(model.graph.node) - 1, helper.make_node("Cos", ["y_raw"], ["y"], name="the_cos"))
+    model.graph.node[-2].output[0] = "y_raw"          # MatMul -> y_raw -> Atan -> y
+    model.graph.node.insert(len(model.graph.node) - 1, helper.make_node("Atan", ["y_raw"], ["y"], name="the_atan"))
     return model
 
 
@@ -35,8 +35,8 @@ def test_auto_picks_native_when_it_runs_every_node(no_cuda):
 def test_auto_falls_back_to_onnxruntime_cpu_and_says_why(no_cuda):
     sess = lstmrt.InferenceSession(with_unsupported_op())
     assert sess.backend == "onnxruntime" and sess.get_providers() == ["CPUExecutionProvider"]
-    assert sess.backend_reason == "onnxruntime CPU: native lacks Cos at node 'the_cos'"
-    with pytest.raises(lstmrt.UnsupportedModelError, match="node 'the_cos' uses op Cos"):
+    assert sess.backend_reason == "onnxruntime CPU: native lacks Atan at node 'the_atan'"
+    with pytest.raises(lstmrt.UnsupportedModelError, match="node 'the_atan' uses op Atan"):
         lstmrt.InferenceSession(with_unsupported_op(), backend="native")
 
 
@@ -127,7 +127,7 @@ def test_inspect_says_why_auto_chose(tmp_path, no_cuda):
     path = tmp_path / "m.onnx"
     onnx.save(with_unsupported_op(), str(path))
     result = CliRunner().invoke(main, ["inspect", str(path)])
-    assert "backend auto: onnxruntime CPU: native lacks Cos at node 'the_cos'" in " ".join(result.output.split())
+    assert "backend auto: onnxruntime CPU: native lacks Atan at node 'the_atan'" in " ".join(result.output.split())
 
 
 def test_a_feed_may_replace_an_initializer_listed_as_an_input(tmp_path):
