@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import StreamError
-from .model import zeros_for
 from .session import _check_value
-from .state_pairs import batch_axes, streaming_pairs
+from .state_pairs import batch_axes, stream_pairs
+from .state_shapes import inferred_output_shapes
 
 
 class Stream:
@@ -19,7 +19,8 @@ class Stream:
         self._session = session
         self._backend = session._backend
         model = session.model
-        self.pairs = streaming_pairs(model, state)
+        self.pairing = stream_pairs(model, state)    # StatePair each: input, output, found_by, detail
+        self.pairs = {p.input: p.output for p in self.pairing}
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
@@ -46,24 +47,50 @@ class Stream:
         self._state = {}
 
     def _zero_state(self, name: str, feed: dict) -> np.ndarray:
+        """Zeros for state `name` at the first call: its declared shape, unknown dims resolved from
+        the feed (named dims, else the traced batch axis, else shape inference with the feed's
+        shapes), checked against what the model makes of this feed; StreamError if unknowable."""
         model = self._session.model
-        info = model.input(name)
+        info, out = model.input(name), self.pairs[name]
         dims = {}
         for other in model.inputs:
             if other.name in feed and other.shape is not None:
                 dims.update({d: n for d, n in zip(other.shape, feed[other.name].shape) if isinstance(d, str)})
-        zeros = zeros_for(info, dims)
-        unresolved = [d for d in (info.shape or []) if not (isinstance(d, int) and d > 0) and d not in dims]
-        if zeros is None and len(unresolved) == 1:
+        shape = [d if isinstance(d, int) and d > 0 else dims.get(d) for d in info.shape or []]
+        unresolved = [a for a, d in enumerate(shape) if d is None]
+        if unresolved and len(unresolved) == 1:
             # the one unnamed dim of a state is its batch; read the batch from a streamed input
             batches = {feed[i].shape[a] for i, a in self._batch_axes.items() if i in feed and feed[i].ndim > a}
             if len(batches) == 1:
-                dims[unresolved[0]] = batches.pop()
-                zeros = zeros_for(info, dims)
-        if zeros is None:
-            raise StreamError(f"cannot tell the shape of state '{name}' {info.shape} from the inputs; "
-                              "give it once with set_state() or in the first run()'s feed")
-        return zeros
+                shape[unresolved[0]] = batches.pop()
+        made = self._shape_made_from(feed, out)
+        if info.shape is None and made is not None:
+            shape = [None] * len(made)
+        if made is not None and len(made) == len(shape):
+            for axis, (have, inferred) in enumerate(zip(shape, made)):
+                if have is None and isinstance(inferred, int) and inferred > 0:
+                    shape[axis] = inferred
+                elif have is not None and isinstance(inferred, int) and inferred > 0 and have != inferred:
+                    raise StreamError(
+                        f"state '{name}' would start as {shape} (declared {info.shape}), but with this feed "
+                        f"({self._feed_shapes(feed)}) the model makes its state output '{out}' {made}: dimension "
+                        f"{axis} differs, so it could not be carried; feed a batch that fits the state, or give "
+                        "the state with set_state()")
+        if info.shape is None or any(d is None for d in shape):
+            raise StreamError(f"cannot tell the shape of state '{name}' {info.shape} from the first feed "
+                              f"({self._feed_shapes(feed)}): neither named dims, the batch axis, nor shape "
+                              f"inference through the graph (which gives '{out}' {made}) settle it; give it "
+                              "once with set_state() or in the first run()'s feed")
+        return np.zeros(shape, dtype=info.dtype)
+
+    def _shape_made_from(self, feed: dict, out: str):
+        """The state output's shape as shape inference finds it with the feed's shapes (None if not)."""
+        shapes = {k: list(v.shape) for k, v in feed.items() if k not in self.pairs}
+        return inferred_output_shapes(self._session.model, shapes).get(out)
+
+    @staticmethod
+    def _feed_shapes(feed: dict) -> str:
+        return ", ".join(f"'{k}' {list(v.shape)}" for k, v in feed.items())
 
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
