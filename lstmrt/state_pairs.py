@@ -115,13 +115,24 @@ def _shape_conflict(inp_shape, out_shape) -> bool:
 
 
 def _shapes_alike(inp_shape, out_shape) -> bool:
-    """Discovery's stricter test: no conflict, and no dim fixed on one side but variable on the other."""
+    """Discovery's stricter test: no conflict, and no dim the input declares variable (named) that
+    the output fixes (a [batch, samples] input is no state of a [batch, 1] output).  The reverse is
+    allowed: exporters give output dims names of their own where they could not work out a size."""
     if _shape_conflict(inp_shape, out_shape):
         return False
     if inp_shape is None or out_shape is None:
         return True
-    return not any((_fixed(a) and isinstance(b, str)) or (isinstance(a, str) and _fixed(b))
-                   for a, b in zip(inp_shape, out_shape))
+    return not any(isinstance(a, str) and _fixed(b) for a, b in zip(inp_shape, out_shape))
+
+
+def _shapes_match_closely(inp_shape, out_shape) -> bool:
+    """Every dim provably equal or unknown on a side, at least one fixed size shared, and no two
+    different names: the shape of a state, not of a sequence (whose dims are named per chunk)."""
+    if inp_shape is None or out_shape is None or len(inp_shape) != len(out_shape):
+        return False
+    shared = sum(1 for a, b in zip(inp_shape, out_shape) if _fixed(a) and a == b)
+    named_apart = any(isinstance(a, str) and isinstance(b, str) and a != b for a, b in zip(inp_shape, out_shape))
+    return shared > 0 and not named_apart
 
 
 def _pair_problems(model: Model, pairs: dict) -> list[str]:
@@ -190,7 +201,7 @@ def _resolve(edges: set, found_by: str, details: dict) -> tuple[list, set]:
     return pairs, remaining
 
 
-def _ambiguous(model: Model, found: list, edges: set, step: str) -> StreamError:
+def _ambiguous(model: Model, found: list, edges: set, why: str) -> StreamError:
     inputs = sorted({i for i, _ in edges})
     lines = [f"{i!r} could be fed from {' or '.join(repr(o) for o in sorted(o for j, o in edges if j == i))}"
              for i in inputs]
@@ -199,10 +210,8 @@ def _ambiguous(model: Model, found: list, edges: set, step: str) -> StreamError:
         if i not in suggestion and o not in suggestion.values():
             suggestion[i] = o
     return StreamError(
-        f"cannot tell the state pairs apart ({step}): " + "; ".join(lines)
-        + " - each is computed from each, with the same dtype and a compatible shape, and the names do not "
-        f"settle it. Say which, e.g. sess.stream(state={suggestion!r}), or sess.stream(state={{}}) if the model "
-        "keeps no state")
+        "cannot tell the state pairs apart: " + "; ".join(lines) + f" ({why}). Say which, e.g. "
+        f"sess.stream(state={suggestion!r}), or sess.stream(state={{}}) if the model keeps no state")
 
 
 def _by_recurrent_nodes(model: Model, taken: list) -> list[StatePair]:
@@ -219,7 +228,8 @@ def _by_recurrent_nodes(model: Model, taken: list) -> list[StatePair]:
                 details[(inp.name, out)] = f"initial {kinds} -> final {kinds} of {', '.join(map(repr, nodes))}"
     pairs, left = _resolve(edges, "recurrent node", details)
     if left:
-        raise _ambiguous(model, taken + pairs, left, "each reaches the same recurrent nodes' state")
+        raise _ambiguous(model, taken + pairs, left,
+                         "each reaches the same recurrent nodes' state, and the names do not settle it")
     return pairs
 
 
@@ -240,11 +250,18 @@ def _by_dataflow(model: Model, taken: list) -> list[StatePair]:
                 edges.add((inp.name, out.name))
     pairs, left = _resolve(edges, "dataflow", {})
     if left:
-        raise _ambiguous(model, taken + pairs, left, "each output is computed from each input")
-    if {p.input for p in taken + pairs} >= {i.name for i in model.inputs}:
-        # nothing would be left to stream: a pair that only dataflow supports may be the streamed
-        # input and its output (y = f(x, state)); keep only those a name confirms
-        pairs = [p for p in pairs if names_match(p.input, p.output)]
+        raise _ambiguous(model, taken + pairs, left, "each output is computed from each input through the rest of "
+                         "the graph, with its dtype and a compatible shape, and the names do not settle it")
+    data_inputs = {i.name for i in model.inputs if i.shape is None or len(i.shape) > 0}   # not scalars like sr
+    if pairs and {p.input for p in taken + pairs} >= data_inputs:
+        # nothing would be left to stream: one of these is the streamed input and its output
+        # (y = f(x, state)); keep those a name confirms, else those shaped like a state
+        kept = [p for p in pairs if names_match(p.input, p.output)] or [
+            p for p in pairs if _shapes_match_closely(model.input(p.input).shape, output_shape(model, p.output))]
+        if {p.input for p in taken + kept} >= data_inputs:
+            raise _ambiguous(model, taken, {(p.input, p.output) for p in pairs},
+                             "each is computed from the other, but pairing them all would leave no input to stream, and neither names nor shapes tell the state apart")
+        pairs = kept
     return pairs
 
 

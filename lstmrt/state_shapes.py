@@ -64,9 +64,18 @@ def inferred_output_shapes(model: Model, input_shapes: dict | None = None) -> di
 
 
 def merged_shape(declared, inferred) -> list | None:
-    """The declared shape with its unknown dims filled from the inferred one (ranks must agree)."""
+    """The declared shape with its unknown dims filled from the inferred one (ranks must agree).
+    A fixed size inference proves beats a declared symbolic name (exporters name output dims
+    they could not work out, e.g. torch.onnx's 'ConcatstateN_dim_2')."""
     if declared is None:
         return None if inferred is None else list(inferred)
     if inferred is None or len(inferred) != len(declared):
         return list(declared)
-    return [d if (isinstance(d, int) and d > 0) or isinstance(d, str) else i for d, i in zip(declared, inferred)]
+
+    def pick(d, i):
+        if isinstance(d, int) and d > 0:
+            return d
+        if isinstance(i, int) and i > 0:
+            return i
+        return d if isinstance(d, str) else i
+    return [pick(d, i) for d, i in zip(declared, inferred)]

@@ -76,6 +76,8 @@ class Stream:
                         f"({self._feed_shapes(feed)}) the model makes its state output '{out}' {made}: dimension "
                         f"{axis} differs, so it could not be carried; feed a batch that fits the state, or give "
                         "the state with set_state()")
+        if info.shape is not None and sum(d is None for d in shape) == 1:
+            raise _OneDimUnknown(name, shape.index(None), shape, info.dtype)
         if info.shape is None or any(d is None for d in shape):
             raise StreamError(f"cannot tell the shape of state '{name}' {info.shape} from the first feed "
                               f"({self._feed_shapes(feed)}): neither named dims, the batch axis, nor shape "
@@ -103,15 +105,20 @@ class Stream:
                 return results
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}
-        state = {}
+        state, guessed = {}, []
         for name in self.pairs:
             if name in feed:
                 state[name] = self._backend.from_host(feed[name])
             elif name in self._state:
                 state[name] = self._state[name]
             else:
-                state[name] = self._backend.from_host(self._zero_state(name, feed))
+                try:
+                    state[name] = self._backend.from_host(self._zero_state(name, feed))
+                except _OneDimUnknown as unknown:
+                    guessed.append(unknown)
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)
+        if guessed:
+            return self._run_trying_sizes(streamed, state, guessed, wanted)
         results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
         for inp, out in self.pairs.items():
             before, after = self._backend.shape_of(state[inp]), self._backend.shape_of(new_state[inp])
@@ -120,3 +127,43 @@ class Stream:
                                   f"'{inp}' is {list(before)}; they cannot be carried across calls")
         self._state = new_state
         return results
+
+    def _run_trying_sizes(self, streamed: dict, state: dict, guessed: list, wanted: list) -> list:
+        """The first call of a state with one dim nothing tells (e.g. [2, None, 128] beside an input
+        [batch, samples] whose batch it shares through a Loop that shape inference cannot follow):
+        try the feed's sizes for it, batch-like axis 0 first, and keep the call whose state output
+        comes out the shape of the state it was given.  The usual guess is right, so this costs no
+        extra run; a wrong size fails or makes a state of another shape, and the next is tried."""
+        sizes = list(dict.fromkeys([v.shape[0] for v in streamed.values() if v.ndim]
+                                   + [n for v in streamed.values() for n in v.shape]))
+        tried = []
+        for size in sizes:
+            trial = dict(state)
+            for unknown in guessed:
+                shape = list(unknown.shape)
+                shape[unknown.axis] = size
+                trial[unknown.name] = self._backend.from_host(np.zeros(shape, unknown.dtype))
+            try:
+                results, new_state = self._backend.run_stateful(streamed, trial, self.pairs, wanted)
+            except Exception as e:   # noqa: BLE001 - a wrong size may fail anywhere in a backend; try the next
+                tried.append(f"{size}: {type(e).__name__}")
+                continue
+            shapes = {inp: (tuple(self._backend.shape_of(trial[inp])), tuple(self._backend.shape_of(new_state[inp])))
+                      for inp in self.pairs}
+            if all(before == after for before, after in shapes.values()):
+                self._state = new_state
+                return results
+            tried.append(f"{size}: state output came out {[list(a) for _, a in shapes.values()]}")
+        names = [u.name for u in guessed]
+        raise StreamError(f"cannot tell the shape of state {names} {[u.shape for u in guessed]} from the first feed "
+                          f"({self._feed_shapes(streamed)}): no named dim, batch axis or shape inference settles "
+                          f"it, and none of the feed's sizes fits ({'; '.join(tried)}); give the state once with "
+                          "set_state() or in the first run()'s feed")
+
+
+class _OneDimUnknown(StreamError):
+    """A zero state whose shape is known but for one dim (the batch, usually)."""
+
+    def __init__(self, name: str, axis: int, shape: list, dtype):
+        super().__init__(f"state '{name}' {shape}: dimension {axis} unknown")
+        self.name, self.axis, self.shape, self.dtype = name, axis, shape, dtype
