@@ -136,7 +136,7 @@ class Stream:
         extra run; a wrong size fails or makes a state of another shape, and the next is tried."""
         sizes = list(dict.fromkeys([v.shape[0] for v in streamed.values() if v.ndim]
                                    + [n for v in streamed.values() for n in v.shape]))
-        tried = []
+        tried, first_error = [], None
         for size in sizes:
             trial = dict(state)
             for unknown in guessed:
@@ -147,6 +147,7 @@ class Stream:
                 results, new_state = self._backend.run_stateful(streamed, trial, self.pairs, wanted)
             except Exception as e:   # noqa: BLE001 - a wrong size may fail anywhere in a backend; try the next
                 tried.append(f"{size}: {type(e).__name__}")
+                first_error = first_error or e
                 continue
             shapes = {inp: (tuple(self._backend.shape_of(trial[inp])), tuple(self._backend.shape_of(new_state[inp])))
                       for inp in self.pairs}
@@ -154,6 +155,8 @@ class Stream:
                 self._state = new_state
                 return results
             tried.append(f"{size}: state output came out {[list(a) for _, a in shapes.values()]}")
+        if first_error is not None and len(tried) == len(sizes) and all(": state output" not in t for t in tried):
+            raise first_error       # no size ran at all: the feed itself is at fault, say what the backend said
         names = [u.name for u in guessed]
         raise StreamError(f"cannot tell the shape of state {names} {[u.shape for u in guessed]} from the first feed "
                           f"({self._feed_shapes(streamed)}): no named dim, batch axis or shape inference settles "
