@@ -361,14 +361,25 @@ def streaming_pairs(model: Model, explicit: dict | None = None) -> dict:
     """{state input: state output} a stream will carry; see stream_pairs."""
     return {p.input: p.output for p in stream_pairs(model, explicit)}
 
+def _recurrent_nodes_everywhere(graph, producers: dict):
+    """(recurrent node, producers it sees) for the graph and its If/Loop bodies (outer names visible)."""
+    for node in graph.node:
+        if node.op_type in RECURRENT_OPS:
+            yield node, producers
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == attr.GRAPH else list(attr.graphs) if attr.type == attr.GRAPHS else []:
+                inner = dict(producers)
+                inner.update({out: (n, i) for n in body.node for i, out in enumerate(n.output) if out})
+                yield from _recurrent_nodes_everywhere(body, inner)
+
+
 def _traced_input_axes(model: Model, axis_of_layout: dict) -> dict:
-    """{graph input: axis} for inputs that feed a recurrent node's X, traced back from the
-    node's axis (by layout) through Transpose and shape-preserving ops."""
-    producers, axes = model.producers(), {}
+    """{graph input: axis} for inputs that feed a recurrent node's X (in the main graph or an
+    If/Loop body), traced back from the node's axis (by layout) through Transpose and
+    shape-preserving ops."""
+    axes = {}
     graph_inputs = {i.name for i in model.inputs}
-    for node in model.graph.node:
-        if node.op_type not in RECURRENT_OPS:
-            continue
+    for node, producers in _recurrent_nodes_everywhere(model.graph, model.producers()):
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
         name, axis = node.input[0], axis_of_layout[layout]
         while name not in graph_inputs and name in producers:

@@ -217,3 +217,31 @@ def test_a_bad_first_feed_reports_the_backends_error_not_a_guess():
     with pytest.raises(lstmrt.LstmrtError, match="Reshape|reshape"):
         stream.run({"x": np.zeros((3, 12), np.float32), "sr": np.array(16000, np.int64)})
     assert stream.state == {}
+
+
+# -- streamify: recurrent nodes inside If branches -------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_streamify_lifts_state_out_of_if_branches(tmp_path, backend):
+    from export_helpers import cli, output_of
+    out = tmp_path / "lifted.onnx"
+    proc = cli("streamify", THIRD_PARTY / "lstm_in_if.onnx", "-o", out)
+    assert proc.returncode == 0, output_of(proc)
+    sess = lstmrt.InferenceSession(str(out), backend=backend)
+    original = ort_session(THIRD_PARTY / "lstm_in_if.onnx")
+    x = np.random.default_rng(6).standard_normal((2, 9, 8)).astype(np.float32)
+    stream = sess.stream()
+    assert len(stream.pairs) == 4 and {p.found_by for p in stream.pairing} == {"metadata"}
+    for sr in (16000, 8000, 16000):     # switching branch mid-stream: each branch keeps its own state
+        stream.reset()
+        sr = np.array(sr, np.int64)
+        parts = [stream.run({"x": x[:, a:b], "sr": sr})[0] for a, b in [(0, 1), (1, 5), (5, 9)]]
+        np.testing.assert_allclose(np.concatenate(parts, axis=1), original.run(None, {"x": x, "sr": sr})[0], atol=1e-5)
+
+
+def test_streamify_says_what_it_cannot_lift():
+    from exporters.streamify import StreamifyError, streamify
+    model = onnx.load(str(THIRD_PARTY / "lstm_in_if.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "If")
+    node.op_type = "Loop"          # the same LSTM, now in a loop body: its state restarts every iteration
+    with pytest.raises(StreamifyError, match=r"LSTM\) in then_branch of Loop '/If'.*restarts at every iteration"):
+        streamify(model)
