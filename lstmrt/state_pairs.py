@@ -225,7 +225,7 @@ def _by_recurrent_nodes(model: Model, taken: list) -> list[StatePair]:
                 edges.add((inp.name, out))
                 nodes = sorted({n for n, _ in reached})
                 kinds = "/".join(sorted({k for _, k in reached}))
-                details[(inp.name, out)] = f"initial {kinds} -> final {kinds} of {', '.join(map(repr, nodes))}"
+                details[(inp.name, out)] = f"{kinds} of {', '.join(map(repr, nodes))}"
     pairs, left = _resolve(edges, "recurrent node", details)
     if left:
         raise _ambiguous(model, taken + pairs, left,
@@ -326,9 +326,12 @@ def _refuse_restarting_nodes(model: Model, pairs: list) -> None:
 def nothing_found(model: Model) -> str:
     """What discovery looked for, for a model where it found no state."""
     recurrent = sum(1 for n in model.graph.node if n.op_type in RECURRENT_OPS)
+    nested = sum(1 for _ in _recurrent_nodes_everywhere(model.graph, {})) - recurrent
+    inside = (f", {nested} inside If/Loop bodies with their state built there: `lstmrt streamify` lifts those "
+              "in If branches") if nested else ""
     names = [i.name for i in model.inputs]
     return (f"no recurrent state found: no '{METADATA_KEY}' metadata; no graph input reaches the initial state "
-            f"of a recurrent node ({recurrent} LSTM/GRU/RNN node(s) in the main graph); and no graph output is "
+            f"of a recurrent node ({recurrent} LSTM/GRU/RNN node(s) in the main graph{inside}); and no graph output is "
             f"computed from one of the inputs {names} together with other data, with that input's dtype and "
             "shape. Pass the pairs, sess.stream(state={'state_in': 'state_out'}), or sess.stream(state={}) "
             "to stream a model that keeps no state (each call on its own)")

@@ -245,3 +245,20 @@ def test_streamify_says_what_it_cannot_lift():
     node.op_type = "Loop"          # the same LSTM, now in a loop body: its state restarts every iteration
     with pytest.raises(StreamifyError, match=r"LSTM\) in then_branch of Loop '/If'.*restarts at every iteration"):
         streamify(model)
+
+
+def test_inspect_lists_each_pair_how_found_and_shapes_or_why_none():
+    from click.testing import CliRunner
+
+    from lstmrt.cli import main
+    result = CliRunner().invoke(main, ["inspect", str(THIRD_PARTY / "vad_cell_op14.onnx")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "stateN" in line and "│" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[:3] == ["state", "[2,?,16]", "stateN"] and cells[4] == "dataflow", cells
+    result = CliRunner().invoke(main, ["inspect", str(THIRD_PARTY / "stateless_mlp.onnx")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "streaming: not possible" in text and "no recurrent state found" in text and "state={}" in text
+    result = CliRunner().invoke(main, ["inspect", str(THIRD_PARTY / "two_states_ambiguous.onnx")], terminal_width=200)
+    assert "cannot tell the state pairs apart" in " ".join(result.output.split())
