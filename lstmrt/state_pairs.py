@@ -152,7 +152,9 @@ def _pair_problems(model: Model, pairs: dict) -> list[str]:
         i, o = inputs[inp], outputs[out]
         if i.elem_type != o.elem_type:
             problems.append(f"{out!r} is {o.type} but {inp!r} is {i.type}")
-        shape = output_shape(model, out)
+        shape = o.shape
+        if shape is None or any(_fixed(a) and not _fixed(b) for a, b in zip(i.shape or [], shape)):
+            shape = output_shape(model, out)      # inference only where the declaration leaves a doubt
         if _shape_conflict(i.shape, shape):
             problems.append(f"{out!r} has shape {shape} but {inp!r} has shape {i.shape}: "
                             "one cannot be fed back into the other")

@@ -127,7 +127,8 @@ def test_names_break_ties_and_only_ties():
     del lifted.metadata_props[:]
     stream = lstmrt.InferenceSession(lifted, backend="native").stream()
     assert stream.pairs == pairs
-    assert {p.found_by for p in stream.pairing} <= {"dataflow", "dataflow + name"}
+    found_by = {p.input: p.found_by for p in stream.pairing}
+    assert set(found_by.values()) == {"dataflow", "dataflow + name"}, found_by   # a name settled h vs c
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -262,3 +263,16 @@ def test_inspect_lists_each_pair_how_found_and_shapes_or_why_none():
     assert "streaming: not possible" in text and "no recurrent state found" in text and "state={}" in text
     result = CliRunner().invoke(main, ["inspect", str(THIRD_PARTY / "two_states_ambiguous.onnx")], terminal_width=200)
     assert "cannot tell the state pairs apart" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_feed_contradicting_a_fixed_state_behind_a_loop_leaves_no_state(backend):
+    """Where shape inference cannot follow the graph (a Loop's carried values), the contradiction
+    shows in the first call's result, which is refused before the stream keeps anything."""
+    model = onnx.load(str(THIRD_PARTY / "vad_cell_op14.onnx"))
+    model.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 1      # state [2, 1, 16]
+    stream = lstmrt.InferenceSession(model, backend=backend).stream()
+    feed = {"x": np.ones((3, 16), np.float32), "sr": np.array(16000, np.int64)}
+    with pytest.raises(lstmrt.StreamError, match=r"'stateN' came out \[2, 3, 16\] but state input 'state' is \[2, 1, 16\]"):
+        stream.run(feed)
+    assert stream.state == {}
