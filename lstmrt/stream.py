@@ -134,8 +134,9 @@ class Stream:
         try the feed's sizes for it, batch-like axis 0 first, and keep the call whose state output
         comes out the shape of the state it was given.  The usual guess is right, so this costs no
         extra run; a wrong size fails or makes a state of another shape, and the next is tried."""
-        sizes = list(dict.fromkeys([v.shape[0] for v in streamed.values() if v.ndim]
-                                   + [n for v in streamed.values() for n in v.shape]))
+        sizes = [n for n in dict.fromkeys([v.shape[0] for v in streamed.values() if v.ndim]
+                                          + [n for v in streamed.values() for n in v.shape]) if n > 0]
+        sizes = sizes[:_MAX_SIZES_TRIED]     # never 0: onnxruntime aborts the process on empty RNN state
         tried, first_error = [], None
         for size in sizes:
             trial = dict(state)
@@ -162,6 +163,9 @@ class Stream:
                           f"({self._feed_shapes(streamed)}): no named dim, batch axis or shape inference settles "
                           f"it, and none of the feed's sizes fits ({'; '.join(tried)}); give the state once with "
                           "set_state() or in the first run()'s feed")
+
+
+_MAX_SIZES_TRIED = 4
 
 
 class _OneDimUnknown(StreamError):
