@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from onnx import helper
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from .backends import choose
@@ -49,20 +50,19 @@ def _compact(shape) -> str:
 
 
 def _print_state_pairs(model: Model, console: Console) -> None:
-    """The pairs sess.stream() would carry, how each was found and its shapes; or why there are none."""
+    """The pairs sess.stream() would carry, how each was found and its shapes; or why there are none.
+    One line each, never cut: names and shapes are what a user copies into state={...}."""
     try:
         pairs = stream_pairs(model)
     except LstmrtError as e:
-        console.print(f"streaming: not possible without state={{...}}: {type(e).__name__}: {e}")
+        console.print(Text(f"streaming: not possible without state={{...}}: {type(e).__name__}: {e}"))
         return
-    table = Table(title="state pairs (sess.stream())")
-    for col in ("state input", "shape", "state output", "shape", "found by", "details"):
-        table.add_column(col, overflow="fold")     # shapes and names whole, never cut with an ellipsis
+    console.print(Text("state pairs (state output -> state input at the next call):"))
     for p in pairs:
-        table.add_row(p.input, _compact(model.input(p.input).shape), p.output, _compact(output_shape(model, p.output)),
-                      p.found_by, p.detail)
-    console.print(table)
-    console.print("streaming: state carried " + ", ".join(f"{p.input} -> {p.output}" for p in pairs))
+        how = p.found_by + (f", {p.detail}" if p.detail else "")
+        console.print(Text(f"  {p.output} {_compact(output_shape(model, p.output))} -> {p.input} "
+                           f"{_compact(model.input(p.input).shape)}  found by {how}"), soft_wrap=True)
+    console.print(Text("streaming: state carried " + ", ".join(f"{p.input} -> {p.output}" for p in pairs)))
 
 
 def inspect_model(path: str, console: Console) -> None:
