@@ -277,3 +277,17 @@ def test_first_feed_contradicting_a_fixed_state_behind_a_loop_leaves_no_state(ba
     with pytest.raises(lstmrt.StreamError, match=r"'stateN' came out \[2, 3, 16\] but state input 'state' is \[2, 1, 16\]"):
         stream.run(feed)
     assert stream.state == {}
+
+
+def test_recurrent_node_state_returned_twice_needs_a_name_or_is_refused():
+    def model_with_copy(first_name):
+        model = streaming_model("GRU")
+        model.graph.node.append(onnx.helper.make_node("Identity", ["Y_h"], ["copy"]))
+        model.graph.output.append(onnx.helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, [1, "batch", 7]))
+        node = next(n for n in model.graph.node if list(n.output) == ["hn"])
+        node.output[0] = model.graph.output[1].name = first_name
+        return model
+    stream = lstmrt.InferenceSession(model_with_copy("hn"), backend="native").stream()
+    assert [(p.input, p.output, p.found_by) for p in stream.pairing] == [("h0", "hn", "recurrent node + name")]
+    with pytest.raises(lstmrt.StreamError, match=r"'h0' could be fed from 'copy' or 'first'.*state=\{'h0': 'copy'\}"):
+        lstmrt.InferenceSession(model_with_copy("first"), backend="native").stream()
