@@ -362,10 +362,6 @@ def stream_pairs(model: Model, explicit: dict | None = None) -> list[StatePair]:
     return pairs
 
 
-def streaming_pairs(model: Model, explicit: dict | None = None) -> dict:
-    """{state input: state output} a stream will carry; see stream_pairs."""
-    return {p.input: p.output for p in stream_pairs(model, explicit)}
-
 def _recurrent_nodes_everywhere(graph, producers: dict):
     """(recurrent node, producers it sees) for the graph and its If/Loop bodies (outer names visible)."""
     for node in graph.node:
