@@ -262,7 +262,8 @@ def _by_dataflow(model: Model, taken: list) -> list[StatePair]:
             p for p in pairs if _shapes_match_closely(model.input(p.input).shape, output_shape(model, p.output))]
         if {p.input for p in taken + kept} >= data_inputs:
             raise _ambiguous(model, taken, {(p.input, p.output) for p in pairs},
-                             "each is computed from the other, but pairing them all would leave no input to stream, and neither names nor shapes tell the state apart")
+                             "each is computed from the other, but pairing them all would leave no input to "
+                             "stream, and neither names nor shapes tell the state apart")
         pairs = kept
     return pairs
 

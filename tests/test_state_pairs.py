@@ -274,7 +274,8 @@ def test_first_feed_contradicting_a_fixed_state_behind_a_loop_leaves_no_state(ba
     model.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 1      # state [2, 1, 16]
     stream = lstmrt.InferenceSession(model, backend=backend).stream()
     feed = {"x": np.ones((3, 16), np.float32), "sr": np.array(16000, np.int64)}
-    with pytest.raises(lstmrt.StreamError, match=r"'stateN' came out \[2, 3, 16\] but state input 'state' is \[2, 1, 16\]"):
+    with pytest.raises(lstmrt.StreamError,
+                       match=r"'stateN' came out \[2, 3, 16\] but state input 'state' is \[2, 1, 16\]"):
         stream.run(feed)
     assert stream.state == {}
 
@@ -291,3 +292,17 @@ def test_recurrent_node_state_returned_twice_needs_a_name_or_is_refused():
     assert [(p.input, p.output, p.found_by) for p in stream.pairing] == [("h0", "hn", "recurrent node + name")]
     with pytest.raises(lstmrt.StreamError, match=r"'h0' could be fed from 'copy' or 'first'.*state=\{'h0': 'copy'\}"):
         lstmrt.InferenceSession(model_with_copy("first"), backend="native").stream()
+
+
+def test_without_telling_names_the_state_shaped_pair_is_kept():
+    """The VAD-shaped model with its state renamed s_a/s_b: x -> out is as computed-from as the
+    state, but [batch, samples] -> [batch, frames] is a sequence's shape; [2, ?, 16] a state's."""
+    model = onnx.load(str(THIRD_PARTY / "vad_cell_op14.onnx"))
+    renames = {"state": "s_a", "stateN": "s_b"}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    stream = lstmrt.InferenceSession(model, backend="native").stream()
+    assert [(p.input, p.output, p.found_by) for p in stream.pairing] == [("s_a", "s_b", "dataflow")]
