@@ -306,3 +306,18 @@ def test_without_telling_names_the_state_shaped_pair_is_kept():
         value.name = renames.get(value.name, value.name)
     stream = lstmrt.InferenceSession(model, backend="native").stream()
     assert [(p.input, p.output, p.found_by) for p in stream.pairing] == [("s_a", "s_b", "dataflow")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_state_with_a_dim_named_nowhere_else_takes_the_feeds_batch(backend):
+    """a, b declared ['rows', 8], 'rows' on no other input: shape inference with the feed's shapes says 3."""
+    model = onnx.load(str(THIRD_PARTY / "two_states_ambiguous.onnx"))
+    for value in model.graph.input[1:]:
+        value.type.tensor_type.shape.dim[0].dim_param = "rows"
+    pairs = {"a": "p", "b": "q"}
+    stream = lstmrt.InferenceSession(model, backend=backend).stream(state=pairs)
+    chunks = [{"x": np.random.default_rng(k).standard_normal((3, 8)).astype(np.float32)} for k in range(3)]
+    by_hand, state = carried_by_hand(model, chunks, {n: np.zeros((3, 8), np.float32) for n in pairs}, pairs, {})
+    for chunk, want in zip(chunks, by_hand):
+        np.testing.assert_allclose(stream.run(chunk)[0], want[0], atol=1e-6)
+    np.testing.assert_allclose(stream.state["a"], state["a"], atol=1e-6)
