@@ -159,6 +159,7 @@ def export(model, example_input=None, state: bool = True):
         raise _error(f"torch.onnx could not export the model: {type(e).__name__}: "
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
+    _name_recurrent_nodes(onnx_model, model)
     onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
     specs = []
     for name, v, dims in inputs:
@@ -179,6 +180,36 @@ def export(model, example_input=None, state: bool = True):
             got = _flatten(model(*args))
         return {n: g.numpy() for n, g in zip(out_names, got)}
     return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes)
+
+
+def _name_recurrent_nodes(onnx_model, model) -> None:
+    """Name each recurrent node by the module path the user wrote ('lstm', or 'lstm.l1' for a
+    stacked layer), so lifted state is 'lstm.h_in' whether the model was scripted or traced
+    (torch.onnx names nodes '/LSTM' for one and '/lstm/LSTM' for the other).  Nodes are matched
+    to modules by their recurrent weights, which torch.onnx copies with the gates reordered:
+    the sorted values are the same."""
+    from onnx import numpy_helper
+    graph = onnx_model.graph
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                      if a.name == "value"})
+    known = []
+    for path, module in _modules(model):
+        if _kind(module) not in RECURRENT:
+            continue
+        params = dict(module.named_parameters())
+        layers = sorted(n for n in params if n.startswith("weight_hh_l") and not n.endswith("_reverse"))
+        for layer in layers:
+            name = path if len(layers) == 1 else f"{path}.l{layer[len('weight_hh_l'):]}"
+            known.append((np.sort(params[layer].detach().cpu().numpy().ravel()), name))
+    for node in graph.node:
+        if node.op_type not in RECURRENT or len(node.input) < 3 or node.input[2] not in constants:
+            continue
+        weights = np.sort(numpy_helper.to_array(constants[node.input[2]])[0].ravel())
+        matches = [name for fingerprint, name in known
+                   if fingerprint.shape == weights.shape and np.array_equal(fingerprint, weights)]
+        if len(matches) == 1:
+            node.name = matches[0]
 
 
 def _flatten(value) -> list:

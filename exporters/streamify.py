@@ -7,6 +7,12 @@ a constant, or absent = zeros) is replaced by a new graph input `<node>.h_in` /
 `<node>.c_in` whose final state leaves as `<node>.h_out` / `<node>.c_out`.  The pairing
 is written into metadata ("lstmrt.state_pairs") so `sess.stream()` needs no guessing.
 Nodes left without consumers (the old zero-state builders) are removed.
+
+A recurrent node inside a branch of an `If` in the main graph (a model that picks its network by
+sample rate, say) is lifted the same way: its new state input is read from the outer scope, its
+final state leaves the branch as a new If output, and the other branch passes the state through
+unchanged (the state of a branch not taken stays as it was).  A recurrent node inside a Loop body,
+or deeper than one If, is not lifted: StreamifyError names it and says why.
 """
 from __future__ import annotations
 
@@ -96,16 +102,27 @@ def _batch_dim(graph, node, producers, inputs_by_name):
     return "batch"
 
 
+def _names_read(nodes) -> set:
+    """Every value name the nodes read, their If/Loop bodies' outer-scope reads included."""
+    names = set()
+    for n in nodes:
+        names.update(n.input)
+        for a in n.attribute:
+            for body in [a.g] if a.type == a.GRAPH else list(a.graphs) if a.type == a.GRAPHS else []:
+                names |= _names_read(body.node) | {o.name for o in body.output}
+    return names
+
+
 def _prune(graph) -> None:
     """Drop nodes none of whose outputs are used, and unused initializers."""
     while True:
-        used = {o.name for o in graph.output} | {i for n in graph.node for i in n.input}
+        used = {o.name for o in graph.output} | _names_read(graph.node)
         dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
         if not dead:
             break
         for n in dead:
             graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = _names_read(graph.node) | {o.name for o in graph.output}
     for init in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(init)
 
@@ -117,10 +134,13 @@ def streamify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     model = model_copy
     graph = model.graph
     recurrent = [n for n in graph.node if n.op_type in RECURRENT]
-    if not recurrent:
+    in_branches, not_liftable = _nested_recurrent(graph)
+    if not_liftable:
+        raise StreamifyError("cannot lift the state of " + "; ".join(not_liftable))
+    if not recurrent and not in_branches:
         raise StreamifyError("the model has no LSTM, GRU or RNN node; there is no recurrent state to lift "
                              f"(ops: {sorted({n.op_type for n in graph.node})})")
-    for node in recurrent:
+    for node in recurrent + [r for _, _, r in in_branches]:
         direction = _attr(node, "direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
         if direction != "forward":
@@ -139,7 +159,7 @@ def streamify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         return name
 
     producers = {o: n for n in graph.node for o in n.output if o}
-    batches = [_batch_dim(graph, n, producers, inputs_by_name) for n in recurrent]
+    batches = [_batch_dim(graph, n, producers, inputs_by_name) for n in recurrent + [r for _, _, r in in_branches]]
     common_batch = next((b for b in batches if b != "batch"), "batch")
     pairs: dict = {}
     pending: dict = {}   # graph input -> [(node, kind)] it feeds but whose output is not returned
@@ -209,6 +229,8 @@ def streamify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                                                            for d in info.type.tensor_type.shape.dim]))
         pairs[state_in] = state_out
 
+    for if_node, branch, node in in_branches:
+        pairs.update(_lift_from_branch(graph, if_node, branch, node, fresh, common_batch))
     _prune(graph)
     for entry in [p for p in model.metadata_props if p.key == METADATA_KEY]:
         model.metadata_props.remove(entry)
@@ -216,6 +238,73 @@ def streamify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     entry.key, entry.value = METADATA_KEY, json.dumps(pairs)
     onnx.checker.check_model(model)
     return model, pairs
+
+
+def _nested_recurrent(graph) -> tuple[list, list]:
+    """([(If node, branch name, recurrent node)] liftable: directly in a branch of a main-graph If,
+    its initial state built inside the branch), [what cannot be lifted, and why]."""
+    liftable, refused = [], []
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == attr.GRAPH else list(attr.graphs) if attr.type == attr.GRAPHS else []
+            for body in bodies:
+                for inner in body.node:
+                    where = f"node '{inner.name}' ({inner.op_type}) in {attr.name} of {node.op_type} '{node.name}'"
+                    deeper = any(a.type in (a.GRAPH, a.GRAPHS) for a in inner.attribute)
+                    if deeper and _holds_recurrent(inner):
+                        refused.append(f"the recurrent nodes inside {where}: only one level of If is lifted")
+                    if inner.op_type not in RECURRENT:
+                        continue
+                    if node.op_type != "If":
+                        refused.append(f"{where}: its state restarts at every iteration of the loop, and lifting "
+                                       "it out would change what the model computes")
+                        continue
+                    built_inside = {v for n in body.node for v in n.output}
+                    states = [inner.input[s] for s in IN_SLOTS.values() if len(inner.input) > s and inner.input[s]]
+                    if any(v not in built_inside for v in states):
+                        refused.append(f"{where}: its initial state comes from outside the branch; pass the pairing "
+                                       "to sess.stream(state=...) instead")
+                        continue
+                    liftable.append((node, attr.name, inner))
+    return liftable, refused
+
+
+def _holds_recurrent(node) -> bool:
+    for attr in node.attribute:
+        for body in [attr.g] if attr.type == attr.GRAPH else list(attr.graphs) if attr.type == attr.GRAPHS else []:
+            if any(n.op_type in RECURRENT or _holds_recurrent(n) for n in body.node):
+                return True
+    return False
+
+
+def _lift_from_branch(graph, if_node, branch: str, node, fresh, batch) -> dict:
+    """New state inputs/outputs for a recurrent node in one branch of a main-graph If."""
+    bodies = {a.name: a.g for a in if_node.attribute}
+    taken, other = bodies[branch], bodies["else_branch" if branch == "then_branch" else "then_branch"]
+    hidden, layout = _attr(node, "hidden_size"), _attr(node, "layout", 0)
+    shape = [1, batch, hidden] if layout == 0 else [batch, 1, hidden]
+    base, pairs = _safe(node.name or f"{node.op_type.lower()}_in_{if_node.name}"), {}
+    for kind in ("h", "c") if node.op_type == "LSTM" else ("h",):
+        slot, out_slot = IN_SLOTS[kind], OUT_SLOTS[kind]
+        while len(node.input) <= slot:
+            node.input.append("")
+        while len(node.output) <= out_slot:
+            node.output.append("")
+        if not node.output[out_slot]:
+            node.output[out_slot] = fresh(f"{base}.{kind}_final")
+        state_in, state_out = fresh(f"{base}.{kind}_in"), fresh(f"{base}.{kind}_out")
+        graph.input.append(helper.make_tensor_value_info(state_in, TensorProto.FLOAT, shape))
+        node.input[slot] = state_in                        # read from the outer scope
+        taken.output.append(helper.make_tensor_value_info(node.output[out_slot], TensorProto.FLOAT, shape))
+        kept = fresh(f"{state_in}_kept")                   # the branch not taken leaves the state as it was
+        other.node.append(helper.make_node("Identity", [state_in], [kept], name=fresh(f"{kept}_id")))
+        other.output.append(helper.make_tensor_value_info(kept, TensorProto.FLOAT, shape))
+        if_out = fresh(f"{base}.{kind}_if_out")
+        if_node.output.append(if_out)
+        graph.node.append(helper.make_node("Identity", [if_out], [state_out], name=fresh(f"{state_out}_id")))
+        graph.output.append(helper.make_tensor_value_info(state_out, TensorProto.FLOAT, shape))
+        pairs[state_in] = state_out
+    return pairs
 
 
 def strip_state(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from onnx import helper
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from .backends import choose
@@ -10,7 +11,7 @@ from .backends.native import NativeBackend
 from .errors import LstmrtError
 from .kernel import available_simd_paths
 from .model import Model
-from .state_pairs import RECURRENT_OPS, streaming_pairs
+from .state_pairs import RECURRENT_OPS, output_shape, stream_pairs
 
 
 def _io_table(title: str, infos) -> Table:
@@ -44,6 +45,26 @@ def _recurrent_table(model: Model) -> Table:
     return table
 
 
+def _compact(shape) -> str:
+    return "?" if shape is None else "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _print_state_pairs(model: Model, console: Console) -> None:
+    """The pairs sess.stream() would carry, how each was found and its shapes; or why there are none.
+    One line each, never cut: names and shapes are what a user copies into state={...}."""
+    try:
+        pairs = stream_pairs(model)
+    except LstmrtError as e:
+        console.print(Text(f"streaming: not possible without state={{...}}: {type(e).__name__}: {e}"))
+        return
+    console.print(Text("state pairs (state output -> state input at the next call):"))
+    for p in pairs:
+        how = p.found_by + (f", {p.detail}" if p.detail else "")
+        console.print(Text(f"  {p.output} {_compact(output_shape(model, p.output))} -> {p.input} "
+                           f"{_compact(model.input(p.input).shape)}  found by {how}"), soft_wrap=True)
+    console.print(Text("streaming: state carried " + ", ".join(f"{p.input} -> {p.output}" for p in pairs)))
+
+
 def inspect_model(path: str, console: Console) -> None:
     model = Model(path)
     producer = f"{model.proto.producer_name} {model.proto.producer_version}".strip() or "unknown"
@@ -53,11 +74,7 @@ def inspect_model(path: str, console: Console) -> None:
         console.print(_io_table("initializers a feed may replace", model.overridable))
     console.print(_io_table("outputs", model.outputs))
     console.print(_recurrent_table(model))
-    try:
-        pairs = streaming_pairs(model)
-        console.print("streaming: state carried " + ", ".join(f"{i} -> {o}" for i, o in pairs.items()))
-    except LstmrtError as e:
-        console.print(f"streaming: not possible: {e}")
+    _print_state_pairs(model, console)
     chosen, why = choose(model)
     if chosen.name == "native":       # auto already built it: no second packing of the weights
         native = chosen.describe()

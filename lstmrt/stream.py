@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import StreamError
-from .model import zeros_for
 from .session import _check_value
-from .state_pairs import batch_axes, streaming_pairs
+from .state_pairs import batch_axes, stream_pairs
+from .state_shapes import inferred_output_shapes
 
 
 class Stream:
@@ -19,7 +19,8 @@ class Stream:
         self._session = session
         self._backend = session._backend
         model = session.model
-        self.pairs = streaming_pairs(model, state)
+        self.pairing = stream_pairs(model, state)    # StatePair each: input, output, found_by, detail
+        self.pairs = {p.input: p.output for p in self.pairing}
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
@@ -47,24 +48,52 @@ class Stream:
         self._state = {}
 
     def _zero_state(self, name: str, feed: dict) -> np.ndarray:
+        """Zeros for state `name` at the first call: its declared shape, unknown dims resolved from
+        the feed (named dims, else the traced batch axis, else shape inference with the feed's
+        shapes), checked against what the model makes of this feed; StreamError if unknowable."""
         model = self._session.model
-        info = model.input(name)
+        info, out = model.input(name), self.pairs[name]
         dims = {}
         for other in model.inputs:
             if other.name in feed and other.shape is not None:
                 dims.update({d: n for d, n in zip(other.shape, feed[other.name].shape) if isinstance(d, str)})
-        zeros = zeros_for(info, dims)
-        unresolved = [d for d in (info.shape or []) if not (isinstance(d, int) and d > 0) and d not in dims]
-        if zeros is None and len(unresolved) == 1:
+        shape = [d if isinstance(d, int) and d > 0 else dims.get(d) for d in info.shape or []]
+        unresolved = [a for a, d in enumerate(shape) if d is None]
+        if unresolved and len(unresolved) == 1:
             # the one unnamed dim of a state is its batch; read the batch from a streamed input
             batches = {feed[i].shape[a] for i, a in self._batch_axes.items() if i in feed and feed[i].ndim > a}
             if len(batches) == 1:
-                dims[unresolved[0]] = batches.pop()
-                zeros = zeros_for(info, dims)
-        if zeros is None:
-            raise StreamError(f"cannot tell the shape of state '{name}' {info.shape} from the inputs; "
-                              "give it once with set_state() or in the first run()'s feed")
-        return zeros
+                shape[unresolved[0]] = batches.pop()
+        made = self._shape_made_from(feed, out)
+        if info.shape is None and made is not None:
+            shape = [None] * len(made)
+        if made is not None and len(made) == len(shape):
+            for axis, (have, inferred) in enumerate(zip(shape, made)):
+                if have is None and isinstance(inferred, int) and inferred > 0:
+                    shape[axis] = inferred
+                elif have is not None and isinstance(inferred, int) and inferred > 0 and have != inferred:
+                    raise StreamError(
+                        f"state '{name}' would start as {shape} (declared {info.shape}), but with this feed "
+                        f"({self._feed_shapes(feed)}) the model makes its state output '{out}' {made}: dimension "
+                        f"{axis} differs, so it could not be carried; feed a batch that fits the state, or give "
+                        "the state with set_state()")
+        if info.shape is not None and sum(d is None for d in shape) == 1:
+            raise _OneDimUnknown(name, shape.index(None), shape, info.dtype)
+        if info.shape is None or any(d is None for d in shape):
+            raise StreamError(f"cannot tell the shape of state '{name}' {info.shape} from the first feed "
+                              f"({self._feed_shapes(feed)}): neither named dims, the batch axis, nor shape "
+                              f"inference through the graph (which gives '{out}' {made}) settle it; give it "
+                              "once with set_state() or in the first run()'s feed")
+        return np.zeros(shape, dtype=info.dtype)
+
+    def _shape_made_from(self, feed: dict, out: str):
+        """The state output's shape as shape inference finds it with the feed's shapes (None if not)."""
+        shapes = {k: list(v.shape) for k, v in feed.items() if k not in self.pairs}
+        return inferred_output_shapes(self._session.model, shapes).get(out)
+
+    @staticmethod
+    def _feed_shapes(feed: dict) -> str:
+        return ", ".join(f"'{k}' {list(v.shape)}" for k, v in feed.items())
 
     def _check_batch(self, name: str, feed: dict) -> None:
         """A carried state that no longer fits this chunk (its batch changed) is the caller's
@@ -98,7 +127,7 @@ class Stream:
                 return self._carry(results)
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}
-        state = {}
+        state, guessed = {}, []
         for name in self.pairs:
             if name in feed:
                 state[name] = self._backend.from_host(feed[name])
@@ -106,8 +135,13 @@ class Stream:
                 state[name] = self._state[name]
                 self._check_batch(name, feed)
             else:
-                state[name] = self._backend.from_host(self._zero_state(name, feed))
+                try:
+                    state[name] = self._backend.from_host(self._zero_state(name, feed))
+                except _OneDimUnknown as unknown:
+                    guessed.append(unknown)
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)
+        if guessed:
+            return self._run_trying_sizes(streamed, state, guessed, wanted)
         results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
         for inp, out in self.pairs.items():
             before, after = self._backend.shape_of(state[inp]), self._backend.shape_of(new_state[inp])
@@ -116,3 +150,50 @@ class Stream:
                                   f"'{inp}' is {list(before)}; they cannot be carried across calls")
         self._state = new_state
         return results
+
+    def _run_trying_sizes(self, streamed: dict, state: dict, guessed: list, wanted: list) -> list:
+        """The first call of a state with one dim nothing tells (e.g. [2, None, 128] beside an input
+        [batch, samples] whose batch it shares through a Loop that shape inference cannot follow):
+        try the feed's sizes for it, batch-like axis 0 first, and keep the call whose state output
+        comes out the shape of the state it was given.  The usual guess is right, so this costs no
+        extra run; a wrong size fails or makes a state of another shape, and the next is tried."""
+        sizes = [n for n in dict.fromkeys([v.shape[0] for v in streamed.values() if v.ndim]
+                                          + [n for v in streamed.values() for n in v.shape]) if n > 0]
+        sizes = sizes[:_MAX_SIZES_TRIED]     # never 0: onnxruntime aborts the process on empty RNN state
+        tried, first_error = [], None
+        for size in sizes:
+            trial = dict(state)
+            for unknown in guessed:
+                shape = list(unknown.shape)
+                shape[unknown.axis] = size
+                trial[unknown.name] = self._backend.from_host(np.zeros(shape, unknown.dtype))
+            try:
+                results, new_state = self._backend.run_stateful(streamed, trial, self.pairs, wanted)
+            except Exception as e:   # noqa: BLE001 - a wrong size may fail anywhere in a backend; try the next
+                tried.append(f"{size}: {type(e).__name__}")
+                first_error = first_error or e
+                continue
+            shapes = {inp: (tuple(self._backend.shape_of(trial[inp])), tuple(self._backend.shape_of(new_state[inp])))
+                      for inp in self.pairs}
+            if all(before == after for before, after in shapes.values()):
+                self._state = new_state
+                return results
+            tried.append(f"{size}: state output came out {[list(a) for _, a in shapes.values()]}")
+        if first_error is not None and len(tried) == len(sizes) and all(": state output" not in t for t in tried):
+            raise first_error       # no size ran at all: the feed itself is at fault, say what the backend said
+        names = [u.name for u in guessed]
+        raise StreamError(f"cannot tell the shape of state {names} {[u.shape for u in guessed]} from the first feed "
+                          f"({self._feed_shapes(streamed)}): no named dim, batch axis or shape inference settles "
+                          f"it, and none of the feed's sizes fits ({'; '.join(tried)}); give the state once with "
+                          "set_state() or in the first run()'s feed")
+
+
+_MAX_SIZES_TRIED = 4
+
+
+class _OneDimUnknown(StreamError):
+    """A zero state whose shape is known but for one dim (the batch, usually)."""
+
+    def __init__(self, name: str, axis: int, shape: list, dtype):
+        super().__init__(f"state '{name}' {shape}: dimension {axis} unknown")
+        self.name, self.axis, self.shape, self.dtype = name, axis, shape, dtype

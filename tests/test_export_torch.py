@@ -64,3 +64,9 @@ def test_missing_and_corrupt_files(tmp_path):
     proc = cli("export", bad, "-o", tmp_path / "o.onnx")
     assert proc.returncode != 0 and "not a TorchScript archive" in output_of(proc)
     assert "Traceback" not in output_of(proc)
+
+
+def test_state_names_follow_module_paths_scripted_or_traced():
+    proc = run([CASES / "torch_state_names.py"])
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "STATE NAMES OK" in proc.stdout

@@ -88,9 +88,9 @@ def test_explicit_pairs_and_metadata():
     assert sess.stream(state={"h0": "hn"}).pairs == {"h0": "hn"}
     with pytest.raises(lstmrt.StreamError, match="nope"):
         sess.stream(state={"h0": "nope"})
-    # metadata written by an exporter takes precedence over structure
+    # metadata written by an exporter takes precedence over structure; metadata that lies is the model's fault
     model.metadata_props.add(key="lstmrt.state_pairs", value=json.dumps({"h0": "y"}))
-    with pytest.raises(lstmrt.StreamError, match="shape"):
+    with pytest.raises(lstmrt.ModelError, match="shape"):
         lstmrt.InferenceSession(model, backend="native").stream()
 
 
