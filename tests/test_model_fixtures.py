@@ -18,11 +18,6 @@ MODELS = sorted(MANIFEST)
 STREAMABLE = sorted(name for name in MODELS if MANIFEST[name]["state_pairs"])
 BACKENDS = ["native", "onnxruntime"]
 TOL = 1e-4
-# Streams whose zero start lstmrt cannot size yet: it reads a state's batch from the recurrent
-# node the state feeds, and in tf2onnx's Loop lowering of a masked Keras LSTM there is none
-# (h0's batch dim is named apart from the tokens' batch dim).  The error is clear
-# (StreamError: give the state once); strict, so the marker goes when lstmrt learns it.
-ZERO_START_UNSIZED = {"keras_embed_lstm_stream.onnx"}
 
 
 def value_choices(meta: dict) -> list:
@@ -114,10 +109,7 @@ def stream_with_onnxruntime(ref, chunks, state: dict, pairs: dict) -> tuple:
 @pytest.mark.parametrize("start", ["zeros", "given"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", STREAMABLE)
-def test_streamed_in_uneven_chunks_matches_onnxruntime_carried_by_hand(name, batch, start, backend, request):
-    if start == "zeros" and name in ZERO_START_UNSIZED:
-        request.applymarker(pytest.mark.xfail(raises=lstmrt.StreamError, strict=True,
-                                              reason="zero state of a Loop-lowered LSTM not sized"))
+def test_streamed_in_uneven_chunks_matches_onnxruntime_carried_by_hand(name, batch, start, backend):
     meta = MANIFEST[name]
     pairs = meta["state_pairs"]
     (axis_name, axis), = meta["stream_axis"].items()
