@@ -31,6 +31,11 @@ class CompileError(UnsupportedModelError):
     """A node without a compiled form for this signature."""
 
 
+class ShapeMismatch(CompileError):
+    """A node whose reference kernel fails on the signature's shapes: the feed does not fit the
+    model (the numpy plan then names the node to the caller)."""
+
+
 @dataclass(eq=False)
 class Storage:
     nbytes: int
@@ -220,11 +225,20 @@ class Compiler:
                                  list(weights), label))
 
     # -- the walk ---------------------------------------------------------------
-    def compile(self, feed: dict, signature_inputs: set, output_names: list) -> Program:
-        inputs, input_nbytes = [], []
+    def compile(self, feed: dict, signature_inputs: set, output_names: list, carried: dict | None = None) -> Program:
+        """carried: {state input: state output} of a stream: those inputs live in the arena
+        between calls, and the program's last instructions copy each state output onto them."""
+        inputs, input_nbytes, carried = [], [], carried or {}
+        state_storage = {}
         for name, array in feed.items():
             if name in signature_inputs:
                 self.env[name] = self.static(array.copy())
+                continue
+            if name in carried:
+                storage = state_storage[name] = Storage(max(array.nbytes, 1), -1, 1 << 62)
+                self.storages.append(storage)
+                self.env[name] = Val(tuple(array.shape), array.dtype, storage=storage,
+                                     sample=np.zeros(array.shape, array.dtype))
                 continue
             storage = Storage(max(array.nbytes, 1), -1, -1, lib.LRT_LOC_INPUT, len(inputs))
             inputs.append(name)
@@ -244,15 +258,38 @@ class Compiler:
                 val = moved
             val.storage.last = 1 << 62            # read by the caller after the call: never reused
             outputs.append((name, val))
+        self.carry_state(carried, state_storage)
         arena = self.plan_arena()
         instrs = [Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
                   for i in self.instrs]
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
         program = Program(instrs, self.consts, inputs, input_nbytes, placed, arena,
                           self.options.simd, self.options.threads, self.keep)
+        program.state_slots = [(name, feed[name].shape, feed[name].dtype, storage.offset)
+                               for name, storage in state_storage.items()]
         program.static_outputs = static_outputs
         program.output_names = list(output_names)
         return program
+
+    def carry_state(self, carried: dict, state_storage: dict) -> None:
+        """The last instructions: each state output copied onto its state input's storage (through
+        temporaries when an output is itself read from a state input, which a copy would clobber)."""
+        finals = []
+        for inp, out in carried.items():
+            val, slot = self.lookup(out, self.plan), self.env[inp]
+            if val.shape != slot.shape or val.dtype != slot.dtype:
+                raise ShapeMismatch(f"state output '{out}' comes out {list(val.shape)} {val.dtype} but state input "
+                                    f"'{inp}' is {list(slot.shape)} {slot.dtype}")
+            finals.append((val, SymOperand(state_storage[inp], 0, slot.nbytes), out))
+        if any(not v.static and v.storage in state_storage.values() for v, _, _ in finals):
+            staged = []
+            for val, dst, out in finals:
+                tmp = self.new_val(val.shape, val.dtype)
+                self.copy_contiguous(val, self.ref(tmp), f"state '{out}'")
+                staged.append((tmp, dst, out))
+            finals = staged
+        for val, dst, out in finals:
+            self.copy_contiguous(val, dst, f"state '{out}'")
 
     def lookup(self, name: str, plan) -> Val:
         name = self.aliases.get(name, name)
@@ -309,8 +346,8 @@ class Compiler:
             except LstmrtError:
                 raise
             except Exception as e:
-                raise CompileError(f"node '{step.name}' ({step.op_type}) cannot run on these shapes: {e}",
-                                   step.op_type, step.name) from e
+                raise ShapeMismatch(f"node '{step.name}' ({step.op_type}) cannot run on these shapes: {e}",
+                                    step.op_type, step.name) from e
         return [None if o is None else np.asarray(o) for o in outs]
 
     def fold(self, step, ins):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, KernelError
+from .errors import InputError, KernelError, StreamError
 from .kernel import ffi, lib
 
 ALIGN = 64
@@ -58,6 +58,7 @@ class Program:
         self._handle = _create(instrs, consts, input_nbytes, arena_bytes, simd, threads)
         self.static_outputs: dict = {}
         self.output_names = [name for name, _, _, _ in outputs]
+        self.state_slots: list = []     # (state input, shape, dtype, arena offset) of a stream's program
 
     @property
     def _all_dynamic(self) -> bool:
@@ -154,17 +155,46 @@ class ProgramState:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         return self.arena[offset:offset + nbytes].view(dtype).reshape(shape)
 
-    def run(self, feed: dict, seconds=None) -> list:
-        """The program's outputs for this feed (arrays of the compiled signature, C-contiguous)."""
+    def bind(self, feed: dict) -> list:
+        """Points the call at the feed's arrays; a ValueError (or BufferError) for an array C
+        cannot read as it is (not C-contiguous).  Returns what keeps them alive."""
         ptrs = self._inputs
         keep = []
         for i, name in self._names:
             keep.append(ffi.from_buffer(feed[name]))
             ptrs[i] = keep[-1]
+        return keep
+
+    def execute(self, seconds=None) -> list:
+        """Runs the bound call; the outputs, as copies of the arena's."""
         status = self._call(ffi.NULL if seconds is None else seconds, self._failed)
         if status:
             self._raise(status)
         return [copy() for copy in self._copiers]
+
+    def run(self, feed: dict, seconds=None) -> list:
+        """The program's outputs for this feed (arrays of the compiled signature, C-contiguous)."""
+        keep = self.bind(feed)
+        results = self.execute(seconds)
+        del keep
+        return results
+
+    @property
+    def state_views(self) -> dict:
+        """A stream program's state inputs as views of the arena, where they live between calls."""
+        views = self.__dict__.get("_state_views")
+        if views is None:
+            views = self._state_views = {name: self._view(offset, shape, dtype)
+                                         for name, shape, dtype, offset in self.program.state_slots}
+        return views
+
+    def load_state(self, state: dict) -> None:
+        for name, view in self.state_views.items():
+            value = state[name]
+            if value.shape != view.shape:
+                raise StreamError(f"state '{name}' is {list(value.shape)} but this chunk needs {list(view.shape)} "
+                                  "(a different batch); reset() the stream or set_state() to change the batch")
+            np.copyto(view, value)
 
     def _raise(self, status):
         i = self._failed[0]

@@ -7,7 +7,7 @@ import numpy as np
 
 from .backends import BACKENDS, choose
 from .backends.native import NativeOptions
-from .errors import InputError
+from .errors import InputError, UnsupportedModelError
 from .model import Model, TensorInfo
 
 
@@ -111,6 +111,14 @@ class InferenceSession:
             if result is not None:
                 return result
         return self._backend.run(self.check_feed(input_feed), self._output_names(output_names))
+
+    def profile(self, input_feed: dict, output_names=None, calls: int = 100) -> list:
+        """[(instruction, seconds per call)], slowest first: where the compiled program for this
+        feed's signature spends its time (native backend)."""
+        profile = getattr(self._backend, "profile", None)
+        if profile is None:
+            raise UnsupportedModelError(f"profiling needs the native backend; this session runs on {self.backend}")
+        return profile(self.check_feed(input_feed), self._output_names(output_names), calls)
 
     def stream(self, state: dict | None = None):
         """A Stream that carries recurrent state across calls; see lstmrt.stream."""

@@ -24,9 +24,10 @@ class Stream:
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
-        # a signature that ran before goes straight to its compiled program (native backend)
-        self._run_known = getattr(self._backend, "run_known", None)
-        self._known_outputs = self._outputs + list(self.pairs.values())
+        # native: a signature this stream ran before steps on its compiled program, the state
+        # kept in that program's arena between calls
+        programs = getattr(self._backend, "stream_programs", None)
+        self._programs = programs(self.pairs, self._outputs) if programs is not None and self.pairs else None
 
     @property
     def state(self) -> dict:
@@ -107,24 +108,15 @@ class Stream:
             raise StreamError(f"state '{name}' is {list(carried)} but this chunk needs {list(expected)} "
                               "(a different batch); reset() the stream or set_state() to change the batch")
 
-    def _carry(self, results: list) -> list:
-        """Keeps the state outputs of a known signature's call as the new state."""
-        n = len(self._outputs)
-        new_state = dict(zip(self.pairs, results[n:]))
-        for name, value in new_state.items():
-            if value.shape != self._state[name].shape:
-                raise StreamError(f"state output '{self.pairs[name]}' came out {list(value.shape)} but state "
-                                  f"input '{name}' is {list(self._state[name].shape)}; they cannot be carried")
-        self._state = new_state
-        return results[:n]
-
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
-        if self._run_known is not None and output_names is None and self._state and type(input_feed) is dict:
-            results = self._run_known({**input_feed, **self._state}, self._known_outputs)
-            if results is not None:
-                return self._carry(results)
+        programs = self._programs
+        if programs is not None and output_names is None and self._state and type(input_feed) is dict:
+            done = programs.step(input_feed, self._state)
+            if done is not None:
+                results, self._state = done
+                return results
         feed = self._session.check_feed(input_feed, optional=self.pairs)
         streamed = {k: v for k, v in feed.items() if k not in self.pairs}
         state, guessed = {}, []
@@ -149,6 +141,8 @@ class Stream:
                 raise StreamError(f"state output '{out}' came out {list(after)} but state input "
                                   f"'{inp}' is {list(before)}; they cannot be carried across calls")
         self._state = new_state
+        if programs is not None and output_names is None and not (feed.keys() & self.pairs.keys()):
+            programs.learn(streamed, new_state)
         return results
 
     def _run_trying_sizes(self, streamed: dict, state: dict, guessed: list, wanted: list) -> list:

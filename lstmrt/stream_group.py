@@ -57,7 +57,9 @@ class StreamGroup:
         row = self._row(key)
         self._order.pop(row)
         self._pending.pop(key, None)
-        if self._states is not None:
+        if not self._order:
+            self._states = None     # no rows left to shape the next member's: it starts afresh
+        elif self._states is not None:
             self._states = {n: np.delete(a, row, axis=self._state_axis[n]) for n, a in self._states.items()}
 
     def __len__(self) -> int:

@@ -123,3 +123,15 @@ def test_bare_cell_group_odd_feeds_are_copied_or_refused():
         group.run({keys[0]: {"X": strided}, keys[1]: {"X": strided[:1]}, keys[2]: {"X": strided}})
     with pytest.raises(lstmrt.InputError, match="batch 1"):
         group.run({k: {"X": np.concatenate([strided, strided], axis=1)} for k in keys})
+
+
+def test_a_group_emptied_after_running_takes_new_members():
+    sess = lstmrt.InferenceSession(streaming_model("LSTM"), backend="native")
+    reference = lstmrt.InferenceSession(streaming_model("LSTM"), backend="onnxruntime")
+    group = sess.stream_group()
+    x = np.random.default_rng(11).standard_normal((1, 2, 5)).astype(np.float32)
+    a = group.add()
+    group.run({a: {"x": x}})
+    group.remove(a)
+    b = group.add()
+    np.testing.assert_allclose(group.run({b: {"x": x}})[b][0], reference.stream().run({"x": x})[0], atol=1e-5)

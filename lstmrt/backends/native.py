@@ -17,7 +17,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
-from ..compiler import CompileError, Compiler, is_signature_scalar
+from ..compiler import CompileError, Compiler, ShapeMismatch, is_signature_scalar
 from ..model import Model
 from ..program import ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
@@ -114,15 +114,18 @@ def _node_failed(step: Step, error: Exception) -> InputError:
     return InputError(f"node '{step.name}' ({step.op_type}) failed on these inputs: {error}")
 
 
-def count_nodes(graph) -> int:
-    """Nodes in a graph, bodies of If/Loop included."""
-    total = 0
+def _all_nodes(graph):
+    """Nodes of a graph and of the If/Loop bodies inside it."""
     for node in graph.node:
-        total += 1
+        yield node
         for attr in node.attribute:
             if attr.type == attr.GRAPH:
-                total += count_nodes(attr.g)
-    return total
+                yield from _all_nodes(attr.g)
+
+
+def count_nodes(graph) -> int:
+    """Nodes in a graph, bodies of If/Loop included."""
+    return sum(1 for _ in _all_nodes(graph))
 
 
 @dataclass(frozen=True)
@@ -160,11 +163,52 @@ class ProgramCache(OrderedDict):
 class _Fallback:
     """A signature the compiler refused: it runs on the numpy plan; `reason` says why."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, shapes_misfit: bool = False):
         self.reason = reason
+        self.shapes_misfit = shapes_misfit    # the feed does not fit the model, whatever compiles
 
 
 _OFF = _Fallback("compilation turned off")
+
+
+class StreamPrograms:
+    """One stream's compiled programs, one per signature it has run (at most `limit`).  The
+    state lives in the program's arena between calls (its last instructions copy the state
+    outputs onto the state inputs), so a step hands C only the streamed inputs.  The stream's
+    state dict is then the arena's own views; a state from elsewhere (set_state, another
+    signature's program, the long path) is copied in first."""
+
+    limit = 8
+
+    def __init__(self, backend, pairs: dict, outputs: list):
+        self._backend, self._pairs, self._outputs = backend, pairs, outputs
+        self._states: dict = {}
+
+    def step(self, feed: dict, state: dict):
+        """(outputs, new state) for a signature this stream has run, else None."""
+        try:
+            program_state = self._states[self._backend._fast_key(feed, ())]
+            keep = program_state.bind(feed)
+        except (KeyError, AttributeError, TypeError, ValueError, BufferError):
+            return None
+        views = program_state.state_views
+        if state is not views:
+            program_state.load_state(state)
+        results = program_state.execute()
+        del keep
+        return results, views
+
+    def learn(self, feed: dict, state: dict) -> None:
+        """After a checked call of a new signature: compiles its stream program, if it compiles."""
+        key = self._backend._fast_key(feed, ())
+        if key in self._states:
+            return
+        program = self._backend.stream_program({**feed, **state}, self._outputs, self._pairs)
+        if type(program) is _Fallback:
+            return
+        if len(self._states) >= self.limit:
+            self._states.pop(next(iter(self._states)))
+        self._states[key] = program.new_state()
 
 
 class NativeBackend:
@@ -204,12 +248,28 @@ class NativeBackend:
                     self._programs.put(key, entry)
         return entry
 
-    def _compile(self, feeds: dict, output_names: list):
+    def _compile(self, feeds: dict, output_names: list, carried: dict | None = None):
         try:
             return Compiler(self.plan, self.options, self._packed).compile(
-                feeds, self._signature_inputs, list(output_names))
+                feeds, self._signature_inputs, list(output_names), carried)
         except CompileError as e:
-            return _Fallback(str(e))
+            return _Fallback(str(e), isinstance(e, ShapeMismatch))
+
+    def stream_program(self, feeds: dict, output_names: list, pairs: dict):
+        """The program of a stream's signature (feeds: streamed inputs and state), its state kept
+        in the arena between calls; a _Fallback where it does not compile."""
+        key = ("stream", self._key(feeds, output_names), tuple(pairs.items()))
+        entry = self._programs.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._programs.get(key)
+                if entry is None:
+                    entry = self._compile(feeds, output_names, pairs)
+                    self._programs.put(key, entry)
+        return entry
+
+    def stream_programs(self, pairs: dict, outputs: list) -> "StreamPrograms | None":
+        return StreamPrograms(self, pairs, outputs) if self.options.compiled else None
 
     def _state(self, program) -> ProgramState:
         states = getattr(self._local, "states", None)
@@ -265,20 +325,39 @@ class NativeBackend:
             raise UnsupportedModelError(f"nothing to profile: {program.reason}")
         return program.profile(self._state(program), feeds, calls)
 
+    PROBE_SIZES = (1, 64, 512)
+
     def _probe(self) -> str:
-        """Compiles a streaming-sized signature (unknown dims 1, scalar inputs zero) to tell
-        whether the model compiles; '' when it does, else why not."""
+        """Whether the model compiles: '' when it does, else why not.  Compiles a signature with
+        every unknown dim set to each of PROBE_SIZES in turn (scalar inputs zero) until one fits
+        the model (a 512-sample audio chunk does not fit in one sample); if none fits, only a
+        Loop (never compiled) counts against it."""
+        outputs = [o.name for o in self.model.outputs]
+        for size in self.PROBE_SIZES:
+            feeds = self._probe_feed(size)
+            if feeds is None:
+                break
+            try:
+                entry = self._compile(feeds, outputs)
+            except LstmrtError:
+                continue
+            if type(entry) is not _Fallback:
+                return ""
+            if not entry.shapes_misfit:
+                return entry.reason
+        loops = [n.name or n.op_type for n in _all_nodes(self.model.graph) if n.op_type == "Loop"]
+        return f"node '{loops[0]}' (Loop): Loop has no compiled form" if loops else ""
+
+    def _probe_feed(self, size: int) -> dict | None:
         feeds = {}
         for info in self.model.inputs:
             if info.shape is None:
-                return "the probe cannot shape an input of unknown rank"
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
+                return None
+            shape = [d if isinstance(d, int) and d > 0 else size for d in info.shape]
+            if info.name in self._signature_inputs:
+                shape = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
             feeds[info.name] = np.zeros(shape, info.dtype)
-        try:
-            entry = self._compile(feeds, [o.name for o in self.model.outputs])
-        except LstmrtError as e:
-            return f"a probe signature did not run ({e})"
-        return entry.reason if type(entry) is _Fallback else ""
+        return feeds
 
     def describe(self) -> str:
         nodes = count_nodes(self.model.graph)
