@@ -52,7 +52,7 @@ class LiveSequences:
     # -- lifetime ----------------------------------------------------------------------
     def _start(self, seq: int) -> None:
         if seq in self._members:
-            self._group.remove(self._members[seq])
+            self._remove(self._members.pop(seq))
             self.counts["restarted"] += 1
         self._members[seq] = self._group.add()
         self.counts["started"] += 1
@@ -61,8 +61,15 @@ class LiveSequences:
         key = self._members.pop(seq, None)
         self._seen.pop(seq, None)
         if key is not None:
-            self._group.remove(key)
+            self._remove(key)
             self.counts[f"freed_{reason}"] += 1
+
+    def _remove(self, key: int) -> None:
+        self._group.remove(key)
+        if not len(self._group):
+            # a fresh group once the last member leaves: it holds no memory, and (as of this
+            # writing) a StreamGroup emptied after a run gives the next member no state row
+            self._group = self._session.stream_group()
 
     def sweep(self) -> int:
         """Free the sequences idle past the timeout; how many went."""
@@ -104,7 +111,8 @@ class LiveSequences:
                     f"sequence {c.sequence} is not live on this server instance (it ended, was idle past "
                     f"{self._idle:g} s, or the server restarted); start it again with the START flag")
             elif c.feed is None:
-                results[i] = [] if c.end else InputError("a request without inputs must carry the END flag")
+                results[i] = [] if c.end else InputError(
+                    f"a request without inputs {self._streamed()} must carry the END flag")
             else:
                 error = self._check(c.feed)
                 if error is None:
@@ -121,14 +129,18 @@ class LiveSequences:
         """None if the chunk may join a group call, else the error that fails it alone."""
         given_state = [n for n in feed if n in self._pairs]
         if given_state:
-            return InputError(f"{given_state} are state the server carries; send only {self._streamed(feed)}")
+            return InputError(f"{given_state} are state the server carries; send only {self._streamed()}")
         try:
-            self._session.check_feed(feed, optional=self._pairs)
+            checked = self._session.check_feed(feed, optional=self._pairs)
         except LstmrtError as e:
             return e
+        empty = [n for n, v in checked.items() if v.size == 0]
+        if empty:     # onnxruntime aborts the process on zero-size recurrent feeds
+            return InputError(f"input '{empty[0]}' has shape {list(checked[empty[0]].shape)}: a chunk needs at "
+                              "least one step")
         return None
 
-    def _streamed(self, feed: dict) -> list:
+    def _streamed(self) -> list:
         return [i.name for i in self._session.get_inputs() if i.name not in self._pairs]
 
     def _run(self, chunks: list, indices: list, results: list) -> None:
