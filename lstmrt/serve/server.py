@@ -71,12 +71,14 @@ def server_env() -> dict:
 class Server:
     """`tritonserver` serving one model as lstmrt streams; a context manager.  Ports left at 0
     are picked free on localhost.  log: a file path for Triton's log, or None for this
-    process's stderr (warnings and errors only unless verbose)."""
+    process's stderr (warnings and errors only unless verbose).  repository: serve this
+    already written repository instead (model_path None; options.name is the model awaited)."""
 
     def __init__(self, model_path, options: ServeOptions, *, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, address: str = "0.0.0.0", log=None, verbose: bool = False,
-                 startup_timeout: float = 120.0):
-        self.model_path, self.options = Path(model_path), options
+                 startup_timeout: float = 120.0, repository=None):
+        self.model_path, self.options = (Path(model_path) if model_path else None), options
+        self.repository = Path(repository) if repository else None
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -101,10 +103,13 @@ class Server:
     def start(self) -> "Server":
         self._work = tempfile.TemporaryDirectory(prefix="lstmrt-serve-")
         work = Path(self._work.name)
-        write_repository(self.model_path, work / "models", self.options)
+        models = self.repository
+        if models is None:
+            models = work / "models"
+            write_repository(self.model_path, models, self.options)
         backends = prepare_backends(work / "backends")
         cmd = [str(_pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
-               f"--model-repository={work / 'models'}", f"--backend-directory={backends}",
+               f"--model-repository={models}", f"--backend-directory={backends}",
                f"--http-address={self.address}", f"--grpc-address={self.address}",
                f"--metrics-address={self.address}",
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",

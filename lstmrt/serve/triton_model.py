@@ -6,7 +6,7 @@ each request on its own: a request that does not fit gets a Triton error naming 
 the others their outputs.  Exported metrics (Triton's metrics endpoint, labelled by model and
 instance): lstmrt_live_sequences, lstmrt_sequences_started_total,
 lstmrt_sequences_freed_total{reason="end"|"idle"}, lstmrt_group_steps_total,
-lstmrt_group_chunks_total (chunks / steps = sequences per group call).
+lstmrt_group_chunks_total (chunks / steps = sequences per group call); published every 0.2 s.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ..errors import InputError
 from .interface import served_interface
 from .sequences import Chunk, LiveSequences
 
+PUBLISH_EVERY_S = 0.2
 COUNTERS = {"started": ("lstmrt_sequences_started_total", {}, "sequences started (START flag)"),
             "restarted": ("lstmrt_sequences_restarted_total", {}, "live sequences reset by a new START"),
             "freed_end": ("lstmrt_sequences_freed_total", {"reason": "end"}, "sequences freed"),
@@ -73,14 +74,20 @@ class TritonPythonModel:
         self._metrics.publish(self._sequences.stats())
         self._stop = threading.Event()
         # Triton does not tell an Oldest-strategy model that a sequence timed out: sweep for it.
-        self._sweeper = threading.Thread(target=self._sweep, args=(min(max(idle / 4, 0.05), 1.0),),
+        # The same thread publishes the metrics (each update is a round trip to the server,
+        # too dear for every execution).
+        self._sweeper = threading.Thread(target=self._sweep, args=(min(max(idle / 4, 0.05), PUBLISH_EVERY_S),),
                                          name="lstmrt-idle-sweep", daemon=True)
         self._sweeper.start()
 
     def _sweep(self, every: float) -> None:
+        published = None
         while not self._stop.wait(every):
-            if self._sequences.sweep():
-                self._metrics.publish(self._sequences.stats())
+            self._sequences.sweep()
+            stats = self._sequences.stats()
+            if stats != published:
+                self._metrics.publish(stats)
+                published = stats
 
     def execute(self, requests):
         chunks, errors = [], {}
@@ -92,7 +99,6 @@ class TritonPythonModel:
         results = self._sequences.step([c for _, c in chunks])
         outcome = dict(errors)
         outcome.update({i: r for (i, _), r in zip(chunks, results)})
-        self._metrics.publish(self._sequences.stats())
         return [self._response(outcome[i]) for i in range(len(requests))]
 
     def _control(self, request, name: str) -> int:
