@@ -396,3 +396,24 @@ def test_repository_holds_the_sequence_batcher_config(tmp_path):
     assert "h0" not in config.split("parameters")[0]            # state is never served
     assert (tmp_path / "bd" / "1" / "model.onnx").read_bytes() == EXAMPLE.read_bytes()
     assert "lstmrt.serve.triton_model" in (tmp_path / "bd" / "1" / "model.py").read_text()
+
+
+@pytest.mark.serve
+def test_a_restarted_server_has_lost_its_live_sequences(tmp_path, sess):
+    from lstmrt.serve import Client, ServeError
+    first = start_server(EXAMPLE, NAME, 60, tmp_path)
+    ports = dict(http_port=first.http_port, grpc_port=first.grpc_port, metrics_port=first.metrics_port)
+    try:
+        client = Client(first.grpc_url)
+        stream = client.stream(NAME)
+        (a,) = texts(1)
+        stream.run({"x": a[:, :10]})
+    finally:
+        first.stop()
+    from lstmrt.serve import ServeOptions, Server
+    with Server(EXAMPLE, ServeOptions(NAME), address="127.0.0.1", log=str(tmp_path / "again.log"), **ports):
+        with pytest.raises(ServeError, match="START"):
+            stream.run({"x": a[:, 10:20]})
+        with client.stream(NAME) as again:                 # a new stream starts over and is exact
+            np.testing.assert_allclose(again.run({"x": a[:, :20]})[0], whole_run(sess, a[:, :20]), atol=1e-5)
+    assert server_processes(ports["grpc_port"]) == []
