@@ -8,8 +8,9 @@
 Both: one model instance, gRPC on localhost, the same Triton binary.  N concurrent sequences
 (1, 16, 64), each a closed loop (send a chunk of --chunk steps, wait for the answer, send the
 next) on one asyncio client; each case runs --seconds after a warm-up.  Reported: chunks/s over
-all sequences (each chunk is --chunk steps of one stream) and the p50/p99 latency of a chunk
-as the client sees it.  Before timing, one streamed sequence of each deployment is checked
+all sequences (each chunk is --chunk steps of one stream), the p50/p99 latency of a chunk
+as the client sees it, and (lstmrt) the chunks stepped per stream-group call, from the
+model's metrics.  Before timing, one streamed sequence of each deployment is checked
 against a whole-sequence lstmrt run (1e-4).
 
     python benchmarks/bench_serve.py [--seconds 6] [--chunk 16] [--streams 1 16 64]
@@ -22,6 +23,7 @@ import os
 import platform
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,18 @@ async def load(kind, port, case, name, streams, seconds):
     return len(lat) / wall, np.percentile(lat, 50), np.percentile(lat, 99)
 
 
+def group_counts(server) -> tuple:
+    """(group calls, chunks stepped) so far, from the model's metrics (published every 0.2 s)."""
+    time.sleep(0.5)
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    total = {}
+    for line in text.splitlines():
+        for name in ("lstmrt_group_steps_total", "lstmrt_group_chunks_total"):
+            if line.startswith(name + "{"):
+                total[name] = total.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return total.get("lstmrt_group_steps_total", 0.0), total.get("lstmrt_group_chunks_total", 0.0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0)
@@ -205,7 +219,8 @@ def main():
              Case("bare LSTM H=256, I=64", bare, args.chunk)]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, lstmrt backend {cases[0].sess.backend}; "
           f"chunk {args.chunk} steps; client and server on one machine")
-    print(f"{'model':24s} {'deployment':10s} {'streams':>7s} {'chunks/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"{'model':24s} {'deployment':10s} {'streams':>7s} {'chunks/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'per call':>8s}")
     for i, case in enumerate(cases):
         name = f"m{i}"
         naive_root = naive_repository(case.path, name, work / f"naive{i}")
@@ -217,8 +232,14 @@ def main():
             with server:
                 asyncio.run(check(kind, server.grpc_port, case, name))
                 for n in args.streams:
+                    before = group_counts(server) if kind == "lstmrt" else None
                     rate, p50, p99 = asyncio.run(load(kind, server.grpc_port, case, name, n, args.seconds))
-                    print(f"{case.label:24s} {kind:10s} {n:7d} {rate:9.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+                    per_call = "1"
+                    if before is not None:
+                        steps, chunks = (a - b for a, b in zip(group_counts(server), before))
+                        per_call = f"{chunks / max(steps, 1):.1f}"
+                    print(f"{case.label:24s} {kind:10s} {n:7d} {rate:9.0f} {p50:8.2f} {p99:8.2f} {per_call:>8s}",
+                          flush=True)
 
 
 if __name__ == "__main__":
