@@ -104,17 +104,35 @@ def test_live_sequences_run_one_sequence_twice_in_order_and_free_idle(sess):
 
 
 # -- real servers ------------------------------------------------------------------------------
-def server_processes(grpc_port: int) -> list:
-    """Pids of processes whose command line holds this grpc port (a tritonserver of ours)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def _cmdline(pid: str) -> list:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def server_processes(grpc_port: int) -> set:
+    """Pids of the tritonserver listening on this gRPC port and of its Python-backend stubs
+    (a stub's command line names its server's pid)."""
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    servers = {p for p in pids if f"--grpc-port={grpc_port}" in _cmdline(p)}
+    stubs = {p for p in pids if servers & set(_cmdline(p)[1:])
+             and _cmdline(p)[0].endswith("triton_python_backend_stub")}
+    return {int(p) for p in servers | stubs}
+
+
+def alive(pids) -> list:
+    """Those of `pids` still running (zombies count as gone)."""
+    running = []
+    for pid in pids:
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f"--grpc-port={grpc_port}".encode() in f.read():
-                    found.append(int(pid))
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.append(pid)
         except OSError:
             pass
-    return found
+    return running
 
 
 def metric(url: str, name: str, **labels) -> float:
@@ -163,15 +181,38 @@ def cli_server():
                              str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port",
                              str(ports["metrics"]), "--address", "127.0.0.1", "--idle-timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    family = set()
     try:
         wait_ready(ports["http"], NAME, proc)
+        family = server_processes(ports["grpc"])
+        assert len(family) == 2          # tritonserver and one stub
         yield ports
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert f"grpc localhost:{ports['grpc']}" in out and "stopped" in out
-    assert server_processes(ports["grpc"]) == []
+    assert alive(family) == []
+
+
+@pytest.mark.serve
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    from lstmrt.serve.server import free_port
+    ports = [free_port() for _ in range(3)]
+    proc = subprocess.Popen([sys.executable, "-m", "lstmrt.cli", "serve", str(EXAMPLE), "--name", "bd",
+                             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
+                             str(ports[2]), "--address", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    family = set()
+    try:
+        wait_ready(ports[0], "bd", proc)
+        family = server_processes(ports[1])
+        assert len(family) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped (tritonserver exit status 0)" in out, out
+    assert alive(family) == []
 
 
 def start_server(model, name, idle_timeout, tmp, instances=1):
@@ -184,9 +225,11 @@ def start_server(model, name, idle_timeout, tmp, instances=1):
 def second_server(tmp_path_factory):
     """A second server on the example, with two model instances (a sequence stays on one)."""
     server = start_server(EXAMPLE, NAME, 60, tmp_path_factory.mktemp("second"), instances=2)
+    family = server_processes(server.grpc_port)
+    assert len(family) == 3              # tritonserver and a stub per instance
     yield server
     server.stop()
-    assert server_processes(server.grpc_port) == []
+    assert alive(family) == []
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +238,10 @@ def bare_lstm(tmp_path_factory):
     path = tmp_path_factory.mktemp("bare") / "bare_lstm.onnx"
     onnx.save(bare_cell("LSTM", hidden=24, inputs=10), str(path))
     server = start_server(path, "bare_lstm", 2.0, path.parent)
+    family = server_processes(server.grpc_port)
     yield server, lstmrt.InferenceSession(str(path))
     server.stop()
-    assert server_processes(server.grpc_port) == []
+    assert family and alive(family) == []
 
 
 def grpc(port):
@@ -403,6 +447,7 @@ def test_a_restarted_server_has_lost_its_live_sequences(tmp_path, sess):
     from lstmrt.serve import Client, ServeError
     first = start_server(EXAMPLE, NAME, 60, tmp_path)
     ports = dict(http_port=first.http_port, grpc_port=first.grpc_port, metrics_port=first.metrics_port)
+    family = server_processes(first.grpc_port)
     try:
         client = Client(first.grpc_url)
         stream = client.stream(NAME)
@@ -410,10 +455,12 @@ def test_a_restarted_server_has_lost_its_live_sequences(tmp_path, sess):
         stream.run({"x": a[:, :10]})
     finally:
         first.stop()
+    assert family and alive(family) == []
     from lstmrt.serve import ServeOptions, Server
     with Server(EXAMPLE, ServeOptions(NAME), address="127.0.0.1", log=str(tmp_path / "again.log"), **ports):
+        family = server_processes(ports["grpc_port"])
         with pytest.raises(ServeError, match="START"):
             stream.run({"x": a[:, 10:20]})
         with client.stream(NAME) as again:                 # a new stream starts over and is exact
             np.testing.assert_allclose(again.run({"x": a[:, :20]})[0], whole_run(sess, a[:, :20]), atol=1e-5)
-    assert server_processes(ports["grpc_port"]) == []
+    assert family and alive(family) == []

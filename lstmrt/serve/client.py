@@ -11,7 +11,6 @@ carry the id in the `lstmrt-sequence-id` header, for a load balancer to hash on 
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import threading
 
