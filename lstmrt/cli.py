@@ -220,27 +220,33 @@ def serve(model, name, http_port, grpc_port, metrics_port, address, instances, m
     from .serve import ServeOptions, Server, write_repository
     options = ServeOptions(name or os.path.splitext(os.path.basename(model))[0], instances, max_batch,
                            max_sequences, idle_timeout, backend, queue_delay_us)
-    try:
-        if repository:
+    if repository:
+        try:
             written = write_repository(model, repository, options)
-            console.print(f"wrote {written} (run: tritonserver --model-repository={repository}; "
-                          "its Python backend must import lstmrt)")
-            return
-        server = Server(model, options, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                        address=address, verbose=verbose).start()
-    except LstmrtError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except LstmrtError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        console.print(f"wrote {written} (run: tritonserver --model-repository={repository}; "
+                      "its Python backend must import lstmrt)")
+        return
 
     def stop(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    console.print(f"serving '{options.name}' ({instances} instance(s)): grpc {server.grpc_url}  "
-                  f"http {server.http_url}  metrics {server.metrics_url}\nCtrl-C stops it")
+    # before Triton starts (it runs in its own session, so no signal reaches it but through us);
+    # SIGINT too: a shell starts `lstmrt serve ... &` with SIGINT ignored
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    server = Server(model, options, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                    address=address, verbose=verbose)
     try:
+        server.start()                 # stops what it started if interrupted or failing
+        console.print(f"serving '{options.name}' ({instances} instance(s)): grpc {server.grpc_url}  "
+                      f"http {server.http_url}  metrics {server.metrics_url}\nCtrl-C stops it")
         while server.poll() is None:
             time.sleep(0.5)
         status = server.stop()
         raise click.ClickException(f"tritonserver exited on its own with status {status}")
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -126,17 +126,14 @@ class LiveSequences:
                 self._free(chunks[i].sequence, "end")
 
     def _check(self, feed: dict):
-        """None if the chunk may join a group call, else the error that fails it alone."""
+        """None if the chunk may join a group call, else the error that fails it alone.  The
+        rest of the feed check is the group call's own: a failed call is retried chunk by chunk."""
         given_state = [n for n in feed if n in self._pairs]
         if given_state:
             return InputError(f"{given_state} are state the server carries; send only {self._streamed()}")
-        try:
-            checked = self._session.check_feed(feed, optional=self._pairs)
-        except LstmrtError as e:
-            return e
-        empty = [n for n, v in checked.items() if v.size == 0]
+        empty = [n for n, v in feed.items() if isinstance(v, np.ndarray) and v.size == 0]
         if empty:     # onnxruntime aborts the process on zero-size recurrent feeds
-            return InputError(f"input '{empty[0]}' has shape {list(checked[empty[0]].shape)}: a chunk needs at "
+            return InputError(f"input '{empty[0]}' has shape {list(feed[empty[0]].shape)}: a chunk needs at "
                               "least one step")
         return None
 

@@ -85,6 +85,7 @@ class Server:
         self.address, self.log, self.verbose, self.startup_timeout = address, log, verbose, startup_timeout
         self._work: tempfile.TemporaryDirectory | None = None
         self._proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
 
     # -- endpoints -------------------------------------------------------------------
     @property
@@ -101,6 +102,17 @@ class Server:
 
     # -- lifetime ----------------------------------------------------------------------
     def start(self) -> "Server":
+        """Write the repository, launch tritonserver, wait until the model is ready; on any
+        failure or interruption on the way, stop what was started and re-raise."""
+        try:
+            self._launch()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
         self._work = tempfile.TemporaryDirectory(prefix="lstmrt-serve-")
         work = Path(self._work.name)
         models = self.repository
@@ -124,12 +136,6 @@ class Server:
         finally:
             if out:
                 out.close()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _wait_ready(self) -> None:
         url = f"http://127.0.0.1:{self.http_port}/v2/models/{self.options.name}/ready"
@@ -163,7 +169,7 @@ class Server:
         """SIGTERM (Triton unloads its models and stops its stubs), SIGKILL to the process group
         past `timeout`; returns the server's exit status."""
         proc, self._proc = self._proc, None
-        status = None
+        status = self.returncode        # stopped already: the status it stopped with
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -172,7 +178,7 @@ class Server:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-            status = proc.returncode
+            status = self.returncode = proc.returncode
             try:
                 os.killpg(proc.pid, signal.SIGKILL)    # any stub Triton left behind
             except (ProcessLookupError, PermissionError):
