@@ -68,8 +68,9 @@ class FakeClock:
         return self.now
 
 
-def test_live_sequences_step_fails_a_bad_chunk_alone(sess):
-    live = LiveSequences(sess, idle_timeout_s=10)
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_live_sequences_step_fails_a_bad_chunk_alone(sess, backend):
+    live = LiveSequences(lstmrt.InferenceSession(str(EXAMPLE), backend=backend), idle_timeout_s=10)
     a, b = texts(2)
     first = live.step([Chunk(1, True, False, {"x": a[:, :5]}), Chunk(2, True, False, {"x": b[:, :5]})])
     bad = {"x": a[:, :5, :60]}
