@@ -235,10 +235,16 @@ def second_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bare_lstm(tmp_path_factory):
-    """A bare LSTM (X [T, B, I], Y [T, 1, B, H]: batch not leading) on a server with a 2 s idle timeout."""
+    """A bare LSTM (X [T, B, I], Y [T, 1, B, H]: batch not leading) with a 2 s idle timeout, its
+    repository written by `lstmrt serve --repository` and served as a user's own tritonserver would."""
+    from lstmrt.serve import ServeOptions, Server
     path = tmp_path_factory.mktemp("bare") / "bare_lstm.onnx"
     onnx.save(bare_cell("LSTM", hidden=24, inputs=10), str(path))
-    server = start_server(path, "bare_lstm", 2.0, path.parent)
+    written = CliRunner().invoke(cli, ["serve", str(path), "--repository", str(path.parent / "repo"),
+                                       "--idle-timeout", "2"])
+    assert written.exit_code == 0, written.output
+    server = Server(None, ServeOptions("bare_lstm"), repository=path.parent / "repo", address="127.0.0.1",
+                    log=str(path.parent / "bare.log")).start()
     family = server_processes(server.grpc_port)
     yield server, lstmrt.InferenceSession(str(path))
     server.stop()
