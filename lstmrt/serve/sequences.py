@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, LstmrtError, StreamError
+from ..errors import InputError, StreamError
 
 
 @dataclass
@@ -41,10 +41,6 @@ class LiveSequences:
         self._lock = threading.Lock()
         self.counts = Counter()                # started, freed_end, freed_idle, restarted, steps, chunks
 
-    @property
-    def live(self) -> int:
-        return len(self._members)
-
     def stats(self) -> dict:
         with self._lock:
             return {"live": len(self._members), **self.counts}
@@ -55,6 +51,7 @@ class LiveSequences:
             self._remove(self._members.pop(seq))
             self.counts["restarted"] += 1
         self._members[seq] = self._group.add()
+        self._seen[seq] = self._clock()
         self.counts["started"] += 1
 
     def _free(self, seq: int, reason: str) -> None:
@@ -91,13 +88,15 @@ class LiveSequences:
         with self._lock:
             now = self._clock()
             for c in chunks:
-                self._seen[c.sequence] = now     # in flight: not idle, whatever the timer says
+                if c.sequence in self._members:
+                    self._seen[c.sequence] = now     # in flight: not idle, whatever the timer says
             self._sweep(now)
             for wave in _waves(chunks):
                 self._step_wave(chunks, wave, results)
+            now = self._clock()
             for c in chunks:
-                if c.sequence in self._seen:
-                    self._seen[c.sequence] = self._clock()
+                if c.sequence in self._members:
+                    self._seen[c.sequence] = now
         return results
 
     def _step_wave(self, chunks: list, wave: list, results: list) -> None:
@@ -144,7 +143,7 @@ class LiveSequences:
         feeds = {self._members[chunks[i].sequence]: chunks[i].feed for i in indices}
         try:
             outs = self._group.run(feeds)
-        except LstmrtError as e:
+        except Exception as e:        # noqa: BLE001 -- whatever it is, it must fail its own chunk only
             if len(indices) == 1:
                 results[indices[0]] = e
                 return
