@@ -13,7 +13,7 @@ as the client sees it, and (lstmrt) the chunks stepped per stream-group call, fr
 model's metrics.  Before timing, one streamed sequence of each deployment is checked
 against a whole-sequence lstmrt run (1e-4).
 
-    python benchmarks/bench_serve.py [--seconds 6] [--chunk 16] [--streams 1 16 64]
+    python benchmarks/bench_serve.py [--seconds 6] [--chunk 16] [--streams 1 16 64] [--queue-delay-us 0]
 """
 from __future__ import annotations
 
@@ -211,6 +211,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--queue-delay-us", type=int, default=0, help="lstmrt serve's --queue-delay-us")
+    ap.add_argument("--only", choices=["lstmrt", "naive"], help="time one deployment only")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bare = work / "bare_lstm_h256.onnx"
@@ -224,11 +226,14 @@ def main():
     for i, case in enumerate(cases):
         name = f"m{i}"
         naive_root = naive_repository(case.path, name, work / f"naive{i}")
-        servers = {"lstmrt": Server(case.path, ServeOptions(name, max_batch=64), address="127.0.0.1",
+        servers = {"lstmrt": Server(case.path, ServeOptions(name, max_batch=64, queue_delay_us=args.queue_delay_us),
+                                    address="127.0.0.1",
                                     log=str(work / f"lstmrt{i}.log")),
                    "naive": Server(None, ServeOptions(name), repository=naive_root, address="127.0.0.1",
                                    log=str(work / f"naive{i}.log"))}
         for kind, server in servers.items():
+            if args.only and kind != args.only:
+                continue
             with server:
                 asyncio.run(check(kind, server.grpc_port, case, name))
                 for n in args.streams:
