@@ -316,6 +316,11 @@ def test_start_mid_sequence_resets_and_end_then_reuse_starts_fresh(cli_server, s
     fresh = raw_infer(port, 4242, b[:, 25:40], start=True)
     np.testing.assert_allclose(fresh, whole_run(sess, b[:, 25:40]), atol=1e-5)
     raw_infer(port, 4242, None, end=True)                                  # END without data frees it
+    from lstmrt.serve import Client
+    with Client(f"localhost:{port}").stream(NAME) as stream:               # the same through Client
+        stream.run({"x": a[:, :20]})
+        stream.reset()
+        np.testing.assert_allclose(stream.run({"x": b[:, :15]})[0], whole_run(sess, b[:, :15]), atol=1e-5)
 
 
 @pytest.mark.serve

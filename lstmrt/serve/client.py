@@ -136,6 +136,12 @@ class RemoteStream:
             self.closed = True
         return result
 
+    def reset(self) -> None:
+        """Forget the carried state, as Stream.reset(): the next chunk goes with START."""
+        if self.closed:
+            raise ServeError(f"stream {self.sequence_id} is closed")
+        self._started = False
+
     def close(self) -> None:
         """End the sequence on the server (freeing its state there); a no-op once ended."""
         if self.closed:
