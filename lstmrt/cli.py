@@ -239,8 +239,8 @@ def serve(model, name, http_port, grpc_port, metrics_port, address, instances, m
                     address=address, verbose=verbose)
     try:
         server.start()                 # stops what it started if interrupted or failing
-        console.print(f"serving '{options.name}' ({instances} instance(s)): grpc {server.grpc_url}  "
-                      f"http {server.http_url}  metrics {server.metrics_url}\nCtrl-C stops it")
+        click.echo(f"serving '{options.name}' ({instances} instance(s)); Ctrl-C stops it\n"
+                   f"  grpc     {server.grpc_url}\n  http     {server.http_url}\n  metrics  {server.metrics_url}")
         while server.poll() is None:
             time.sleep(0.5)
         status = server.stop()

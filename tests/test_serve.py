@@ -192,7 +192,7 @@ def cli_server():
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert f"grpc localhost:{ports['grpc']}" in out and "stopped" in out
+    assert f"grpc     localhost:{ports['grpc']}\n" in out and "stopped (tritonserver exit status 0)" in out
     assert alive(family) == []
 
 
