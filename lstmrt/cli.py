@@ -189,6 +189,71 @@ def bench(model, backends, chunk, batch, threads, seconds):
     console.print(table)
 
 
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default=None, help="model name on the server (default: the file's stem)")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0: a free port")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True, help="0: a free port")
+@click.option("--address", default="0.0.0.0", show_default=True, help="address the endpoints listen on")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="model instances (each its own session and stream group; a sequence stays on one)")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="most sequences stepped by one group call")
+@click.option("--max-sequences", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="live sequences per instance; more wait for one to end")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
+              help="seconds after a sequence's last request before it is freed")
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
+              help="how long Triton may hold a request to fill a batch")
+@click.option("--backend", type=click.Choice(["auto", "native", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--repository", type=click.Path(file_okay=False), default=None,
+              help="only write the Triton model repository here (for your own tritonserver) and exit")
+@click.option("--verbose", is_flag=True, help="show Triton's info log, not only warnings and errors")
+def serve(model, name, http_port, grpc_port, metrics_port, address, instances, max_batch, max_sequences,
+          idle_timeout, queue_delay_us, backend, repository, verbose):
+    """Serve MODEL's streams over HTTP/gRPC on Triton Inference Server's sequence batcher."""
+    import os
+    import signal
+    import time
+
+    from .serve import ServeOptions, Server, write_repository
+    options = ServeOptions(name or os.path.splitext(os.path.basename(model))[0], instances, max_batch,
+                           max_sequences, idle_timeout, backend, queue_delay_us)
+    if repository:
+        try:
+            written = write_repository(model, repository, options)
+        except LstmrtError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        console.print(f"wrote {written} (run: tritonserver --model-repository={repository}; "
+                      "its Python backend must import lstmrt)")
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    # before Triton starts (it runs in its own session, so no signal reaches it but through us);
+    # SIGINT too: a shell starts `lstmrt serve ... &` with SIGINT ignored
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    server = Server(model, options, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                    address=address, verbose=verbose)
+    try:
+        server.start()                 # stops what it started if interrupted or failing
+        click.echo(f"serving '{options.name}' ({instances} instance(s)); Ctrl-C stops it\n"
+                   f"  grpc     {server.grpc_url}\n  http     {server.http_url}\n  metrics  {server.metrics_url}")
+        while server.poll() is None:
+            time.sleep(0.5)
+        status = server.stop()
+        raise click.ClickException(f"tritonserver exited on its own with status {status}")
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status = server.stop()
+        console.print(f"stopped (tritonserver exit status {status})")
+
+
 def _register_exporters():
     # exporters/ imports no framework until a command runs, so this stays cheap
     from exporters.cli import export_command, streamify_command
