@@ -159,7 +159,8 @@ typedef struct {
  *  COPY     src,dst      esize ndim dims[ndim] src_strides[ndim] dst_strides[ndim]  (ndim <= 8)
  *  FILL     dst          esize count bits (the element's bit pattern)
  *  UNARY    x,y          kind n                      floats: alpha beta    (float32)
- *  BINARY   a,b,y        kind ndim dims a_strides b_strides  (y contiguous; LRT_BIN_*)
+ *  BINARY   a,b,y        kind dtype ndim dims a_strides b_strides  (y contiguous; LRT_BIN_*;
+ *                        dtype LRT_DT_F32, I32 or I64 (no POW), BOOL for the logic kinds)
  *  WHERE    c,a,b,y      esize ndim dims c_strides a_strides b_strides
  *  CAST     x,y          from to n                   (LRT_DT_*)
  *  DENSE    a,y,scratch  m act (weights: 1; y is m rows of N; scratch m*ldc (when N != ldc)
@@ -187,8 +188,8 @@ enum {
     LRT_UN_CLIP, LRT_UN_ERF, LRT_UN_GELU, LRT_UN_FLOOR, LRT_UN_CEIL, LRT_UN_SIN, LRT_UN_COS,
     LRT_UN_IDENTITY, LRT_UN_NOT, LRT_UN_END
 };
-/* BINARY kinds: float32 arithmetic -> float32; comparisons of float32 -> bool (1 byte);
- * logic of bools -> bool */
+/* BINARY kinds: arithmetic -> the operands' type; comparisons -> bool (1 byte); logic of bools
+ * -> bool.  Integer division truncates toward zero, and a zero divisor gives 0. */
 enum {
     LRT_BIN_ADD = 0, LRT_BIN_SUB, LRT_BIN_MUL, LRT_BIN_DIV, LRT_BIN_POW, LRT_BIN_MAX, LRT_BIN_MIN,
     LRT_BIN_LESS = 16, LRT_BIN_LESS_EQ, LRT_BIN_GREATER, LRT_BIN_GREATER_EQ, LRT_BIN_EQUAL,

@@ -192,25 +192,29 @@ static void run_unary(const run_ctx *c, const lrt_operand *o, const int64_t *ip,
                    (size_t)ip[1], fp[0], fp[1]);
 }
 
-/* ---- BINARY ---- */
-static int bin_in_size(int64_t kind) { return kind >= LRT_BIN_AND ? 1 : 4; }
-static int bin_out_size(int64_t kind) { return kind >= LRT_BIN_LESS ? 1 : 4; }
+/* ---- BINARY: float32 arithmetic and comparisons on the vector loops; integer ones, and the
+ * logic of bools, element by element ---- */
+static int bin_kind_ok(int64_t kind, int64_t dt)
+{
+    if (kind >= LRT_BIN_AND && kind < LRT_BIN_END) return dt == LRT_DT_BOOL;
+    const int arith = kind >= LRT_BIN_ADD && kind <= LRT_BIN_MIN, compare = kind >= LRT_BIN_LESS && kind <= LRT_BIN_EQUAL;
+    if (dt == LRT_DT_F32) return arith || compare;
+    return (dt == LRT_DT_I32 || dt == LRT_DT_I64) && ((arith && kind != LRT_BIN_POW) || compare);
+}
 
 static int check_binary(const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
 {
-    if (ins->noperands != 3 || ins->nints < 2) return 0;
-    const int64_t kind = ip[0], nd = ip[1];
-    const int kind_ok = (kind >= LRT_BIN_ADD && kind <= LRT_BIN_MIN) || (kind >= LRT_BIN_LESS && kind <= LRT_BIN_EQUAL) ||
-                        (kind >= LRT_BIN_AND && kind < LRT_BIN_END);
-    if (!kind_ok || nd < 1 || nd > MAX_ND || ins->nints != 2 + 3 * nd) return 0;
-    const int64_t *dims = ip + 2;
+    if (ins->noperands != 3 || ins->nints < 3) return 0;
+    const int64_t kind = ip[0], dt = ip[1], nd = ip[2];
+    if (!bin_kind_ok(kind, dt) || nd < 1 || nd > MAX_ND || ins->nints != 3 + 3 * nd) return 0;
+    const int64_t *dims = ip + 3, in_size = dt_size(dt), out_size = kind >= LRT_BIN_LESS ? 1 : in_size;
     int64_t ra, rb, n;
-    return reach_ok((int)nd, dims, ip + 2 + nd, &ra) && reach_ok((int)nd, dims, ip + 2 + 2 * nd, &rb) &&
-           product_ok((int)nd, dims, &n) && holds(&o[0], ra, bin_in_size(kind)) &&
-           holds(&o[1], rb, bin_in_size(kind)) && holds(&o[2], n, bin_out_size(kind));
+    return reach_ok((int)nd, dims, ip + 3 + nd, &ra) && reach_ok((int)nd, dims, ip + 3 + 2 * nd, &rb) &&
+           product_ok((int)nd, dims, &n) && holds(&o[0], ra, in_size) && holds(&o[1], rb, in_size) &&
+           holds(&o[2], n, out_size);
 }
 
-static unsigned char compare1(int64_t kind, float a, float b)
+static unsigned char compare1(int64_t kind, double a, double b)
 {
     switch (kind) {
     case LRT_BIN_LESS: return a < b;
@@ -226,21 +230,62 @@ static unsigned char logic1(int64_t kind, unsigned char a, unsigned char b)
     return kind == LRT_BIN_AND ? (a && b) : kind == LRT_BIN_OR ? (a || b) : (!a != !b);
 }
 
+/* integer arithmetic as numpy does it, but for division: ONNX truncates toward zero; a zero
+ * divisor gives 0 (numpy's result) rather than a trap */
+static int64_t int1(int64_t kind, int64_t a, int64_t b)
+{
+    switch (kind) {
+    case LRT_BIN_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case LRT_BIN_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+    case LRT_BIN_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case LRT_BIN_DIV: return b == 0 || (b == -1 && a == INT64_MIN) ? (b == 0 ? 0 : a) : a / b;
+    case LRT_BIN_MAX: return a > b ? a : b;
+    default: return a < b ? a : b;
+    }
+}
+
+static int64_t load_int(const unsigned char *p, int64_t dt)
+{
+    if (dt == LRT_DT_I32) { int32_t v; memcpy(&v, p, 4); return v; }
+    int64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static void binary_int_run(int64_t kind, int64_t dt, const unsigned char *a, int64_t ai, const unsigned char *b,
+                           int64_t bi, unsigned char *y, int64_t n)
+{
+    const int64_t sz = dt_size(dt);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t va = load_int(a + i * ai * sz, dt), vb = load_int(b + i * bi * sz, dt);
+        if (kind >= LRT_BIN_LESS) {   /* compared as integers: a double would round large ones */
+            y[i] = kind == LRT_BIN_LESS ? va < vb : kind == LRT_BIN_LESS_EQ ? va <= vb : kind == LRT_BIN_GREATER ? va > vb
+                 : kind == LRT_BIN_GREATER_EQ ? va >= vb : va == vb;
+            continue;
+        }
+        const int64_t r = int1(kind, va, vb);
+        if (dt == LRT_DT_I32) { int32_t v = (int32_t)r; memcpy(y + i * 4, &v, 4); }
+        else memcpy(y + i * 8, &r, 8);
+    }
+}
+
 static void run_binary(const run_ctx *c, const lrt_operand *o, const int64_t *ip)
 {
-    const int64_t kind = ip[0];
-    const int nd = (int)ip[1];
-    const int64_t *dims = ip + 2, *as = ip + 2 + nd, *bs = ip + 2 + 2 * nd;
+    const int64_t kind = ip[0], dt = ip[1];
+    const int nd = (int)ip[2];
+    const int64_t *dims = ip + 3, *as = ip + 3 + nd, *bs = ip + 3 + 2 * nd;
     const int64_t inner = dims[nd - 1], ai = as[nd - 1], bi = bs[nd - 1], outer = outer_count(nd, dims);
     const unsigned char *a = at(c, &o[0]), *b = at(c, &o[1]);
     unsigned char *y = at(c, &o[2]);
-    const int isz = bin_in_size(kind), osz = bin_out_size(kind);
+    const int64_t isz = dt_size(dt), osz = kind >= LRT_BIN_LESS ? 1 : isz;
     nd_walk w = {nd, {0}, dims};
     int64_t off[2] = {0, 0};
     const int64_t *strides[2] = {as, bs};
     for (int64_t k = 0; k < outer; k++, y += inner * osz) {
         const unsigned char *pa = a + off[0] * isz, *pb = b + off[1] * isz;
-        if (kind < LRT_BIN_LESS && ai <= 1 && bi <= 1) {
+        if (dt != LRT_DT_F32 && kind < LRT_BIN_AND) {
+            binary_int_run(kind, dt, pa, ai, pb, bi, y, inner);
+        } else if (kind < LRT_BIN_LESS && ai <= 1 && bi <= 1) {
             c->p->v->binary((int32_t)kind, (const float *)(const void *)pa, (int)ai, (const float *)(const void *)pb,
                             (int)bi, (float *)(void *)y, (size_t)inner);
         } else if (kind < LRT_BIN_LESS) {   /* a strided inner run (the compiler avoids these) */

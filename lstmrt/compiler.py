@@ -24,6 +24,7 @@ from .kernel import lib
 from .program import ALIGN, NONE, Instr, Operand, Program
 
 MAX_ND = 8
+MAX_UNROLL = 4096  # iterations of a Loop unrolled into a program
 SMALL_SCALAR = 4   # integer inputs of at most this many elements are part of the signature
 
 
@@ -80,6 +81,7 @@ class SymOperand:
 
 F32 = np.dtype(np.float32)
 BOOL = np.dtype(np.bool_)
+I32, I64 = np.dtype(np.int32), np.dtype(np.int64)
 DTYPE_CODES = {F32: lib.LRT_DT_F32, BOOL: lib.LRT_DT_BOOL, np.dtype(np.int32): lib.LRT_DT_I32,
                np.dtype(np.int64): lib.LRT_DT_I64, np.dtype(np.float64): lib.LRT_DT_F64}
 
@@ -325,6 +327,8 @@ class Compiler:
         label = f"'{step.name}' ({step.op_type})"
         if step.op_type == "If":
             return self.inline_if(plan, step, ins)
+        if step.op_type == "Loop":
+            return self.unroll_loop(step, ins)
         if all(v is None or v.static for v in ins) or step.op_type in SHAPE_ONLY:
             return self.fold(step, ins)
         if any(v is not None and not v.static and v.size == 0 for v in ins):
@@ -381,6 +385,57 @@ class Compiler:
         for out, inner in zip(step.outputs, names):
             if out:
                 self.env[out] = self.lookup(inner, branch)
+
+    def unroll_loop(self, step, ins):
+        """A Loop whose trip count and condition are known for the signature (tf2onnx's loop over
+        time steps, T from the feed's shape), unrolled: its body once per iteration, the carried
+        values handed from one to the next, the scan outputs stacked."""
+        kernel = step.kernel
+        own = ins[:kernel.arity]
+        trip, cond = own[0], own[1] if len(own) > 1 else None
+        for what, val in (("trip count", trip), ("condition", cond)):
+            if val is not None and not val.static:
+                raise _fail(step, f"its {what} is computed from the data, so the iterations are not known")
+        limit = None if trip is None else int(np.asarray(trip.const).reshape(-1)[0])
+        if limit is None or limit > MAX_UNROLL:
+            raise _fail(step, f"a trip count of {limit} is not unrolled (at most {MAX_UNROLL})")
+        keep_going = True if cond is None else bool(np.asarray(cond.const).reshape(-1)[0])
+        carried = list(own[2:])
+        n_scans = len(kernel.body_outputs) - 1 - len(carried)
+        scans: list[list] = [[] for _ in range(n_scans)]
+        saved = self._consumers
+        for i in range(limit):
+            if not keep_going:
+                break
+            self.env[kernel.body_inputs[0]] = self.static(np.array(i, np.int64))
+            self.env[kernel.body_inputs[1]] = self.static(np.array(keep_going))
+            for name, val in zip(kernel.body_inputs[2:], carried):
+                self.env[name] = val
+            self.walk(kernel.plan, kernel.body_outputs)
+            results = [self.lookup(n, kernel.plan) for n in kernel.body_outputs]
+            if not results[0].static:
+                raise _fail(step, "its condition is computed from the data, so the iterations are not known")
+            keep_going = bool(np.asarray(results[0].const).reshape(-1)[0])
+            carried = results[1:1 + len(carried)]
+            for acc, val in zip(scans, results[1 + len(carried):]):
+                acc.append(val)
+        self._consumers = saved
+        outs = carried + [self.stack(acc, step) for acc in scans]
+        for name, val in zip(step.outputs, outs):
+            if name:
+                self.env[name] = val
+
+    def stack(self, vals: list, step) -> Val:
+        """A scan output: the iterations' values stacked on a new leading axis."""
+        if not vals:
+            raise _fail(step, "a scan output of no iterations has no compiled form")
+        if all(v.static for v in vals):
+            return self.static(np.stack([v.const for v in vals]))
+        out = self.new_val((len(vals),) + vals[0].shape, vals[0].dtype)
+        for i, v in enumerate(vals):
+            self.emit(lib.LRT_OP_COPY, [self.ref(v), self.ref(out, i * v.nbytes)],
+                      [v.dtype.itemsize, 1, max(v.size, 1), 1, 1], label=f"'{step.name}' (Loop scan)")
+        return out
 
     # -- shared emitters --------------------------------------------------------
     def copy_contiguous(self, src: Val, dst: SymOperand, label: str):
@@ -729,7 +784,9 @@ def _binary(c: Compiler, step, ins, outs, label):
             raise _fail(step, "logic on non-bool values")
         kind = LOGIC[op]
     else:
-        _need_f32(step, *vals)
+        if len({v.dtype for v in vals}) != 1 or vals[0].dtype not in (F32, I32, I64) or \
+                (op == "Pow" and vals[0].dtype != F32):
+            raise _fail(step, f"{op} of {' and '.join(str(v.dtype) for v in vals)} has no compiled form")
         kind = ARITHMETIC.get(op, COMPARISONS.get(op))
     if len(vals) != 2:
         if op not in ("Max", "Min") or len(vals) < 2:
@@ -739,7 +796,7 @@ def _binary(c: Compiler, step, ins, outs, label):
     for i, v in enumerate(vals[1:]):   # variadic Max/Min: a chain of pairs
         shape = ref.shape if i == len(vals) - 2 else np.broadcast_shapes(result.shape, v.shape)
         out = c.new_val(shape, ref.dtype)
-        _broadcast(c, lib.LRT_OP_BINARY, [result, v], out, [kind], label)
+        _broadcast(c, lib.LRT_OP_BINARY, [result, v], out, [kind, DTYPE_CODES[v.dtype]], label)
         result = out
     return [result]
 
@@ -842,10 +899,10 @@ def _batch_norm(c: Compiler, step, ins, outs, label):
     channel = [1, -1] + [1] * (len(x.shape) - 2)
     scaled = c.new_val(x.shape, F32)
     _broadcast(c, lib.LRT_OP_BINARY, [x, c.static(mul.astype(np.float32).reshape(channel))], scaled,
-               [lib.LRT_BIN_MUL], label)
+               [lib.LRT_BIN_MUL, lib.LRT_DT_F32], label)
     out = c.new_val(x.shape, F32)
     _broadcast(c, lib.LRT_OP_BINARY, [scaled, c.static(add.astype(np.float32).reshape(channel))], out,
-               [lib.LRT_BIN_ADD], label)
+               [lib.LRT_BIN_ADD, lib.LRT_DT_F32], label)
     return [out]
 
 
