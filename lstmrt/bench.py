@@ -110,3 +110,10 @@ def with_ratios(rows: list[Row]) -> list[tuple]:
     """Rows with the speed-up over onnxruntime CPU on the same call path."""
     base = {r.path: r.us_per_call for r in rows if r.backend == "onnxruntime CPU"}
     return [(r, base[r.path] / r.us_per_call if r.path in base else float("nan")) for r in rows]
+
+
+def profile(path: str, batch: int, chunk: int, threads: int = 1, calls: int = 200) -> list:
+    """[(instruction, seconds per call)] of the native compiled program for bench's feed."""
+    model = Model(path)
+    sess = InferenceSession(path, backend="native", threads=threads)
+    return sess.profile(random_feed(model, batch=batch, steps=chunk), calls=calls)

@@ -167,7 +167,8 @@ def verify(model, inputs, tolerance):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="threads per backend")
 @click.option("--seconds", type=float, default=1.0, show_default=True,
               help="timing budget per case (the cases take turns in 5 rounds)")
-def bench(model, backends, chunk, batch, threads, seconds):
+@click.option("--profile", is_flag=True, help="also the native compiled program's time per instruction")
+def bench(model, backends, chunk, batch, threads, seconds, profile):
     """Time MODEL per call on each backend (whole run and stream), side by side."""
     from rich.progress import Progress
 
@@ -186,6 +187,23 @@ def bench(model, backends, chunk, batch, threads, seconds):
     for row, ratio in with_ratios(rows):
         table.add_row(row.backend, row.path, f"{row.us_per_call:.1f}", f"{row.steps_per_s:,.0f}",
                       f"{row.gflops:.2f}", f"{ratio:.2f}")
+    console.print(table)
+    if profile:
+        _print_profile(model, chunk, batch, threads)
+
+
+def _print_profile(model, chunk, batch, threads):
+    from .bench import profile as run_profile
+    try:
+        rows = run_profile(model, batch, chunk, threads)
+    except LstmrtError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    total = sum(seconds for _, seconds in rows) or 1.0
+    table = Table(title=f"native compiled program, {len(rows)} instructions: {total * 1e6:.1f} µs per call in C")
+    for col in ("instruction (node, op)", "µs/call", "share"):
+        table.add_column(col, justify="left" if col.startswith("instr") else "right")
+    for label, seconds in rows:
+        table.add_row(label, f"{seconds * 1e6:.2f}", f"{seconds / total:.0%}")
     console.print(table)
 
 

@@ -19,12 +19,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import LstmrtError, UnsupportedModelError
+from .errors import InputError, LstmrtError, UnsupportedModelError
 from .kernel import lib
 from .program import ALIGN, NONE, Instr, Operand, Program
 
 MAX_ND = 8
 MAX_UNROLL = 4096  # iterations of a Loop unrolled into a program
+
+
+def max_arena_bytes() -> int:
+    """The most working memory one program may plan: LSTMRT_MAX_ARENA_MB, else half of RAM."""
+    import os
+    limit = os.environ.get("LSTMRT_MAX_ARENA_MB")
+    if limit:
+        return int(float(limit) * 2**20)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 SMALL_SCALAR = 4   # integer inputs of at most this many elements are part of the signature
 
 
@@ -262,6 +274,12 @@ class Compiler:
             outputs.append((name, val))
         self.carry_state(carried, state_storage)
         arena = self.plan_arena()
+        if arena > max_arena_bytes():
+            biggest = max((s for s in self.storages if s.loc == lib.LRT_LOC_ARENA), key=lambda s: s.nbytes)
+            raise InputError(f"this feed ({', '.join(f'{n} {list(a.shape)}' for n, a in feed.items())}) needs "
+                             f"{arena / 2**20:.0f} MiB of working memory, over the limit of "
+                             f"{max_arena_bytes() / 2**20:.0f} MiB (LSTMRT_MAX_ARENA_MB); its largest value is "
+                             f"{biggest.nbytes / 2**20:.0f} MiB, made by {self.instrs[max(biggest.first, 0)].label}")
         instrs = [Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
                   for i in self.instrs]
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]

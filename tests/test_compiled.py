@@ -140,3 +140,14 @@ def test_strided_arrays_are_copied_and_foreign_dtypes_refused():
         np.testing.assert_array_equal(stream.run({"X": chunk})[0], reference.run({"X": np.ascontiguousarray(chunk)})[0])
     with pytest.raises(lstmrt.InputError, match="'X' has dtype >f4"):
         stream.run({"X": x.astype(">f4")})
+
+
+def test_a_feed_whose_program_would_exceed_the_memory_limit_is_refused_before_running(monkeypatch):
+    monkeypatch.setenv("LSTMRT_MAX_ARENA_MB", "1")
+    sess = lstmrt.InferenceSession(bare_cell("LSTM"), backend="native")
+    small = {"X": np.zeros((2, 1, 10), np.float32), "h0": np.zeros((1, 1, 24), np.float32),
+             "c0": np.zeros((1, 1, 24), np.float32)}
+    sess.run(None, small)
+    long = {**small, "X": np.zeros((20000, 1, 10), np.float32)}     # Y alone: 20000 x 24 floats, ~1.8 MiB
+    with pytest.raises(lstmrt.InputError, match="MiB of working memory.*LSTMRT_MAX_ARENA_MB.*LSTM"):
+        sess.run(None, long)
