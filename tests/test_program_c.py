@@ -1,0 +1,102 @@
+"""The C program executor directly (csrc/program.c): it refuses any operand outside its buffer
+and any op parameters its operands cannot hold, at creation; at run time it checks the
+caller's arena and the data-dependent gather indices, failing before it writes."""
+import numpy as np
+import pytest
+
+from lstmrt.kernel import DenseWeights, ffi, lib
+from lstmrt.program import NONE, Instr, Operand, Program
+
+ARENA = lib.LRT_LOC_ARENA
+
+
+def arena(offset, nbytes):
+    return Operand(ARENA, 0, offset, nbytes)
+
+
+def build(instrs, arena_bytes, consts=(), inputs=(), outputs=()):
+    return Program(list(instrs), list(consts), list(inputs), [64] * len(inputs), list(outputs), arena_bytes,
+                   None, 1, [])
+
+
+def copy(src, dst, dims, src_strides, dst_strides, esize=4):
+    return Instr(lib.LRT_OP_COPY, [src, dst], [esize, len(dims), *dims, *src_strides, *dst_strides], [], [], "copy")
+
+
+def run(program, feed=None):
+    state = program.new_state()
+    return state, state.run(feed or {})
+
+
+def test_a_transposing_copy_runs_and_returns_its_output():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    program = build([copy(Operand(lib.LRT_LOC_CONST, 0, 0, 24), arena(0, 24), [3, 2], [1, 3], [2, 1])], 64,
+                    consts=[x], outputs=[("y", (3, 2), np.float32, 0)])
+    _, (y,) = run(program)
+    np.testing.assert_array_equal(y, x.T)
+
+
+@pytest.mark.parametrize("operand", [arena(40, 32), arena(-4, 8), arena(0, 100), Operand(lib.LRT_LOC_INPUT, 3, 0, 4),
+                                     Operand(lib.LRT_LOC_CONST, 1, 0, 4), Operand(7, 0, 0, 4)])
+def test_an_operand_outside_its_buffer_is_refused(operand):
+    with pytest.raises(Exception, match="building the compiled program"):
+        build([copy(operand, arena(0, 4), [1], [1], [1])], 64, consts=[np.zeros(1, np.float32)])
+
+
+@pytest.mark.parametrize("dims, src_strides", [([4], [3]), ([2, 9], [9, 1]), ([1 << 50], [1]), ([3], [-1])])
+def test_copy_parameters_reaching_past_an_operand_are_refused(dims, src_strides):
+    with pytest.raises(Exception, match="instruction 0"):
+        build([copy(arena(0, 32), arena(32, 32), dims, src_strides, [0] * len(dims))], 64)
+
+
+def test_dense_operands_must_hold_the_product():
+    weights = DenseWeights(np.ones((5, 7), np.float32), None)
+    good = Instr(lib.LRT_OP_DENSE, [arena(0, 3 * 7 * 4), arena(128, 3 * 5 * 4), arena(256, 3 * 16 * 4)],
+                 [3, lib.LRT_UN_IDENTITY], [], [weights.handle], "dense")
+    build([good], 512)
+    short = Instr(lib.LRT_OP_DENSE, [arena(0, 3 * 7 * 4), arena(128, 3 * 5 * 4 - 4), arena(256, 3 * 16 * 4)],
+                  [3, lib.LRT_UN_IDENTITY], [], [weights.handle], "dense")
+    with pytest.raises(Exception, match="instruction 0"):
+        build([short], 512)
+    with pytest.raises(Exception, match="instruction 0"):   # the wrong kind of weights object
+        build([Instr(lib.LRT_OP_DENSE, good.operands, good.ints, [], [ffi.NULL], "dense")], 512)
+
+
+def test_a_lookup_table_reaching_past_its_source_is_refused_at_creation():
+    table = np.array([0, 1, 5], np.int64)
+    instr = Instr(lib.LRT_OP_INDEX, [arena(0, 16), Operand(lib.LRT_LOC_CONST, 0, 0, 24), arena(64, 12)], [4, 3, 0],
+                  [], [], "index")
+    with pytest.raises(Exception, match="instruction 0"):
+        build([instr], 128, consts=[table])
+    build([Instr(instr.op, [arena(0, 24)] + instr.operands[1:], instr.ints, [], [], "index")], 128, consts=[table])
+
+
+def test_an_out_of_range_gather_index_fails_the_call_before_writing():
+    data = np.arange(10, dtype=np.float32).reshape(5, 2)
+    gather = Instr(lib.LRT_OP_GATHER, [Operand(lib.LRT_LOC_CONST, 0, 0, 40), Operand(lib.LRT_LOC_INPUT, 0, 0, 16),
+                                       arena(0, 16)], [4, 1, 5, 2, 2, lib.LRT_DT_I64], [], [], "'g' (Gather)")
+    program = Program([gather], [data], ["i"], [16], [("y", (2, 2), np.float32, 0)], 64, None, 1, [])
+    state = program.new_state()
+    np.testing.assert_array_equal(state.run({"i": np.array([4, -5], np.int64)})[0], data[[4, 0]])
+    before = state.arena.copy()
+    with pytest.raises(Exception, match="out of range"):
+        state.run({"i": np.array([1, 5], np.int64)})
+    np.testing.assert_array_equal(state.arena, before)
+
+
+def test_the_run_checks_the_callers_arena():
+    program = build([copy(arena(0, 4), arena(64, 4), [1], [1], [1])], 128)
+    small = np.zeros(64 + 64, np.uint8)
+    start = (-small.ctypes.data) % 64
+    status = lib.lrt_program_run(program._handle, ffi.new("void *[]", 1), ffi.NULL,
+                                 ffi.from_buffer("char[]", small[start:start + 64]), 64, ffi.NULL, ffi.NULL)
+    assert status == lib.LRT_E_ARG
+    assert lib.lrt_program_run(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0, ffi.NULL, ffi.NULL) == lib.LRT_E_ARG
+
+
+def test_an_unknown_op_or_operand_count_is_refused():
+    with pytest.raises(Exception, match="instruction 0"):
+        build([Instr(999, [arena(0, 4)], [], [], [], "x")], 64)
+    with pytest.raises(Exception, match="instruction 0"):
+        build([Instr(lib.LRT_OP_UNARY, [arena(0, 4)], [lib.LRT_ACT_RELU, 1], [0.0, 0.0], [], "x")], 64)
+    assert NONE.loc == lib.LRT_LOC_NONE
