@@ -150,6 +150,8 @@ class ProgramState:
         self._names = list(enumerate(program.inputs))
         # the outputs as views of the arena: each call returns copies of them
         self._copiers = [self._view(offset, shape, dtype).copy for _, shape, dtype, offset in program.outputs]
+        # a stream program's state inputs, as views of the arena where they live between calls
+        self.views = {name: self._view(offset, shape, dtype) for name, shape, dtype, offset in program.state_slots}
 
     def _view(self, offset, shape, dtype):
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -179,17 +181,8 @@ class ProgramState:
         del keep
         return results
 
-    @property
-    def state_views(self) -> dict:
-        """A stream program's state inputs as views of the arena, where they live between calls."""
-        views = self.__dict__.get("_state_views")
-        if views is None:
-            views = self._state_views = {name: self._view(offset, shape, dtype)
-                                         for name, shape, dtype, offset in self.program.state_slots}
-        return views
-
     def load_state(self, state: dict) -> None:
-        for name, view in self.state_views.items():
+        for name, view in self.views.items():
             value = state[name]
             if value.shape != view.shape:
                 raise StreamError(f"state '{name}' is {list(value.shape)} but this chunk needs {list(view.shape)} "

@@ -187,20 +187,25 @@ class StreamPrograms:
     def step(self, feed: dict, state: dict):
         """(outputs, new state) for a signature this stream has run, else None."""
         try:
-            program_state = self._states[self._backend._fast_key(feed, ())]
+            program_state = self._states[self._key(feed)]
             keep = program_state.bind(feed)
         except (KeyError, AttributeError, TypeError, ValueError, BufferError):
             return None
-        views = program_state.state_views
+        views = program_state.views
         if state is not views:
             program_state.load_state(state)
         results = program_state.execute()
         del keep
         return results, views
 
+    def _key(self, feed: dict) -> tuple:
+        key = tuple([(name, value.shape, value.dtype) for name, value in feed.items()])
+        scalars = self._backend._signature_inputs
+        return key + tuple(feed[n].tobytes() for n in scalars if n in feed) if scalars else key
+
     def learn(self, feed: dict, state: dict) -> None:
         """After a checked call of a new signature: compiles its stream program, if it compiles."""
-        key = self._backend._fast_key(feed, ())
+        key = self._key(feed)
         if key in self._states:
             return
         program = self._backend.stream_program({**feed, **state}, self._outputs, self._pairs)
