@@ -684,13 +684,33 @@ static int run_recurrent(const run_ctx *c, const lrt_instr *ins, const lrt_opera
     return LRT_OK;
 }
 
-/* ---- CONV (2-D; 1-D as height 1): im2col rows, then the group's dense product ---- */
+/* ---- CONV (2-D; 1-D as height 1).  The group's input is copied once, channel-last and padded
+ * (xp [hp][wp][cin_g], zeros around); a product row is then a window of xp: for one row of
+ * kernel taps with dilation 1 the windows of an output row are xp itself read with a stride
+ * (no copy at all: 1-D convolutions), otherwise each row is gathered from kh runs of xp.  The
+ * weights are packed with K ordered (kh, kw, ci) to match. ---- */
 enum { CV_B, CV_CIN, CV_COUT, CV_G, CV_ACT, CV_IH, CV_IW, CV_KH, CV_KW, CV_PH, CV_PW, CV_SH, CV_SW,
        CV_DH, CV_DW, CV_OH, CV_OW, CV_N };
 
-static int64_t conv_scratch(const lrt_weights *w, int64_t positions)
+typedef struct {
+    int64_t cin_g, cout_g, hp, wp, k, positions, xp, cols, prod, total;   /* floats */
+    int direct;
+} conv_plan;
+
+static int conv_plan_of(const lrt_weights *w, const int64_t *ip, conv_plan *c)
 {
-    return positions * ((int64_t)w->desc.input_size + w->hp) + (int64_t)lrt_ws_scratch_floats(w);
+    c->cin_g = ip[CV_CIN] / ip[CV_G];
+    c->cout_g = ip[CV_COUT] / ip[CV_G];
+    c->hp = (ip[CV_OH] - 1) * ip[CV_SH] + (ip[CV_KH] - 1) * ip[CV_DH] + 1;
+    c->wp = (ip[CV_OW] - 1) * ip[CV_SW] + (ip[CV_KW] - 1) * ip[CV_DW] + 1;
+    c->k = c->cin_g * ip[CV_KH] * ip[CV_KW];
+    c->positions = ip[CV_OH] * ip[CV_OW];
+    c->direct = ip[CV_KH] == 1 && ip[CV_DW] == 1;
+    int64_t hw;
+    if (!mul_ok(c->hp, c->wp, &hw) || !mul_ok(hw, c->cin_g, &c->xp)) return 0;
+    if (!mul_ok(c->positions, c->direct ? 0 : c->k, &c->cols) || !mul_ok(c->positions, w->hp, &c->prod)) return 0;
+    c->total = c->xp + c->cols + c->prod + (int64_t)lrt_ws_scratch_floats(w);
+    return c->total <= MAX_COUNT;
 }
 
 static int check_conv(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
@@ -700,50 +720,75 @@ static int check_conv(const lrt_program *p, const lrt_instr *ins, const lrt_oper
         if (i != CV_ACT && (!count_ok(ip[i]) || ip[i] > (1 << 24))) return 0;
     const int64_t G = ip[CV_G];
     if (G < 1 || ip[CV_CIN] % G || ip[CV_COUT] % G || ins->nweights != G || !unary_kind_ok(ip[CV_ACT])) return 0;
-    if (ip[CV_SH] < 1 || ip[CV_SW] < 1 || ip[CV_DH] < 1 || ip[CV_DW] < 1 || ip[CV_KH] < 1 || ip[CV_KW] < 1) return 0;
-    const int64_t K = ip[CV_CIN] / G * ip[CV_KH] * ip[CV_KW], N = ip[CV_COUT] / G;
+    if (ip[CV_SH] < 1 || ip[CV_SW] < 1 || ip[CV_DH] < 1 || ip[CV_DW] < 1 || ip[CV_KH] < 1 || ip[CV_KW] < 1 ||
+        ip[CV_OH] < 1 || ip[CV_OW] < 1)
+        return 0;
+    conv_plan c;
+    if (!conv_plan_of(p->weights[ins->first_weights], ip, &c)) return 0;
     for (int64_t g = 0; g < G; g++) {
         const lrt_weights *w = p->weights[ins->first_weights + g];
-        if (!is_dense(w) || w->desc.input_size != K || w->desc.hidden_size != N) return 0;
+        if (!is_dense(w) || w->desc.input_size != c.k || w->desc.hidden_size != c.cout_g) return 0;
     }
-    /* (window positions outside the input read as zero: im2col checks each one) */
     int64_t nx, ny;
     const int64_t xd[4] = {ip[CV_B], ip[CV_CIN], ip[CV_IH], ip[CV_IW]}, yd[4] = {ip[CV_B], ip[CV_COUT], ip[CV_OH], ip[CV_OW]};
     return product_ok(4, xd, &nx) && product_ok(4, yd, &ny) && holds(&o[0], nx, 4) && holds(&o[1], ny, 4) &&
-           holds(&o[2], conv_scratch(p->weights[ins->first_weights], ip[CV_OH] * ip[CV_OW]), 4);
+           holds(&o[2], c.total, 4);
+}
+
+/* xp = the group's channels, channel-last, with the padding as zeros */
+static void conv_pad_input(const float *x, const int64_t *ip, const conv_plan *c, float *xp)
+{
+    memset(xp, 0, (size_t)c->xp * sizeof(float));
+    for (int64_t ci = 0; ci < c->cin_g; ci++)
+        for (int64_t h = 0; h < ip[CV_IH]; h++) {
+            const int64_t hh = h + ip[CV_PH];
+            if (hh >= c->hp) break;
+            const float *row = x + (ci * ip[CV_IH] + h) * ip[CV_IW];
+            for (int64_t wi = 0; wi < ip[CV_IW] && wi + ip[CV_PW] < c->wp; wi++)
+                xp[(hh * c->wp + wi + ip[CV_PW]) * c->cin_g + ci] = row[wi];
+        }
 }
 
 static void run_conv(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
 {
-    const int64_t G = ip[CV_G], cin_g = ip[CV_CIN] / G, cout_g = ip[CV_COUT] / G;
-    const int64_t IH = ip[CV_IH], IW = ip[CV_IW], KH = ip[CV_KH], KW = ip[CV_KW], OH = ip[CV_OH], OW = ip[CV_OW];
-    const int64_t P = OH * OW, K = cin_g * KH * KW;
+    const lrt_weights *w0 = c->p->weights[ins->first_weights];
+    conv_plan pl;
+    conv_plan_of(w0, ip, &pl);
+    const int64_t OH = ip[CV_OH], OW = ip[CV_OW], KH = ip[CV_KH], KW = ip[CV_KW], P = pl.positions;
     const float *x = (const float *)(void *)at(c, &o[0]);
-    float *y = (float *)(void *)at(c, &o[1]), *cols = (float *)(void *)at(c, &o[2]);
+    float *y = (float *)(void *)at(c, &o[1]), *xp = (float *)(void *)at(c, &o[2]);
+    float *cols = xp + pl.xp, *prod = cols + pl.cols, *scratch = prod + pl.prod;
+    const size_t run = (size_t)(KW * pl.cin_g);   /* one kernel row's taps: contiguous in xp when DW == 1 */
     for (int64_t b = 0; b < ip[CV_B]; b++)
-        for (int64_t g = 0; g < G; g++) {
+        for (int64_t g = 0; g < ip[CV_G]; g++) {
             const lrt_weights *w = c->p->weights[ins->first_weights + g];
             const int64_t ldc = w->hp;
-            float *prod = cols + P * K, *scratch = prod + P * ldc;
-            for (int64_t oh = 0; oh < OH; oh++)
-                for (int64_t ow = 0; ow < OW; ow++) {
-                    float *row = cols + (oh * OW + ow) * K;
-                    for (int64_t ci = 0; ci < cin_g; ci++) {
-                        const float *plane = x + ((b * ip[CV_CIN] + g * cin_g + ci) * IH) * IW;
+            conv_pad_input(x + (b * ip[CV_CIN] + g * pl.cin_g) * ip[CV_IH] * ip[CV_IW], ip, &pl, xp);
+            if (pl.direct) {   /* each output row: xp's row read with a stride of SW pixels */
+                for (int64_t oh = 0; oh < OH; oh++)
+                    c->p->v->dense(w, (size_t)OW, xp + oh * ip[CV_SH] * pl.wp * pl.cin_g, (size_t)(ip[CV_SW] * pl.cin_g),
+                                   prod + oh * OW * ldc, (size_t)ldc, scratch);
+            } else {
+                for (int64_t oh = 0; oh < OH; oh++)
+                    for (int64_t ow = 0; ow < OW; ow++) {
+                        float *row = cols + (oh * OW + ow) * pl.k;
                         for (int64_t kh = 0; kh < KH; kh++) {
-                            const int64_t ih = oh * ip[CV_SH] - ip[CV_PH] + kh * ip[CV_DH];
-                            for (int64_t kw = 0; kw < KW; kw++) {
-                                const int64_t iw = ow * ip[CV_SW] - ip[CV_PW] + kw * ip[CV_DW];
-                                *row++ = ih >= 0 && ih < IH && iw >= 0 && iw < IW ? plane[ih * IW + iw] : 0.f;
+                            const float *src = xp + ((oh * ip[CV_SH] + kh * ip[CV_DH]) * pl.wp + ow * ip[CV_SW]) * pl.cin_g;
+                            if (ip[CV_DW] == 1) {
+                                memcpy(row + kh * (int64_t)run, src, run * sizeof(float));
+                            } else {
+                                for (int64_t kw = 0; kw < KW; kw++)
+                                    memcpy(row + (kh * KW + kw) * pl.cin_g, src + kw * ip[CV_DW] * pl.cin_g,
+                                           (size_t)pl.cin_g * sizeof(float));
                             }
                         }
                     }
-                }
-            c->p->v->dense(w, (size_t)P, cols, (size_t)K, prod, (size_t)ldc, scratch);
-            float *yg = y + (b * ip[CV_COUT] + g * cout_g) * P;
-            for (int64_t p = 0; p < P; p++)
-                for (int64_t co = 0; co < cout_g; co++) yg[co * P + p] = prod[p * ldc + co];
-            if (ip[CV_ACT] != LRT_UN_IDENTITY) c->p->v->unary((int32_t)ip[CV_ACT], yg, yg, (size_t)(cout_g * P), 0.f, 0.f);
+                c->p->v->dense(w, (size_t)P, cols, (size_t)pl.k, prod, (size_t)ldc, scratch);
+            }
+            float *yg = y + (b * ip[CV_COUT] + g * pl.cout_g) * P;
+            for (int64_t co = 0; co < pl.cout_g; co++)
+                for (int64_t p = 0; p < P; p++) yg[co * P + p] = prod[p * ldc + co];
+            if (ip[CV_ACT] != LRT_UN_IDENTITY) c->p->v->unary((int32_t)ip[CV_ACT], yg, yg, (size_t)(pl.cout_g * P), 0.f, 0.f);
         }
 }
 

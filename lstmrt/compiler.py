@@ -739,18 +739,26 @@ def _conv(c: Compiler, step, ins, outs, label):
         c.skipped.add(fused_act)
     weights = []
     for g in range(group):
-        rows = np.ascontiguousarray(W[g * cout_g:(g + 1) * cout_g].reshape(cout_g, -1), np.float32)
+        # K ordered (kh, kw, ci): the order of the channel-last windows csrc/program.c reads
+        taps = W[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cin // group, kh, kw).transpose(0, 2, 3, 1)
+        rows = np.ascontiguousarray(taps.reshape(cout_g, -1), np.float32)
         bias = None if bias_all is None else np.ascontiguousarray(bias_all[g * cout_g:(g + 1) * cout_g])
         weights.append(_dense_weights(c, (step.name, "conv", g), rows, bias))
     out = c.new_val(ref.shape, F32)
-    positions = oh * ow
-    scratch = positions * (weights[0].k + weights[0].ldc) + weights[0].scratch_floats
-    c.emit(lib.LRT_OP_CONV, [c.ref(x), c.ref(out), c.temp(scratch * 4)],
+    c.emit(lib.LRT_OP_CONV, [c.ref(x), c.ref(out), c.temp(_conv_scratch(weights[0], cin // group, oh, ow, kh, kw,
+                                                                        sh, sw, dh, dw) * 4)],
            [x.shape[0], cin, cout, group, act, ih, iw, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow],
            weights=[wt.handle for wt in weights], label=label)
     if fused_act is not None:
         c.env[fused_act] = out
     return [out]
+
+
+def _conv_scratch(weights, cin_g, oh, ow, kh, kw, sh, sw, dh, dw) -> int:
+    """Floats of scratch a CONV instruction needs: as conv_plan_of in csrc/program.c."""
+    padded = ((oh - 1) * sh + (kh - 1) * dh + 1) * ((ow - 1) * sw + (kw - 1) * dw + 1) * cin_g
+    cols = 0 if kh == 1 and dw == 1 else oh * ow * cin_g * kh * kw
+    return padded + cols + oh * ow * weights.ldc + weights.scratch_floats
 
 
 @emitter(*UNARY, *UNARY_WITH_ATTRS, "Clip", "Gelu", "Not")
