@@ -620,6 +620,21 @@ def _fusable_bias(c: Compiler, name: str, n: int):
     return val.const.reshape(n), user.outputs[0]
 
 
+def _foldable_batch_norm(c: Compiler, name: str, channels: int):
+    """(multiplier, addend, its output) when `name` feeds only an inference BatchNormalization
+    of constant parameters, to fold into the weights producing it."""
+    user = c.sole_consumer(name)
+    if user is None or user.op_type != "BatchNormalization" or user.inputs[0] != name or \
+            user.attrs.get("training_mode", 0) or any(o for o in user.outputs[1:]):
+        return None
+    params = [c.env.get(n) or (c.static(c.plan.constants[n]) if n in c.plan.constants else None) for n in user.inputs[1:5]]
+    if any(v is None or not v.static or v.const.size != channels for v in params):
+        return None
+    scale, bias, mean, var = (np.asarray(v.const, np.float64).reshape(-1) for v in params)
+    mul = scale / np.sqrt(var + user.attrs.get("epsilon", 1e-5))
+    return mul, bias - mean * mul, user.outputs[0]
+
+
 def _dense_weights(c: Compiler, key, W_nk: np.ndarray, bias):
     from .kernel import DenseWeights
     weights = c.packed.get(key)
@@ -734,7 +749,14 @@ def _conv(c: Compiler, step, ins, outs, label):
     cout, cin = W.shape[0], x.shape[1]
     cout_g = cout // group
     bias_all = None if b is None else np.asarray(b.const, np.float32)
-    act, fused_act = _fusable_activation(c, step.outputs[0])
+    out_name = step.outputs[0]
+    folded = _foldable_batch_norm(c, out_name, cout)
+    if folded is not None:     # y = (conv(x) - mean) * scale / sqrt(var + eps) + bias, in the weights
+        mul, add, out_name = folded
+        W = (W.astype(np.float64) * mul.reshape([-1] + [1] * (W.ndim - 1))).astype(np.float32)
+        bias_all = ((0.0 if bias_all is None else bias_all.astype(np.float64)) * mul + add).astype(np.float32)
+        c.skipped.add(out_name)
+    act, fused_act = _fusable_activation(c, out_name)
     if fused_act is not None:
         c.skipped.add(fused_act)
     weights = []
@@ -743,14 +765,15 @@ def _conv(c: Compiler, step, ins, outs, label):
         taps = W[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cin // group, kh, kw).transpose(0, 2, 3, 1)
         rows = np.ascontiguousarray(taps.reshape(cout_g, -1), np.float32)
         bias = None if bias_all is None else np.ascontiguousarray(bias_all[g * cout_g:(g + 1) * cout_g])
-        weights.append(_dense_weights(c, (step.name, "conv", g), rows, bias))
+        weights.append(_dense_weights(c, (step.name, "conv", g, folded is not None), rows, bias))
     out = c.new_val(ref.shape, F32)
     c.emit(lib.LRT_OP_CONV, [c.ref(x), c.ref(out), c.temp(_conv_scratch(weights[0], cin // group, oh, ow, kh, kw,
                                                                         sh, sw, dh, dw) * 4)],
            [x.shape[0], cin, cout, group, act, ih, iw, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow],
            weights=[wt.handle for wt in weights], label=label)
-    if fused_act is not None:
-        c.env[fused_act] = out
+    for fused in (out_name if folded is not None else None, fused_act):
+        if fused:
+            c.env[fused] = out
     return [out]
 
 
