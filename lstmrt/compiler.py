@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InputError, LstmrtError, UnsupportedModelError
 from .kernel import lib
-from .program import ALIGN, NONE, Instr, Operand, Program
+from .program import ALIGN, NONE, Instr, Operand, Program, PyStep
 
 MAX_ND = 8
 MAX_UNROLL = 4096  # iterations of a Loop unrolled into a program
@@ -57,6 +57,7 @@ class Storage:
     loc: int = lib.LRT_LOC_ARENA
     index: int = 0              # input number / constant number
     offset: int = 0             # arena offset, once planned
+    name: str = ""              # a graph input's name
 
 
 @dataclass(eq=False)
@@ -254,7 +255,7 @@ class Compiler:
                 self.env[name] = Val(tuple(array.shape), array.dtype, storage=storage,
                                      sample=np.zeros(array.shape, array.dtype))
                 continue
-            storage = Storage(max(array.nbytes, 1), -1, -1, lib.LRT_LOC_INPUT, len(inputs))
+            storage = Storage(max(array.nbytes, 1), -1, -1, lib.LRT_LOC_INPUT, len(inputs), name=name)
             inputs.append(name)
             input_nbytes.append(array.nbytes)
             self.env[name] = Val(tuple(array.shape), array.dtype, storage=storage,
@@ -280,8 +281,7 @@ class Compiler:
                              f"{arena / 2**20:.0f} MiB of working memory, over the limit of "
                              f"{max_arena_bytes() / 2**20:.0f} MiB (LSTMRT_MAX_ARENA_MB); its largest value is "
                              f"{biggest.nbytes / 2**20:.0f} MiB, made by {self.instrs[max(biggest.first, 0)].label}")
-        instrs = [Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
-                  for i in self.instrs]
+        instrs = [self.resolve_instr(i) for i in self.instrs]
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
         program = Program(instrs, self.consts, inputs, input_nbytes, placed, arena,
                           self.options.simd, self.options.threads, self.keep)
@@ -353,9 +353,17 @@ class Compiler:
             raise CompileError(f"node {label}: a zero-size value has no compiled form", step.op_type, step.name)
         outs = self.run_reference(step, ins)
         emitter = EMITTERS.get(step.op_type)
-        if emitter is None:
-            raise CompileError(f"node {label}: {step.op_type} has no compiled form", step.op_type, step.name)
-        results = emitter(self, step, ins, outs, label)
+        marks = len(self.instrs), len(self.storages), set(self.skipped)
+        try:
+            if emitter is None:
+                raise CompileError(f"node {label}: {step.op_type} has no compiled form", step.op_type, step.name)
+            results = emitter(self, step, ins, outs, label)
+        except ShapeMismatch:
+            raise
+        except CompileError:
+            del self.instrs[marks[0]:], self.storages[marks[1]:]
+            self.skipped = marks[2]
+            results = self.python_step(step, ins, outs, label)
         for name, val in zip(step.outputs, results):
             if name:
                 self.env[name] = val
@@ -371,6 +379,30 @@ class Compiler:
                 raise ShapeMismatch(f"node '{step.name}' ({step.op_type}) cannot run on these shapes: {e}",
                                     step.op_type, step.name) from e
         return [None if o is None else np.asarray(o) for o in outs]
+
+    def python_step(self, step, ins, outs, label) -> list:
+        """The node's numpy kernel, run between two C segments on views of the arena."""
+        args = []
+        for name, v in zip(step.inputs, ins):
+            if v is None:
+                args.append(None)
+            elif v.static:
+                args.append(("const", v.const))
+            elif v.storage.loc == lib.LRT_LOC_INPUT:
+                args.append(("input", v.storage.name))
+            else:
+                args.append(("arena", self.ref(v), v.shape, v.dtype))
+        results, places = [], []
+        for name, ref in zip(step.outputs, outs):
+            if not name or ref is None:
+                results.append(None)
+                places.append(None)
+                continue
+            val = self.new_val(ref.shape, ref.dtype)
+            results.append(val)
+            places.append((self.ref(val), val.shape, val.dtype))
+        self.instrs.append(PyStep(step.kernel, args, places, f"{label} [Python]"))
+        return results
 
     def fold(self, step, ins):
         if step.op_type in SHAPE_ONLY:
@@ -478,6 +510,14 @@ class Compiler:
             live.append(s)
             end = max(end, offset + size)
         return end
+
+    def resolve_instr(self, i):
+        if isinstance(i, PyStep):
+            args = [a if a is None or a[0] != "arena" else ("arena", self.resolve(a[1]).offset, a[2], a[3])
+                    for a in i.args]
+            outs = [None if o is None else (self.resolve(o[0]).offset, o[1], o[2]) for o in i.outputs]
+            return PyStep(i.kernel, args, outs, i.label)
+        return Instr(i.op, [self.resolve(o) for o in i.operands], i.ints, i.floats, i.weights, i.label)
 
     def resolve(self, o) -> Operand:
         if o is None:

@@ -8,6 +8,7 @@ so threads share it.  `ProgramState` is one caller's arena and call arguments: a
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,25 @@ class Instr:
     label: str        # node name and op, for errors and the profiler
 
 
+class Misfit(Exception):
+    """A Python step's result came out another shape than the signature's compilation saw (an
+    op whose output shape depends on the data): the call is run again on the numpy plan."""
+
+
+@dataclass
+class PyStep:
+    """A node with no compiled form, run by its numpy kernel between two C segments, on views
+    of the arena.  args: per input, ("const", array), ("arena", offset, shape, dtype),
+    ("input", name) or None; outputs: (arena offset, shape, dtype) or None per output."""
+    kernel: object
+    args: list
+    outputs: list
+    label: str
+
+
 class Program:
-    """One signature's compiled program.
+    """One signature's compiled program: C segments, with Python steps between them where a
+    node has no compiled form (`python_steps` names them; most programs are one segment).
 
     inputs: names of the feed arrays passed by pointer, in order; outputs: (name, shape, dtype,
     arena offset) of the arrays each call leaves in the arena (returned as copies), in order;
@@ -55,7 +73,17 @@ class Program:
         self.outputs = outputs
         self.arena_bytes = arena_bytes
         self._keep = (consts, keep)        # borrowed by the C program: alive as long as it is
-        self._handle = _create(instrs, consts, input_nbytes, arena_bytes, simd, threads)
+        self.segments = []                 # ("c", handle, first instruction) or ("py", PyStep, index)
+        start = 0
+        for i, item in enumerate(instrs + [None]):
+            if item is None or isinstance(item, PyStep):
+                if i > start:
+                    self.segments.append(("c", _create(instrs[start:i], consts, input_nbytes, arena_bytes, simd,
+                                                       threads), start))
+                if item is not None:
+                    self.segments.append(("py", item, i))
+                start = i + 1
+        self.python_steps = [i.label for i in instrs if isinstance(i, PyStep)]
         self.static_outputs: dict = {}
         self.output_names = [name for name, _, _, _ in outputs]
         self.state_slots: list = []     # (state input, shape, dtype, arena offset) of a stream's program
@@ -145,13 +173,20 @@ class ProgramState:
         self._arena_ptr = ffi.from_buffer("char[]", self.arena) if program.arena_bytes else ffi.NULL
         self._inputs = ffi.new("void *[]", max(1, len(program.inputs)))
         self._failed = ffi.new("int32_t *")
-        self._call = functools.partial(lib.lrt_program_run, program._handle, self._inputs, ffi.NULL,
-                                       self._arena_ptr, program.arena_bytes)
         self._names = list(enumerate(program.inputs))
+        self._feed: dict = {}
+        self._segments = [(kind, self._c_call(item) if kind == "c" else item, first)
+                          for kind, item, first in program.segments]
+        # one C segment (the usual case): its call bound once
+        self._call = self._segments[0][1] if [k for k, _, _ in self._segments] == ["c"] else None
         # the outputs as views of the arena: each call returns copies of them
         self._copiers = [self._view(offset, shape, dtype).copy for _, shape, dtype, offset in program.outputs]
         # a stream program's state inputs, as views of the arena where they live between calls
         self.views = {name: self._view(offset, shape, dtype) for name, shape, dtype, offset in program.state_slots}
+
+    def _c_call(self, handle):
+        return functools.partial(lib.lrt_program_run, handle, self._inputs, ffi.NULL, self._arena_ptr,
+                                 self.program.arena_bytes)
 
     def _view(self, offset, shape, dtype):
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -165,14 +200,51 @@ class ProgramState:
         for i, name in self._names:
             keep.append(ffi.from_buffer(feed[name]))
             ptrs[i] = keep[-1]
+        self._feed = feed
         return keep
 
     def execute(self, seconds=None) -> list:
         """Runs the bound call; the outputs, as copies of the arena's."""
-        status = self._call(ffi.NULL if seconds is None else seconds, self._failed)
-        if status:
-            self._raise(status)
+        if self._call is not None:
+            status = self._call(ffi.NULL if seconds is None else seconds, self._failed)
+            if status:
+                self._raise(status, 0)
+        else:
+            self._run_segments(seconds)
         return [copy() for copy in self._copiers]
+
+    def _run_segments(self, seconds) -> None:
+        for kind, item, first in self._segments:
+            if kind == "c":
+                status = item(ffi.NULL if seconds is None else seconds + first, self._failed)
+                if status:
+                    self._raise(status, first)
+            else:
+                t0 = time.perf_counter()
+                self._python_step(item)
+                if seconds is not None:
+                    seconds[first] += time.perf_counter() - t0
+
+    def _python_step(self, step: PyStep) -> None:
+        args = []
+        for arg in step.args:
+            if arg is None:
+                args.append(None)
+            elif arg[0] == "const":
+                args.append(arg[1])
+            elif arg[0] == "input":
+                args.append(self._feed[arg[1]])
+            else:
+                args.append(self._view(*arg[1:]))
+        results = step.kernel(args)
+        for out, value in zip(step.outputs, results):
+            if out is None:
+                continue
+            offset, shape, dtype = out
+            value = np.asarray(value)
+            if value.shape != tuple(shape):
+                raise Misfit(f"node {step.label} gave {list(value.shape)}, compiled for {list(shape)}")
+            np.copyto(self._view(offset, shape, dtype), value, casting="same_kind")
 
     def run(self, feed: dict, seconds=None) -> list:
         """The program's outputs for this feed (arrays of the compiled signature, C-contiguous)."""
@@ -189,8 +261,8 @@ class ProgramState:
                                   "(a different batch); reset() the stream or set_state() to change the batch")
             np.copyto(view, value)
 
-    def _raise(self, status):
-        i = self._failed[0]
+    def _raise(self, status, first: int = 0):
+        i = self._failed[0] + first if self._failed[0] >= 0 else -1
         label = self.program.labels[i] if 0 <= i < len(self.program.labels) else "?"
         if status == lib.LRT_E_ARG and "(Gather)" in label:
             raise InputError(f"node {label}: an index is out of range for the gathered axis")

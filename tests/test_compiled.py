@@ -151,3 +151,51 @@ def test_a_feed_whose_program_would_exceed_the_memory_limit_is_refused_before_ru
     long = {**small, "X": np.zeros((20000, 1, 10), np.float32)}     # Y alone: 20000 x 24 floats, ~1.8 MiB
     with pytest.raises(lstmrt.InputError, match="MiB of working memory.*LSTMRT_MAX_ARENA_MB.*LSTM"):
         sess.run(None, long)
+
+
+def _graph_model(nodes, inputs, inits, outputs=("y",)):
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                              [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_node_without_a_compiled_form_runs_in_python_between_c_segments():
+    """Gemm with transA=1 has no compiled form: the program is two C segments and that node in
+    Python, with onnxruntime's results; auto prefers onnxruntime and says why."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gemm", ["r", "w"], ["g"], transA=1),
+             helper.make_node("Tanh", ["g"], ["y"])]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, [5, 3])], {"w": rng.standard_normal((5, 4)).astype(np.float32)})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    sess = lstmrt.InferenceSession(model, backend="native")
+    assert "Python at 'Gemm_1' (Gemm) [Python] between C segments: 3 segments" in sess.backend_reason
+    want = lstmrt.InferenceSession(model, backend="onnxruntime").run(None, {"x": x})
+    for _ in range(2):
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want[0], atol=1e-6)
+    assert any("[Python]" in label for label, _ in sess.profile({"x": x}, calls=3))
+    auto = lstmrt.InferenceSession(model)
+    if auto.get_providers()[0] != "CUDAExecutionProvider":
+        assert auto.backend == "onnxruntime" and "does not compile it whole" in auto.backend_reason
+
+
+def test_a_python_step_whose_shape_follows_the_data_falls_back_to_the_reference():
+    """A Reshape to a shape read from the data: compiled for the first call's shape, and each
+    call with another shape runs on the numpy plan instead of a wrong program."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Slice", ["s", "zero", "two"], ["shape"]), helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Neg", ["r"], ["y"])]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, [12]), ("s", TensorProto.INT64, [6])],
+                         {"zero": np.array([0]), "two": np.array([2])})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    sess = lstmrt.InferenceSession(model, backend="native")
+    x = np.arange(12, dtype=np.float32)
+    for shape in ([3, 4], [4, 3], [3, 4], [2, 6]):
+        s = np.array(shape + [0, 0, 0, 0], np.int64)
+        got = sess.run(None, {"x": x, "s": s})[0]
+        np.testing.assert_array_equal(got, -x.reshape(shape))

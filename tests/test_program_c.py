@@ -88,7 +88,7 @@ def test_the_run_checks_the_callers_arena():
     program = build([copy(arena(0, 4), arena(64, 4), [1], [1], [1])], 128)
     small = np.zeros(64 + 64, np.uint8)
     start = (-small.ctypes.data) % 64
-    status = lib.lrt_program_run(program._handle, ffi.new("void *[]", 1), ffi.NULL,
+    status = lib.lrt_program_run(program.segments[0][1], ffi.new("void *[]", 1), ffi.NULL,
                                  ffi.from_buffer("char[]", small[start:start + 64]), 64, ffi.NULL, ffi.NULL)
     assert status == lib.LRT_E_ARG
     assert lib.lrt_program_run(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0, ffi.NULL, ffi.NULL) == lib.LRT_E_ARG

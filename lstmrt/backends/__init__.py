@@ -43,6 +43,6 @@ def choose(model: Model, backend: str = "auto", providers=None, native=None, ses
     # native would walk numpy for this model: onnxruntime is quicker, where it loads the model
     try:
         return (OnnxruntimeBackend(model, ["CPUExecutionProvider"]),
-                f"onnxruntime CPU: native does not compile it ({chosen.compile_note})")
+                f"onnxruntime CPU: native does not compile it whole ({chosen.compile_note})")
     except LstmrtError as e:
         return chosen, f"{chosen.describe()} (onnxruntime cannot load it: {e})"

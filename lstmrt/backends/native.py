@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..errors import InputError, LstmrtError, UnsupportedModelError
 from ..compiler import CompileError, Compiler, ShapeMismatch, is_signature_scalar
 from ..model import Model
-from ..program import ProgramState
+from ..program import Misfit, ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -194,7 +194,10 @@ class StreamPrograms:
         views = program_state.views
         if state is not views:
             program_state.load_state(state)
-        results = program_state.execute()
+        try:
+            results = program_state.execute()
+        except Misfit:     # the state is untouched (its copies come last): the long path runs it
+            return None
         del keep
         return results, views
 
@@ -292,7 +295,10 @@ class NativeBackend:
         if type(program) is _Fallback:
             return self.plan.run(feeds, output_names)
         state = self._state(program)
-        results = program.assemble(state.run(feeds))
+        try:
+            results = program.assemble(state.run(feeds))
+        except Misfit:     # an op whose output shape follows the data: this call on the numpy plan
+            return self.plan.run(feeds, output_names)
         self._remember(feeds, output_names, program, state)
         return results
 
@@ -320,7 +326,7 @@ class NativeBackend:
         try:
             program, state = self._local.known[self._fast_key(feeds, output_names)]
             return program.assemble(state.run(feeds))
-        except (AttributeError, KeyError, TypeError, ValueError, BufferError):
+        except (AttributeError, KeyError, TypeError, ValueError, BufferError, Misfit):
             return None
 
     def profile(self, feeds: dict, output_names: list, calls: int = 100) -> list:
@@ -347,11 +353,19 @@ class NativeBackend:
             except LstmrtError:
                 continue
             if type(entry) is not _Fallback:
-                return ""
+                return self._segments_note(entry)
             if not entry.shapes_misfit:
                 return entry.reason
         loops = [n.name or n.op_type for n in _all_nodes(self.model.graph) if n.op_type == "Loop"]
         return f"node '{loops[0]}' (Loop): Loop has no compiled form" if loops else ""
+
+    @staticmethod
+    def _segments_note(program) -> str:
+        steps = program.python_steps
+        if not steps:
+            return ""
+        return (f"{', '.join(steps[:3])}{' and more' if len(steps) > 3 else ''} between C segments: "
+                f"{len(program.segments)} segments")
 
     def _probe_feed(self, size: int) -> dict | None:
         feeds = {}
@@ -366,6 +380,8 @@ class NativeBackend:
 
     def describe(self) -> str:
         nodes = count_nodes(self.model.graph)
+        if " between C segments" in self.compile_note:
+            return f"native: compiled, all {nodes} nodes, Python at {self.compile_note}"
         if self.compile_note:
             return f"native: all {nodes} nodes supported, numpy plan where not compiled ({self.compile_note})"
         return f"native: compiled, all {nodes} nodes in one C call"
