@@ -3,6 +3,13 @@
 #define LSTMRT_INTERNAL_H
 #include "lstmrt.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#define LRT_HAVE_PTHREAD 1
+#endif
+
+/* the largest batch, step count or feature size a call may have */
+#define LRT_MAX_DIM (1 << 24)
+
 /* Gate blocks are padded to this many floats so every SIMD path works on
  * whole vectors; padded weights are zero, so padded lanes stay finite. */
 #define LRT_PAD 16
@@ -58,10 +65,31 @@ typedef struct {
 } lrt_member;
 void lrt_team_wait(lrt_member *m);
 
+/* One thread's share of a call: rows [b0, b1) of the batch, or (member set) the member's units of
+ * the whole batch.  threads.c runs them. */
+typedef struct {
+    const struct lrt_weights *w;
+    const lrt_run_args *a;
+    int32_t b0, b1;
+    float *ws;
+    lrt_member *member;
+    int sweep;
+    int status;
+} lrt_job;
+/* Whether a call may use threads: 1, the pool's (lrt_jobs_run gives them back); 0, threads
+ * started for it (long_call: worth their start); -1, none (run alone). */
+int lrt_pool_take(int long_call);
+/* jobs[0] on the calling thread, the others on threads (the pool's when pooled); team: the jobs'
+ * members form one team.  The first failing job's status, or LRT_OK. */
+int lrt_jobs_run(lrt_job *jobs, int nt, int team, int pooled);
+
 /* Runs rows [b0, b1) of the batch, alone (m NULL) or as team member m (rows: the whole batch).
  * sweep: in/out hint of the direction of single-row weight sweeps (kernel_impl.h) */
 typedef int (*lrt_run_fn)(const struct lrt_weights *w, const lrt_run_args *a, int32_t b0, int32_t b1,
                           float *workspace, int *sweep, lrt_member *m);
+/* cpu.c: the kernel entry of a resolved SIMD path, and whether AVX-512 VNNI is there */
+lrt_run_fn lrt_run_fn_of(int32_t simd);
+int lrt_cpu_has_vnni(void);
 
 struct lrt_weights {
     lrt_cell_desc desc;
