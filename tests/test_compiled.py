@@ -199,3 +199,15 @@ def test_a_python_step_whose_shape_follows_the_data_falls_back_to_the_reference(
         s = np.array(shape + [0, 0, 0, 0], np.int64)
         got = sess.run(None, {"x": x, "s": s})[0]
         np.testing.assert_array_equal(got, -x.reshape(shape))
+
+
+def test_a_feed_the_models_shapes_contradict_is_an_input_error_naming_the_node():
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="the_matmul"), helper.make_node("Relu", ["m"], ["y"])]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, ["batch", "k"])], {"w": np.ones((6, 3), np.float32)})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    sess = lstmrt.InferenceSession(model, backend="native")
+    assert sess.run(None, {"x": np.ones((2, 6), np.float32)})[0].shape == (2, 3)
+    for _ in range(2):
+        with pytest.raises(lstmrt.InputError, match="node 'the_matmul' \\(MatMul\\)"):
+            sess.run(None, {"x": np.ones((2, 5), np.float32)})
