@@ -31,6 +31,7 @@ static inline LRT_TARGET vf vf_fastdiv(vf a, vf b) {
     return _mm512_mul_ps(a, r);
 }
 static inline LRT_TARGET vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+/* min/max return b when either is NaN (kernel_impl.h puts the value second) */
 static inline LRT_TARGET vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline LRT_TARGET vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline LRT_TARGET vf vf_abs(vf a) {
