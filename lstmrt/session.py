@@ -7,7 +7,7 @@ import numpy as np
 
 from .backends import BACKENDS, choose
 from .backends.native import NativeOptions
-from .errors import InputError
+from .errors import InputError, OptionError
 from .model import Model, TensorInfo
 
 
@@ -35,6 +35,48 @@ def _check_value(info: TensorInfo, value) -> np.ndarray:
     return np.ascontiguousarray(value)   # an ndarray subclass that passed every check
 
 
+def _options(backend, simd, precision, threads, providers, sess_options) -> NativeOptions:
+    """The native options, or an OptionError for an unknown backend, a value out of range, or
+    native options asked of onnxruntime (which would silently ignore them)."""
+    if backend not in BACKENDS:
+        raise OptionError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    try:
+        native = NativeOptions(simd, precision, threads)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+    if native != NativeOptions():
+        asked = ", ".join(f"{k}={v!r}" for k, v in (("simd", simd), ("precision", precision), ("threads", threads))
+                          if v != getattr(NativeOptions(), k))
+        if backend == "onnxruntime" or providers or sess_options is not None:
+            chosen = "backend='onnxruntime'" if backend == "onnxruntime" else "providers/sess_options (onnxruntime)"
+            raise OptionError(f"only the native backend takes {asked}, but {chosen} was asked for "
+                              "(onnxruntime's threads are set with sess_options.intra_op_num_threads)")
+    return native
+
+
+def fast_path_allowed(model: Model) -> bool:
+    """lstmrt.fastpath checks only a chunk's input size and the state's [1, batch, hidden]: a
+    model fixing another dim (e.g. a batch of 1) takes the general path, whose feed check holds
+    it to them.  (Goes with fastpath.)"""
+    chunks = {node.input[0] for node in model.graph.node if node.input}
+    for info in model.inputs:
+        for axis, d in enumerate((info.shape or [])[:-1]):
+            if isinstance(d, int) and d > 0 and (axis != 0 or info.name in chunks):
+                return False
+    return True
+
+
+def _has_recurrent_node(graph) -> bool:
+    """Any LSTM/GRU/RNN, control-flow bodies included: such a model refuses zero-size feeds
+    (onnxruntime aborts the process on them; native has no steps to run)."""
+    for node in graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            return True
+        if any(_has_recurrent_node(g) for a in node.attribute for g in ([a.g] if a.type == a.GRAPH else a.graphs)):
+            return True
+    return False
+
+
 class InferenceSession:
     """Load a model once; run it whole (`run`) or in chunks (`stream`).
 
@@ -53,17 +95,16 @@ class InferenceSession:
 
     def __init__(self, model, sess_options=None, providers=None, *, backend: str = "auto",
                  simd: str | None = None, precision: str = "f32", threads: int = 1):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        native = NativeOptions(simd, precision, threads)
+        native = _options(backend, simd, precision, threads, providers, sess_options)
         self.model = Model(model)
         self._inputs_by_name = {i.name: i for i in self.model.inputs}
         self._feedable = {**self._inputs_by_name, **{i.name: i for i in self.model.overridable}}
         self._all_outputs = [o.name for o in self.model.outputs]
+        self._needs_steps = _has_recurrent_node(self.model.graph)
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
         from .fastpath import RunFastPath
-        self._fast_run = RunFastPath.detect(self._backend, self.model)
+        self._fast_run = RunFastPath.detect(self._backend, self.model) if fast_path_allowed(self.model) else None
 
     def get_providers(self) -> list[str]:
         """onnxruntime's providers in use, or ["lstmrt-native"]."""
@@ -90,10 +131,24 @@ class InferenceSession:
             missing = [n for n in required if n not in input_feed and n not in optional]
             if missing:
                 raise InputError(f"missing input(s) {missing}; the model's inputs are {list(required)}")
-        return {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
+        checked = {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
+        if self._needs_steps:
+            for name, value in checked.items():
+                if not value.size:
+                    raise InputError(f"input '{name}' has shape {list(value.shape)}, with a zero-size dimension; "
+                                     "a recurrent model runs on at least one step of at least one sequence")
+        return checked
 
     def _output_names(self, output_names) -> list[str]:
         if output_names is None:
+            return self._all_outputs
+        if isinstance(output_names, (str, bytes)):   # else iterated letter by letter
+            raise InputError(f"output_names must be a list of names, not a string: write [{output_names!r}]")
+        try:
+            output_names = list(output_names)
+        except TypeError:
+            raise InputError(f"output_names must be None or a list of names, not {type(output_names).__name__}") from None
+        if not output_names:   # onnxruntime's reading of []: every output
             return self._all_outputs
         known = self._all_outputs
         unknown = [n for n in output_names if n not in known]
@@ -104,6 +159,8 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None) -> list:
         """Run the whole model: like onnxruntime, returns the outputs named (all if None) in order."""
         del run_options  # accepted for onnxruntime compatibility
+        if output_names is not None and type(output_names) is not list or output_names == []:
+            output_names = self._output_names(output_names)   # a string, a tuple, []: as onnxruntime reads them
         if self._fast_run is not None and (output_names is None or set(output_names) <= set(self._fast_run.outputs)):
             result = self._fast_run.try_run(input_feed, output_names)
             if result is not None:

@@ -6,16 +6,36 @@ state lives where the backend keeps it (on the GPU for onnxruntime CUDA).
 """
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Mapping
+
 import numpy as np
 
-from .errors import StreamError
+from .errors import InputError, LstmrtError, StreamError
 from .model import zeros_for
 from .session import _check_value
 from .state_pairs import batch_axes, streaming_pairs
 
 
+def serialised(method):
+    """Calls on one stream (or group) from many threads take turns: each call reads the state
+    the previous one left, so no update is lost and no state is torn."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def _check_mapping(value, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{what} must be a dict of name -> numpy array, got {type(value).__name__}")
+
+
 class Stream:
     def __init__(self, session, state: dict | None = None):
+        self._lock = threading.Lock()
         self._session = session
         self._backend = session._backend
         model = session.model
@@ -24,15 +44,19 @@ class Stream:
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
         self._batch_axes = batch_axes(model)
         from .fastpath import CellFastPath
-        self._fast = CellFastPath.detect(self._backend, model, self.pairs)
+        from .session import fast_path_allowed
+        self._fast = CellFastPath.detect(self._backend, model, self.pairs) if fast_path_allowed(model) else None
 
     @property
+    @serialised
     def state(self) -> dict:
         """{state input name: numpy array} as of the last call; empty before the first."""
         return {k: np.array(self._backend.to_host(v)) for k, v in self._state.items()}
 
+    @serialised
     def set_state(self, state: dict) -> None:
         """Replace some or all of the carried state (e.g. to resume a saved stream)."""
+        _check_mapping(state, "set_state()'s state")
         updated = dict(self._state)   # a new dict: the fast path recognises its own by identity
         for name, value in state.items():
             if name not in self.pairs:
@@ -41,9 +65,26 @@ class Stream:
             updated[name] = self._backend.from_host(_check_value(self._session.model.input(name), value).copy())
         self._state = updated
 
+    @serialised
     def reset(self) -> None:
         """Forget the carried state: the next call starts from zeros."""
         self._state = {}
+
+    def _batch_change(self, feed: dict, state: dict) -> StreamError | None:
+        """After a failed call: a StreamError if the carried state's shape is not what this feed
+        needs (the batch changed mid-stream), since the backend's message never says reset()."""
+        for name, value in state.items():
+            if name in feed:
+                continue
+            try:
+                wanted = self._zero_state(name, feed).shape
+            except LstmrtError:
+                continue
+            have = tuple(self._backend.shape_of(value))
+            if have != wanted:
+                return StreamError(f"the carried state '{name}' is {list(have)} but this feed needs {list(wanted)} "
+                                   "(did the batch change?); reset() the stream, or set_state() for the new batch")
+        return None
 
     def _zero_state(self, name: str, feed: dict) -> np.ndarray:
         model = self._session.model
@@ -65,9 +106,12 @@ class Stream:
                               "give it once with set_state() or in the first run()'s feed")
         return zeros
 
+    @serialised
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
+        if type(input_feed) is not dict:
+            _check_mapping(input_feed, "stream.run()'s input_feed")
         fast = self._fast
         if fast is not None and output_names is None and len(input_feed) == 1:
             done = fast.try_run(input_feed.get(fast.x_name), self._state)
@@ -85,7 +129,10 @@ class Stream:
             else:
                 state[name] = self._backend.from_host(self._zero_state(name, feed))
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)
-        results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
+        try:
+            results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
+        except LstmrtError as e:
+            raise self._batch_change(feed, state) or e
         for inp, out in self.pairs.items():
             before, after = self._backend.shape_of(state[inp]), self._backend.shape_of(new_state[inp])
             if tuple(before) != tuple(after):
