@@ -186,7 +186,7 @@ class CellWeights:
         if need is None:
             need = lib.lrt_workspace_floats_threads(self._handle, B, T, _check_threads(threads))
             if need >= 1 << 62:
-                raise InputError(f"{self.spec.cell}: batch {B} and steps {T} per call must each be at most "
+                raise InputError(f"{self.spec.cell}: batch {B} and steps {T} per call must each be from 1 to "
                                  f"{MAX_DIM} (stream a longer sequence in chunks)")
             if len(self._ws_sizes) < 64:
                 self._ws_sizes[key] = need
@@ -226,8 +226,9 @@ class CellRunner:
     """
     def __init__(self, weights: CellWeights, batch: int, steps: int, threads: int = 1, y: bool = True):
         s = weights.spec
-        if batch < 1 or steps < 1:
-            raise ValueError(f"batch and steps must be positive, got {batch}, {steps}")
+        if not (1 <= batch <= MAX_DIM and 1 <= steps <= MAX_DIM):
+            raise InputError(f"{s.cell}: batch {batch} and steps {steps} per call must each be from 1 to {MAX_DIM} "
+                             "(stream a longer sequence in chunks)")
         self.weights, self.batch, self.steps = weights, batch, steps
         self.x = np.zeros((steps, batch, s.input_size), np.float32)
         self.h = np.zeros((batch, s.hidden_size), np.float32)
