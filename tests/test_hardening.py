@@ -4,6 +4,7 @@ stream's own run without the failed call."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -75,6 +76,8 @@ def _counter_model() -> onnx.ModelProto:
 
 
 def _in_threads(fn, threads: int = 4) -> None:
+    """fn in `threads` threads at once, switching threads as often as the interpreter can
+    (a lost update needs a switch between a call's read of the state and its write)."""
     errors = []
 
     def work():
@@ -83,10 +86,15 @@ def _in_threads(fn, threads: int = 4) -> None:
         except Exception as e:   # noqa: BLE001 - reported below, not lost in a thread
             errors.append(e)
     workers = [threading.Thread(target=work) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not errors, errors
 
 
