@@ -92,6 +92,11 @@ def _check_threads(threads) -> int:
     return threads
 
 
+def _memory_bytes() -> int:
+    from .ops import MEMORY_BYTES   # imported late: lstmrt.ops imports this module
+    return MEMORY_BYTES
+
+
 def _check_int8(spec: CellSpec, W: np.ndarray, R: np.ndarray) -> None:
     """What the C packer refuses for int8, said plainly before it is asked."""
     big = max(spec.input_size, spec.hidden_size)
@@ -188,6 +193,9 @@ class CellWeights:
             if need >= 1 << 62:
                 raise InputError(f"{self.spec.cell}: batch {B} and steps {T} per call must each be from 1 to "
                                  f"{MAX_DIM} (stream a longer sequence in chunks)")
+            if need * 4 > _memory_bytes():
+                raise InputError(f"{self.spec.cell}: batch {B} x steps {T} needs a {need * 4 / 2**30:,.0f} GiB "
+                                 "workspace, more than this machine's memory (stream it in shorter chunks)")
             if len(self._ws_sizes) < 64:
                 self._ws_sizes[key] = need
         if need > local.workspace.size:

@@ -9,6 +9,7 @@ from .backends import BACKENDS, choose
 from .backends.native import NativeOptions
 from .errors import InputError, OptionError
 from .model import Model, TensorInfo
+from .ops import MEMORY_BYTES
 
 
 def _check_value(info: TensorInfo, value) -> np.ndarray:
@@ -19,9 +20,15 @@ def _check_value(info: TensorInfo, value) -> np.ndarray:
             info.shape is None or value.ndim == len(info.shape)):
         fixed = info.fixed_dims
         if fixed is None or fixed[0](value.shape) == fixed[1]:
-            return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+            if value.flags.c_contiguous:
+                return value
     if not isinstance(value, np.ndarray):
         raise InputError(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
+    if not value.flags.c_contiguous and value.nbytes > MEMORY_BYTES:
+        raise InputError(f"input '{info.name}' is a strided view of shape {list(value.shape)}: a contiguous copy "
+                         f"would take {value.nbytes / 2**30:,.0f} GiB, more than this machine's memory")
+    if value.dtype != info.dtype and value.dtype.newbyteorder("=") == info.dtype:
+        value = value.astype(info.dtype)   # the other byte order (e.g. read from a big-endian file)
     if value.dtype != info.dtype:
         raise InputError(f"input '{info.name}' has dtype {value.dtype}; expected {np.dtype(info.dtype)} ({info.type})")
     if info.shape is not None:
@@ -32,7 +39,7 @@ def _check_value(info: TensorInfo, value) -> np.ndarray:
             if isinstance(want, int) and want > 0 and got != want:
                 raise InputError(f"input '{info.name}' has shape {list(value.shape)}; "
                                  f"dimension {axis} must be {want} (expected {info.shape})")
-    return np.ascontiguousarray(value)   # an ndarray subclass that passed every check
+    return np.ascontiguousarray(value)   # an ndarray subclass, or a strided view, that passed every check
 
 
 def _options(backend, simd, precision, threads, providers, sess_options) -> NativeOptions:
