@@ -23,6 +23,8 @@ static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_div(vf a, vf b) { return a / b; }
 /* a / b for b >= 1 (the AVX-512 mapping uses a reciprocal there) */
 static inline vf vf_fastdiv(vf a, vf b) { return a / b; }
+/* a / b for b in [1, +inf] (a / inf = 0) */
+static inline vf vf_fastdiv_to_inf(vf a, vf b) { return a / b; }
 static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 /* min/max return b when either is NaN, as x86 minps/maxps do (kernel_impl.h relies on it) */
 static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }

@@ -47,9 +47,12 @@ def _weights(cell: str):
             for n, s in (("W", (1, G * H, I)), ("R", (1, G * H, H)), ("B", (1, 2 * G * H)))}
 
 
-def _cell_model(cell: str, activation: str | None = None, clip: float | None = None) -> onnx.ModelProto:
+def _cell_model(cell: str, activation: str | None = None, clip: float | None = None,
+                linear_before_reset: int = 0) -> onnx.ModelProto:
     lstm = cell == "LSTM"
     attrs = {"hidden_size": H}
+    if linear_before_reset:
+        attrs["linear_before_reset"] = 1
     if clip is not None:
         attrs["clip"] = clip
     if activation is not None:
@@ -73,7 +76,8 @@ def _cell_model(cell: str, activation: str | None = None, clip: float | None = N
     return model
 
 
-def _reference(cell: str, feed: dict, activation: str | None = None, clip: float | None = None) -> list:
+def _reference(cell: str, feed: dict, activation: str | None = None, clip: float | None = None,
+               linear_before_reset: int = 0) -> list:
     """The cell in float64 numpy, straight from the ONNX operator definitions."""
     w = {n: a.astype(np.float64)[0] for n, a in _weights(cell).items()}
     G = GATES[cell]
@@ -91,7 +95,10 @@ def _reference(cell: str, feed: dict, activation: str | None = None, clip: float
                 h = gate(xw + hr)
             elif cell == "GRU":
                 z, r = _sigmoid(xw[:, :H] + hr[:, :H]), _sigmoid(xw[:, H:2 * H] + hr[:, H:2 * H])
-                cand = np.tanh(xw[:, 2 * H:] + (r * h) @ w["R"][2 * H:].T + Rb[2 * H:])
+                if linear_before_reset:
+                    cand = np.tanh(xw[:, 2 * H:] + r * (h @ w["R"][2 * H:].T + Rb[2 * H:]))
+                else:
+                    cand = np.tanh(xw[:, 2 * H:] + (r * h) @ w["R"][2 * H:].T + Rb[2 * H:])
                 h = (1 - z) * cand + z * h
             else:
                 s = xw + hr
@@ -153,5 +160,19 @@ def test_nan_passes_every_activation_and_clip(simd, activation, clip):
     feed = _feed("RNN", "X", np.nan)
     ours = lstmrt.InferenceSession(model, backend="native", simd=simd).run(None, feed)
     _assert_same_nonfinite(ours, _reference("RNN", feed, activation, clip))
+    for a, b in zip(ours, _ort(model, feed)):
+        assert np.isnan(a[np.isnan(b)]).all()
+
+
+@pytest.mark.parametrize("simd", available_simd_paths())
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_gru_linear_before_reset_with_infinite_state(simd, value):
+    # sigmoid(-inf) must be exactly 0 (not 6e-39): r * (R h) is then 0 * inf = NaN, as in IEEE
+    # (found by tests/fuzz: lstmrt gave inf where onnxruntime and a float64 model give NaN)
+    model = _cell_model("GRU", linear_before_reset=1)
+    feed = _feed("GRU", "h0", 0.0)
+    feed["h0"][0, 0, 2] = value    # one unit: R h is +-inf per row, no inf - inf to hide the bug
+    ours = lstmrt.InferenceSession(model, backend="native", simd=simd).run(None, feed)
+    _assert_same_nonfinite(ours, _reference("GRU", feed, linear_before_reset=1))
     for a, b in zip(ours, _ort(model, feed)):
         assert np.isnan(a[np.isnan(b)]).all()
