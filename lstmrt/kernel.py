@@ -93,7 +93,7 @@ def _check_threads(threads) -> int:
 
 
 def _memory_bytes() -> int:
-    from .ops import MEMORY_BYTES   # imported late: lstmrt.ops imports this module
+    from .model import MEMORY_BYTES
     return MEMORY_BYTES
 
 

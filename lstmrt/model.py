@@ -13,7 +13,19 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from .errors import ModelError
+from .errors import InputError, ModelError
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # not POSIX: numpy's own MemoryError then speaks
+        return 1 << 62
+
+
+# what an array lstmrt makes from a feed's sizes (zero state, a folded constant, a copy) may take:
+# past it, the allocation is refused with a message rather than left to overcommit and the OOM killer
+MEMORY_BYTES = _memory_bytes()
 
 
 @dataclass(frozen=True)
@@ -185,4 +197,7 @@ def zeros_for(info: TensorInfo, dims: dict) -> np.ndarray | None:
             shape.append(dims[d])
         else:
             return None
+    if np.prod(shape, dtype=float) * info.dtype.itemsize > MEMORY_BYTES:
+        raise InputError(f"the zero state '{info.name}' for this feed would be {shape} ({info.dtype}), "
+                         "more than this machine's memory")
     return np.zeros(shape, dtype=info.dtype)

@@ -8,8 +8,7 @@ import numpy as np
 from .backends import BACKENDS, choose
 from .backends.native import NativeOptions
 from .errors import InputError, OptionError
-from .model import Model, TensorInfo
-from .ops import MEMORY_BYTES
+from .model import MEMORY_BYTES, Model, TensorInfo
 
 
 def _check_value(info: TensorInfo, value) -> np.ndarray:

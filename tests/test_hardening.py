@@ -359,3 +359,14 @@ def test_cell_runner_load_checks_the_size():
         runner.load("h", np.zeros(1 << 20, np.float32))
     runner.load("h", np.ones((1, 4), np.float32))
     np.testing.assert_array_equal(runner.h, np.ones((1, 4)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_huge_broadcast_feed_is_refused_before_allocating(backend):
+    # found by tests/fuzz: a stride-0 view of batch 2^40 made the stream allocate its zero state
+    sess = lstmrt.InferenceSession(streaming_model("LSTM"), backend=backend)
+    huge = np.broadcast_to(np.float32(0), (1 << 40, 1, 5))
+    with pytest.raises(lstmrt.InputError, match="more than this machine's memory"):
+        sess.stream().run({"x": huge})
+    with pytest.raises(lstmrt.InputError, match="more than this machine's memory"):
+        sess.run(None, {"x": huge, **_state("LSTM", 1)})

@@ -6,7 +6,6 @@ function that computes the node's outputs from its input arrays at run time.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,6 +13,7 @@ import numpy as np
 from onnx import helper
 
 from ..errors import InputError, ModelError, UnsupportedModelError
+from ..model import MEMORY_BYTES
 
 Kernel = Callable[[list], list]
 _MAKERS: dict[str, Callable[["NodeInfo"], Kernel]] = {}
@@ -88,16 +88,6 @@ def optional_input(inputs: list, index: int):
 
 def as_ints(array) -> list[int]:
     return [int(v) for v in np.asarray(array).reshape(-1)]
-
-
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):   # not POSIX: numpy's own MemoryError then speaks
-        return 1 << 62
-
-
-MEMORY_BYTES = _memory_bytes()
 
 
 def checked_shape(node: NodeInfo, shape, dtype) -> tuple:
