@@ -4,6 +4,7 @@ stream's own run without the failed call."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
@@ -370,3 +371,24 @@ def test_a_huge_broadcast_feed_is_refused_before_allocating(backend):
         sess.stream().run({"x": huge})
     with pytest.raises(lstmrt.InputError, match="more than this machine's memory"):
         sess.run(None, {"x": huge, **_state("LSTM", 1)})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_onnxruntime_session_refuses_to_run_in_a_forked_child():
+    # onnxruntime's thread pool stays in the parent: an inherited session may hang in the child
+    sess = lstmrt.InferenceSession(streaming_model("GRU"), backend="onnxruntime")
+    feed = {"x": np.ones((1, 2, 5), np.float32), **_state("GRU", 1)}
+    sess.run(None, feed)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)
+        try:
+            sess.run(None, feed)
+            os._exit(1)
+        except lstmrt.LstmrtError as e:
+            os._exit(0 if "fork" in str(e) else 2)
+        except BaseException:  # noqa: BLE001
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    sess.run(None, feed)     # the parent's session is untouched

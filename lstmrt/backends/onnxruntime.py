@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, LstmrtError, ModelError
 from ..layout import to_layout0
 from ..model import Model
 
@@ -26,6 +27,20 @@ def _ort():
     import onnxruntime
     onnxruntime.set_default_logger_severity(_QUIET)
     return onnxruntime
+
+
+# onnxruntime cannot run a session inherited across fork(): its thread pool stayed in the parent,
+# and a run in the child may wait on it forever (so may building a new session there).  Each fork
+# bumps this generation; a backend from an older one refuses to run rather than hang.
+_FORKS = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+
+
+def _forked() -> LstmrtError:
+    return LstmrtError("this session's onnxruntime backend was created before fork(), and onnxruntime cannot run "
+                       "a session inherited by a forked process (it may hang): create the InferenceSession after "
+                       "the fork, or use backend='native', which can")
 
 
 def cuda_listed() -> bool:
@@ -47,6 +62,7 @@ class OnnxruntimeBackend:
         options = sess_options or ort.SessionOptions()
         options.log_severity_level = _QUIET
         requested = list(providers) if providers else ([CUDA, CPU] if cuda_listed() else [CPU])
+        self._generation = _FORKS[0]
         try:
             # onnxruntime prints "EP Error ... Falling back" to stdout when a provider fails on a
             # model it then refuses anyway: the ModelError below says it once
@@ -64,6 +80,8 @@ class OnnxruntimeBackend:
         return f"onnxruntime {'CUDA' if self.device == 'cuda' else 'CPU'}"
 
     def run(self, feeds: dict, output_names: list) -> list:
+        if self._generation != _FORKS[0]:
+            raise _forked()
         try:
             return self.session.run(output_names, feeds)
         except Exception as e:   # onnxruntime's InvalidArgument, Fail, RuntimeException
@@ -84,6 +102,8 @@ class OnnxruntimeBackend:
 
     def run_stateful(self, feeds: dict, state: dict, pairs: dict, output_names: list):
         """Outputs on the host; the new state where the session put it (on CUDA, as OrtValues)."""
+        if self._generation != _FORKS[0]:
+            raise _forked()
         if not self.bind_state:
             try:
                 results = self.session.run(output_names + list(pairs.values()), {**feeds, **state})

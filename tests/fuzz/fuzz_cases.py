@@ -18,8 +18,9 @@ Kinds (each a real oracle, not just "did not crash"):
           stream that saw only the good calls.
   threads streams of one session from threads, one stream shared by threads, failing calls in
           between: bit-identical to running them one after another.
-  fork    a stream forked mid-sequence (after threads=2 calls too): child and parent each
-          finish it as an unforked stream does, and the child does not hang.
+  fork    a stream forked mid-sequence (after threads=2 calls too): on native, child and parent
+          each finish it as an unforked stream does; on onnxruntime (which cannot run a session
+          across fork) the child gets an LstmrtError; no child hangs.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Wrong(Exception):
 
 
 def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, KINDS.index(kind), index])
+    return np.random.default_rng([seed, KINDS.index(kind) if kind in KINDS else 99, index])
 
 
 # -- models and feeds ---------------------------------------------------------------------------
@@ -460,9 +461,16 @@ def case_fork(rng) -> None:
     if pid == 0:   # the child: finish the sequence, exit 0 if it matches; SIGALRM kills a hang
         signal.alarm(30)
         try:
-            ok = all(_same(stream.run(c), e) for c, e in zip(chunks[split:], expected[split:]))
-            ok = ok and _same(sess.run(None, valid_feed(sess, np.random.default_rng(0), 1, 2)),
-                              sess.run(None, valid_feed(sess, np.random.default_rng(0), 1, 2)))
+            if options["backend"] == "onnxruntime":   # cannot run across fork: must refuse, not hang
+                try:
+                    stream.run(chunks[split])
+                    ok = False
+                except lstmrt.LstmrtError as e:
+                    ok = "fork" in str(e)
+            else:
+                ok = all(_same(stream.run(c), e) for c, e in zip(chunks[split:], expected[split:]))
+                ok = ok and _same(sess.run(None, valid_feed(sess, np.random.default_rng(0), 1, 2)),
+                                  sess.run(None, valid_feed(sess, np.random.default_rng(0), 1, 2)))
         except BaseException:  # noqa: BLE001
             ok = False
         os._exit(0 if ok else 3)
@@ -477,7 +485,16 @@ def case_fork(rng) -> None:
         raise Wrong(f"{name}/{options}: the forked child's stream differs from an unforked one")
 
 
-CASES = {"model": case_model, "feed": case_feed, "stream": case_stream, "threads": case_threads, "fork": case_fork}
+def case_selftest(rng) -> None:
+    """For the driver's own test: case 1 aborts the process, case 3 hangs, the rest pass."""
+    index = int(os.environ.get("LSTMRT_FUZZ_SELFTEST_INDEX", "-1"))
+    if index == 1:
+        os.abort()
+    if index == 3:
+        signal.pause()
+
+
+CASES = {"selftest": case_selftest, "model": case_model, "feed": case_feed, "stream": case_stream, "threads": case_threads, "fork": case_fork}
 
 
 def main(argv: list) -> int:
@@ -485,6 +502,7 @@ def main(argv: list) -> int:
     warnings.simplefilter("ignore")
     np.seterr(all="ignore")
     for index in range(start, start + count):
+        os.environ["LSTMRT_FUZZ_SELFTEST_INDEX"] = str(index)
         try:
             CASES[kind](_rng(seed, kind, index))
             print(f"ok {index}", flush=True)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,22 +27,23 @@ pytestmark = pytest.mark.fuzz
 CASES = int(os.environ.get("LSTMRT_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("LSTMRT_FUZZ_SEED", "12"))
 BUDGET_S = float(os.environ.get("LSTMRT_FUZZ_SECONDS", "120"))
+JOBS = int(os.environ.get("LSTMRT_FUZZ_JOBS", str(min(4, os.cpu_count() or 1))))   # worker processes at once
 BATCH = 50                    # cases per process
-BATCH_TIMEOUT_S = 240         # a batch that runs longer has hung (ASan builds run ~3x slower)
+BATCH_TIMEOUT_S = float(os.environ.get("LSTMRT_FUZZ_BATCH_TIMEOUT", "240"))   # longer: it hung
 
 
 def _replay(kind: str, index: int) -> str:
     return f"python {HERE / 'fuzz_cases.py'} {kind} {SEED} {index} 1"
 
 
-def _run_batch(kind: str, start: int, count: int) -> tuple[int, list]:
+def _run_batch(kind: str, start: int, count: int, timeout_s: float = BATCH_TIMEOUT_S) -> tuple[int, list]:
     """(cases finished, failures) of one worker process; a death or hang fails the case it was on,
     and the rest of the batch runs in a fresh process."""
     failures, done, end = [], 0, start + count
     while start < end:
         try:
             proc = subprocess.run([sys.executable, str(HERE / "fuzz_cases.py"), kind, str(SEED), str(start),
-                                   str(end - start)], capture_output=True, text=True, timeout=BATCH_TIMEOUT_S)
+                                   str(end - start)], capture_output=True, text=True, timeout=timeout_s)
             out, code, hung = proc.stdout, proc.returncode, False
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -68,14 +70,25 @@ def _run_batch(kind: str, start: int, count: int) -> tuple[int, list]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fuzz(kind):
-    started, done, failures = time.monotonic(), 0, []
-    for start in range(0, CASES, BATCH):
-        if time.monotonic() - started > BUDGET_S:
-            break
-        finished, failed = _run_batch(kind, start, min(BATCH, CASES - start))
-        done += finished
-        failures += failed
+    started = time.monotonic()
+
+    def batch(start):
+        if time.monotonic() - started > BUDGET_S:   # past the budget: report what ran
+            return 0, []
+        return _run_batch(kind, start, min(BATCH, CASES - start))
+    with ThreadPoolExecutor(JOBS) as pool:
+        results = list(pool.map(batch, range(0, CASES, BATCH)))
+    done = sum(n for n, _ in results)
+    failures = [f for _, fs in results for f in fs]
     print(f"\nfuzz {kind}: {done} of {CASES} cases (seed {SEED}) in {time.monotonic() - started:.0f} s, "
           f"{len(failures)} failing")
     assert not failures, "\n".join(failures[:20])
-    assert done >= min(CASES, 1)
+    assert done >= min(CASES, BATCH)
+
+
+def test_a_crash_or_hang_is_a_failing_case_and_the_batch_goes_on():
+    done, failures = _run_batch("selftest", 0, 5, timeout_s=8)
+    assert done == 5
+    assert len(failures) == 2, failures
+    assert "selftest case 1: the process died" in failures[0] and "selftest 12 1 1" in failures[0]
+    assert "selftest case 3: the process hung" in failures[1]
