@@ -303,10 +303,13 @@ static LRT_TARGET void LRT_FN(gemm)(const struct lrt_weights *w, const lrt_pmat 
 }
 
 /* exp(x) = 2^n * e^r with |r| <= ln2/2 and a degree-7 Taylor polynomial;
- * relative error below 2e-7 for x in [-87, 88] (inputs are clamped there). */
+ * relative error below 2e-7 for x in [-87, 88.7]; inputs are clamped to [-87, 89], where the
+ * top (n = 128) overflows to +inf as exp does, so that sigmoid(-inf) is exactly 0.
+ * vf_min/vf_max return their second operand when either is NaN (x86 minps/maxps), so the
+ * value goes second everywhere: NaN in, NaN out, at no extra cost. */
 static LRT_INLINE LRT_TARGET vf LRT_FN(v_exp)(vf x)
 {
-    x = vf_min(vf_max(x, vf_set1(-87.0f)), vf_set1(88.0f));
+    x = vf_min(vf_set1(89.0f), vf_max(vf_set1(-87.0f), x));
     vf n = vf_round(vf_mul(x, vf_set1(1.44269504088896341f)));
     vf r = vf_fma(n, vf_set1(-0.693145751953125f), x);      /* ln2, high part (exact) */
     r = vf_fma(n, vf_set1(-1.42860682030941723e-6f), r);    /* ln2, low part */
@@ -324,7 +327,8 @@ static LRT_INLINE LRT_TARGET vf LRT_FN(v_exp)(vf x)
 /* Absolute error below 3e-7 everywhere (tests/test_kernel.py measures it). */
 static LRT_INLINE LRT_TARGET vf LRT_FN(v_sigmoid)(vf x)
 {
-    return vf_fastdiv(vf_set1(1.f), vf_add(vf_set1(1.f), LRT_FN(v_exp)(vf_sub(vf_set1(0.f), x))));
+    /* 1 / (1 + inf) must be 0, not a tiny number: 0 * inf is NaN downstream, as in IEEE */
+    return vf_fastdiv_to_inf(vf_set1(1.f), vf_add(vf_set1(1.f), LRT_FN(v_exp)(vf_sub(vf_set1(0.f), x))));
 }
 
 /* tanh(|x|) = (1 - e^-2|x|) / (1 + e^-2|x|): never overflows; sign restored after. */
@@ -340,7 +344,7 @@ static LRT_INLINE LRT_TARGET vf LRT_FN(v_act)(const lrt_activation *a, vf x)
     switch (a->kind) {
     case LRT_ACT_SIGMOID: return LRT_FN(v_sigmoid)(x);
     case LRT_ACT_TANH: return LRT_FN(v_tanh)(x);
-    case LRT_ACT_RELU: return vf_max(x, vf_set1(0.f));
+    case LRT_ACT_RELU: return vf_max(vf_set1(0.f), x);   /* NaN stays NaN */
     default: {
         /* rare activations: lane by lane; speed is not their concern */
         float lanes[V];
@@ -354,7 +358,7 @@ static LRT_INLINE LRT_TARGET vf LRT_FN(v_act)(const lrt_activation *a, vf x)
 static LRT_INLINE LRT_TARGET vf LRT_FN(v_clip)(const lrt_cell_desc *d, vf x)
 {
     if (!d->has_clip) return x;
-    return vf_min(vf_max(x, vf_set1(-d->clip)), vf_set1(d->clip));
+    return vf_min(vf_set1(d->clip), vf_max(vf_set1(-d->clip), x));   /* NaN stays NaN */
 }
 
 /* pre-activation of gate block `gate` at lane j: input projection (bias included) + recurrent product */

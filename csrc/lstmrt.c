@@ -34,12 +34,15 @@ float lrt_act_scalar(int32_t kind, float alpha, float beta, float x)
     switch (kind) {
     case LRT_ACT_SIGMOID: return 1.f / (1.f + expf(-x));
     case LRT_ACT_TANH: return tanhf(x);
-    case LRT_ACT_RELU: return x > 0.f ? x : 0.f;
+    case LRT_ACT_RELU: return x <= 0.f ? 0.f : x;   /* NaN in, NaN out: tests written to fail on NaN */
     case LRT_ACT_AFFINE: return alpha * x + beta;
     case LRT_ACT_LEAKYRELU: return x >= 0.f ? x : alpha * x;
-    case LRT_ACT_THRESHOLDEDRELU: return x > alpha ? x : 0.f;
+    case LRT_ACT_THRESHOLDEDRELU: return x <= alpha ? 0.f : x;
     case LRT_ACT_SCALEDTANH: return alpha * tanhf(beta * x);
-    case LRT_ACT_HARDSIGMOID: return fminf(fmaxf(alpha * x + beta, 0.f), 1.f);
+    case LRT_ACT_HARDSIGMOID: {   /* not fminf/fmaxf: they return the other operand for NaN */
+        const float v = alpha * x + beta;
+        return v < 0.f ? 0.f : v > 1.f ? 1.f : v;
+    }
     case LRT_ACT_ELU: return x >= 0.f ? x : alpha * (expf(x) - 1.f);
     case LRT_ACT_SOFTSIGN: return x / (1.f + fabsf(x));
     case LRT_ACT_SOFTPLUS: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));  /* log(1+e^x), overflow-free */

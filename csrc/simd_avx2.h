@@ -24,6 +24,9 @@ static inline LRT_TARGET vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 /* a / b for b >= 1 (the AVX-512 mapping uses a reciprocal there) */
 static inline LRT_TARGET vf vf_fastdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline LRT_TARGET vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+/* a / b for b in [1, +inf] (a / inf = 0) */
+static inline LRT_TARGET vf vf_fastdiv_to_inf(vf a, vf b) { return _mm256_div_ps(a, b); }
+/* min/max return b when either is NaN (kernel_impl.h puts the value second) */
 static inline LRT_TARGET vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline LRT_TARGET vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline LRT_TARGET vf vf_abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }

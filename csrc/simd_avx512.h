@@ -30,7 +30,16 @@ static inline LRT_TARGET vf vf_fastdiv(vf a, vf b) {
     r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.f)), r);
     return _mm512_mul_ps(a, r);
 }
+/* a / b for b in [1, +inf]: as vf_fastdiv, and 0 for b = inf (whose reciprocal 0 would make the
+ * Newton step inf * 0 = NaN); NaN stays NaN */
+static inline LRT_TARGET vf vf_fastdiv_to_inf(vf a, vf b) {
+    __m512 r = _mm512_rcp14_ps(b);
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.f)), r);
+    return _mm512_maskz_mul_ps(nonzero, a, r);
+}
 static inline LRT_TARGET vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+/* min/max return b when either is NaN (kernel_impl.h puts the value second) */
 static inline LRT_TARGET vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline LRT_TARGET vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline LRT_TARGET vf vf_abs(vf a) {

@@ -23,7 +23,10 @@ static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_div(vf a, vf b) { return a / b; }
 /* a / b for b >= 1 (the AVX-512 mapping uses a reciprocal there) */
 static inline vf vf_fastdiv(vf a, vf b) { return a / b; }
+/* a / b for b in [1, +inf] (a / inf = 0) */
+static inline vf vf_fastdiv_to_inf(vf a, vf b) { return a / b; }
 static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
+/* min/max return b when either is NaN, as x86 minps/maxps do (kernel_impl.h relies on it) */
 static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
 static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
 static inline vf vf_abs(vf a) { return fabsf(a); }
@@ -32,7 +35,9 @@ static inline vf vf_round(vf a) { return rintf(a); }
 static inline vf vf_copysign(vf mag, vf sgn) { return copysignf(mag, sgn); }
 /* 2^n for integral-valued n in [-126, 127] */
 static inline vf vf_pow2i(vf n) {
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    /* NaN (from a NaN input) has no int32 form: converting it is undefined; any scale will do,
+     * the polynomial it multiplies is NaN already */
+    uint32_t bits = (uint32_t)((n == n ? (int32_t)n : 0) + 127) << 23;
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;

@@ -15,20 +15,58 @@ from .state_pairs import time_axes
 console = Console()
 
 
-def _load_inputs(session: InferenceSession, specs: tuple) -> dict:
+FRAMEWORK_EXTRAS = {"torch": "torch", "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras",
+                    "paddle": "paddle", "paddle2onnx": "paddle"}
+
+
+class _Main(click.Group):
+    """Whatever a command lets through that a user can provoke becomes a one-line error: an
+    LstmrtError, or a framework that is not installed (with the extra that installs it)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LstmrtError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except ModuleNotFoundError as e:
+            top = (e.name or "").partition(".")[0]
+            if top not in FRAMEWORK_EXTRAS:
+                raise
+            raise click.ClickException(f"this needs {top}, which is not installed: "
+                                       f"pip install 'lstmrt[{FRAMEWORK_EXTRAS[top]}]'") from None
+
+
+def _inputs_listing(session) -> str:
+    """The model's inputs with their shapes, for messages about what to give."""
+    return ", ".join(f"{i.name} {i.shape if i.shape is not None else '[?]'}" for i in session.get_inputs())
+
+
+def _load_inputs(session, specs: tuple) -> dict:
     names = [i.name for i in session.get_inputs()]
+    feedable = set(names) | {i.name for i in session.model.overridable}
     feed = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:   # a bare path names the model's only input
             if len(names) != 1:
-                raise click.BadParameter(f"'{spec}': give NAME=PATH; the model's inputs are {names}")
+                raise click.BadParameter(f"'{spec}': give NAME=PATH; the model's inputs are {_inputs_listing(session)}")
             name, path = names[0], spec
+        if name not in feedable:
+            raise click.BadParameter(f"the model has no input '{name}'; its inputs are {_inputs_listing(session)}")
         try:
             feed[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise click.BadParameter(f"cannot read input '{name}' from '{path}': {e}") from None
     return feed
+
+
+class _Interface:
+    """A loaded model's inputs, as _load_inputs reads them from a session (no backend built)."""
+    def __init__(self, model):
+        self.model = model
+
+    def get_inputs(self):
+        return list(self.model.inputs)
 
 
 def _concat_axis(session, name: str, chunks: list, chunk_lens: list, input_time_dim) -> int | None:
@@ -45,9 +83,19 @@ def _run_streamed(session, feed: dict, chunk: int, time_axis: int | None) -> dic
     stream = session.stream()
     axes = time_axes(session.model)
     streamed = {n: (time_axis if time_axis is not None else axes.get(n)) for n in feed if n not in stream.pairs}
+    missing = [i.name for i in session.get_inputs() if i.name not in feed and i.name not in stream.pairs]
+    if missing:
+        raise click.UsageError(f"missing input(s) {missing}: give each with --input NAME=FILE.npy "
+                               f"(state inputs may be left out: they start at zero); the model's inputs are "
+                               f"{_inputs_listing(session)}")
+    if not streamed:
+        raise click.UsageError("no streamed input given, only state; the model's inputs are " + _inputs_listing(session))
     if any(a is None for a in streamed.values()):
         raise click.UsageError(f"cannot tell the time axis of {[n for n, a in streamed.items() if a is None]}; "
                                "pass --time-axis")
+    for n, a in streamed.items():
+        if not -feed[n].ndim <= a < feed[n].ndim:
+            raise click.UsageError(f"time axis {a} is out of range for input '{n}' of shape {list(feed[n].shape)}")
     steps = {feed[n].shape[a] for n, a in streamed.items()}
     if len(steps) != 1:
         raise click.UsageError(f"streamed inputs disagree on their number of steps: {steps}")
@@ -82,7 +130,7 @@ def _summary(results: dict) -> Table:
     return table
 
 
-@click.group()
+@click.group(cls=_Main)
 @click.version_option(package_name="lstmrt")
 def main():
     """Run and stream ONNX LSTM/GRU/RNN models on lstmrt's C kernel."""
@@ -138,7 +186,7 @@ def verify(model, inputs, tolerance):
     from .verify import REFERENCE, compare, random_feed
     try:
         loaded = Model(model)
-        given = _load_inputs(InferenceSession(loaded.proto, backend="onnxruntime"), inputs) if inputs else {}
+        given = _load_inputs(_Interface(loaded), inputs) if inputs else {}
         names, diffs, missing = compare(loaded, random_feed(loaded, given=given))
     except LstmrtError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
@@ -167,35 +215,45 @@ def verify(model, inputs, tolerance):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="threads per backend")
 @click.option("--seconds", type=float, default=1.0, show_default=True,
               help="timing budget per case (the cases take turns in 5 rounds)")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="an input to time on (repeat; others are random, shaped like the given ones)")
 @click.option("--profile", is_flag=True, help="also the native compiled program's time per instruction")
-def bench(model, backends, chunk, batch, threads, seconds, profile):
+def bench(model, backends, chunk, batch, threads, seconds, inputs, profile):
     """Time MODEL per call on each backend (whole run and stream), side by side."""
     from rich.progress import Progress
 
     from .bench import bench as run_bench, with_ratios
+    from .model import Model
     backends = list(backends) or ["native", "onnxruntime"]
+    skipped = []
     try:
+        given = _load_inputs(_Interface(Model(model)), inputs) if inputs else {}
         with Progress(console=console, transient=True) as progress:
             rounds = 5
             task = progress.add_task("timing, each case in turn", total=rounds)
-            rows = run_bench(model, backends, chunk, batch, threads, seconds, lambda: progress.advance(task), rounds)
+            rows = run_bench(model, backends, chunk, batch, threads, seconds, lambda: progress.advance(task), rounds,
+                             given=given, skipped=skipped)
     except LstmrtError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    for note in skipped:
+        console.print(f"not timed: {note}")
+    if not rows:
+        raise click.ClickException("no backend could run the model on these inputs")
     table = Table(title=f"{model}: batch {batch}, {chunk} step(s) per call, {threads} thread(s)")
     for col in ("backend", "call", "µs/call", "steps/s", "GFLOP/s", "× onnxruntime CPU"):
         table.add_column(col, justify="left" if col in ("backend", "call") else "right")
     for row, ratio in with_ratios(rows):
         table.add_row(row.backend, row.path, f"{row.us_per_call:.1f}", f"{row.steps_per_s:,.0f}",
-                      f"{row.gflops:.2f}", f"{ratio:.2f}")
+                      f"{row.gflops:.2f}", "–" if ratio is None else f"{ratio:.2f}")
     console.print(table)
     if profile:
-        _print_profile(model, chunk, batch, threads)
+        _print_profile(model, chunk, batch, threads, given)
 
 
-def _print_profile(model, chunk, batch, threads):
+def _print_profile(model, chunk, batch, threads, given):
     from .bench import profile as run_profile
     try:
-        rows = run_profile(model, batch, chunk, threads)
+        rows = run_profile(model, batch, chunk, threads, given=given)
     except LstmrtError as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
     total = sum(seconds for _, seconds in rows) or 1.0

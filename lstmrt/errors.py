@@ -18,6 +18,10 @@ class UnsupportedModelError(ModelError):
         self.op_type, self.node = op_type, node
 
 
+class OptionError(LstmrtError, ValueError):
+    """An InferenceSession option is unknown, out of range, or contradicts another."""
+
+
 class InputError(LstmrtError, ValueError):
     """A run() feed has a wrong name, type, rank, shape or value."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import KernelError
+from .errors import InputError, KernelError, UnsupportedModelError
 
 
 def _load_kernel_module():
@@ -38,6 +38,8 @@ SIMD_PATHS = {"scalar": lib.LRT_SIMD_SCALAR, "avx2": lib.LRT_SIMD_AVX2, "avx512"
 F32 = np.dtype(np.float32)
 PRECISIONS = {"f32": lib.LRT_PREC_F32, "bf16": lib.LRT_PREC_BF16, "int8": lib.LRT_PREC_INT8}
 MAX_THREADS = lib.LRT_MAX_THREADS
+MAX_DIM = 1 << 24       # csrc/lstmrt.c LRT_MAX_DIM: batch and steps of one call
+INT8_MAX_SIZE = 65536   # csrc/lstmrt.h: int8 packs input and hidden sizes up to this
 # lower-case ONNX activation name -> kernel enum
 ACTIVATIONS = {
     "sigmoid": lib.LRT_ACT_SIGMOID, "tanh": lib.LRT_ACT_TANH, "relu": lib.LRT_ACT_RELU,
@@ -90,6 +92,24 @@ def _check_threads(threads) -> int:
     return threads
 
 
+def _memory_bytes() -> int:
+    from .model import MEMORY_BYTES
+    return MEMORY_BYTES
+
+
+def _check_int8(spec: CellSpec, W: np.ndarray, R: np.ndarray) -> None:
+    """What the C packer refuses for int8, said plainly before it is asked."""
+    big = max(spec.input_size, spec.hidden_size)
+    if big > INT8_MAX_SIZE:
+        raise UnsupportedModelError(f"precision='int8' packs {spec.cell} sizes up to {INT8_MAX_SIZE}; this one has "
+                                    f"input {spec.input_size}, hidden {spec.hidden_size} (use 'f32' or 'bf16')",
+                                    spec.cell)
+    for name, array in (("W", W), ("R", R)):
+        if not np.isfinite(array).all():
+            raise UnsupportedModelError(f"precision='int8' cannot quantize {spec.cell} weights {name} holding "
+                                        "inf or NaN (use 'f32' or 'bf16')", spec.cell)
+
+
 class _PerThread(threading.local):
     """Per-thread scratch of run(): a workspace grown to the largest call and one args
     struct.  Streams of one session run in parallel threads, so nothing here is shared."""
@@ -129,6 +149,8 @@ class CellWeights:
         desc.simd = SIMD_PATHS[self.simd] if self.simd else lib.LRT_SIMD_AUTO
         desc.precision = PRECISIONS[precision]
         arrays = [None if a is None else np.ascontiguousarray(a, dtype=np.float32) for a in (W, R, B, P)]
+        if precision == "int8":
+            _check_int8(s, arrays[0], arrays[1])
         out = ffi.new("lrt_weights **")
         _check(lib.lrt_weights_create(desc, *_float_buffer(arrays[0]), *_float_buffer(arrays[1]),
                                       *_float_buffer(arrays[2]), *_float_buffer(arrays[3]), out),
@@ -174,7 +196,11 @@ class CellWeights:
         if need is None:
             need = lib.lrt_workspace_floats_threads(self._handle, B, T, _check_threads(threads))
             if need >= 1 << 62:
-                raise KernelError(f"running {self.spec.cell}: batch {B} x steps {T} is too large")
+                raise InputError(f"{self.spec.cell}: batch {B} and steps {T} per call must each be from 1 to "
+                                 f"{MAX_DIM} (stream a longer sequence in chunks)")
+            if need * 4 > _memory_bytes():
+                raise InputError(f"{self.spec.cell}: batch {B} x steps {T} needs a {need * 4 / 2**30:,.0f} GiB "
+                                 "workspace, more than this machine's memory (stream it in shorter chunks)")
             if len(self._ws_sizes) < 64:
                 self._ws_sizes[key] = need
         if need > local.workspace.size:
@@ -230,8 +256,9 @@ class CellRunner:
     """
     def __init__(self, weights: CellWeights, batch: int, steps: int, threads: int = 1, y: bool = True):
         s = weights.spec
-        if batch < 1 or steps < 1:
-            raise ValueError(f"batch and steps must be positive, got {batch}, {steps}")
+        if not (1 <= batch <= MAX_DIM and 1 <= steps <= MAX_DIM):
+            raise InputError(f"{s.cell}: batch {batch} and steps {steps} per call must each be from 1 to {MAX_DIM} "
+                             "(stream a longer sequence in chunks)")
         self.weights, self.batch, self.steps = weights, batch, steps
         self.x = np.zeros((steps, batch, s.input_size), np.float32)
         self.h = np.zeros((batch, s.hidden_size), np.float32)
@@ -256,6 +283,10 @@ class CellRunner:
     def load(self, name: str, value: np.ndarray) -> None:
         """Copy a float32 array of the same size into buffer "x", "h" or "c" (a raw copy
         when it is C-contiguous, which the callers' checks leave as the only question)."""
+        target = getattr(self, name)
+        if target is None or value.dtype != target.dtype or value.size != target.size:
+            raise KernelError(f"CellRunner.load('{name}'): got {value.dtype} of {value.size} values; the buffer "
+                              f"holds {None if target is None else target.size} float32")
         try:
             ffi.memmove(self._raw[name], value, value.nbytes)
         except ValueError:   # not C-contiguous

@@ -1,7 +1,9 @@
 """Loading an ONNX model and describing its interface (file -> model)."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
@@ -11,7 +13,19 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from .errors import ModelError
+from .errors import InputError, ModelError
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # not POSIX: numpy's own MemoryError then speaks
+        return 1 << 62
+
+
+# what an array lstmrt makes from a feed's sizes (zero state, a folded constant, a copy) may take:
+# past it, the allocation is refused with a message rather than left to overcommit and the OOM killer
+MEMORY_BYTES = _memory_bytes()
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,10 @@ class TensorInfo:
 
 def _tensor_info(value_info) -> TensorInfo:
     t = value_info.type.tensor_type
+    try:
+        helper.tensor_dtype_to_np_dtype(t.elem_type)
+    except KeyError:
+        raise ModelError(f"'{value_info.name}' has element type {t.elem_type}, which is no ONNX tensor type") from None
     shape = None
     if t.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
@@ -46,22 +64,45 @@ def _tensor_info(value_info) -> TensorInfo:
     return TensorInfo(value_info.name, shape, f"tensor({type_name})", t.elem_type)
 
 
+def _path_problem(path: str) -> str | None:
+    """Why `path` cannot be a model file, or None: says which of missing, a folder, a device or
+    FIFO, a symlink loop or unreadable it is, rather than "does not exist" for all of them."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return f"model file '{path}' does not exist"
+        return f"model file '{path}' cannot be opened: {e.strerror}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"'{path}' is a folder, not an .onnx model file"
+    if not stat.S_ISREG(info.st_mode):
+        return f"'{path}' is not a regular file (a device, FIFO or socket), so not an .onnx model file"
+    if info.st_size == 0:
+        return f"model file '{path}' is empty"
+    return None
+
+
 def _read(source) -> tuple[onnx.ModelProto, str]:
     if isinstance(source, onnx.ModelProto):
         return source, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise ModelError("model bytes are empty")
         try:
             return onnx.load_from_string(bytes(source)), "<bytes>"
-        except (DecodeError, ValueError, RuntimeError) as e:
+        except Exception as e:   # protobuf's DecodeError, onnx's ValueError/RuntimeError, ...
             raise ModelError(f"model bytes are not a valid ONNX model (corrupt or truncated): {e}") from None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ModelError(f"model file '{path}' does not exist")
+        problem = _path_problem(path)
+        if problem:
+            raise ModelError(problem)
         try:
             return onnx.load(path), path
         except (DecodeError, ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"'{path}' is not a valid ONNX model (corrupt or truncated): {e}") from None
+        except onnx.checker.ValidationError as e:   # external data refused: outside the folder, absolute, missing
+            raise ModelError(f"'{path}': its external data cannot be read: {e}") from None
     raise ModelError(f"model must be a path, bytes or onnx.ModelProto, not {type(source).__name__}")
 
 
@@ -81,6 +122,29 @@ def _check(proto: onnx.ModelProto, origin: str) -> None:
             t.ClearField("shape")
 
 
+def _initializer(tensor, origin: str) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as e:   # raw_data of the wrong size, an unknown type, unreadable external data
+        raise ModelError(f"initializer '{tensor.name}' of '{origin}' cannot be read: {e}") from None
+
+
+def _check_strings(graph) -> None:
+    """String attributes must be UTF-8 (every reader of the model decodes them), bodies included."""
+    for index, node in enumerate(graph.node):
+        for attr in node.attribute:
+            for value in ([attr.s] if attr.type == attr.STRING else attr.strings if attr.type == attr.STRINGS else []):
+                try:
+                    value.decode()
+                except UnicodeDecodeError:
+                    raise ModelError(f"node '{node.name or index}' ({node.op_type}): attribute '{attr.name}' "
+                                     f"is not UTF-8 text: {value[:40]!r}") from None
+            if attr.type == attr.GRAPH:
+                _check_strings(attr.g)
+            for body in attr.graphs:
+                _check_strings(body)
+
+
 class Model:
     """A checked ONNX model: its graph, constants and interface."""
 
@@ -89,7 +153,8 @@ class Model:
         _check(self.proto, self.origin)
         graph = self.proto.graph
         self.graph = graph
-        self.initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        _check_strings(graph)
+        self.initializers = {t.name: _initializer(t, self.origin) for t in graph.initializer}
         self.inputs = [_tensor_info(v) for v in graph.input if v.name not in self.initializers]
         # graph inputs that are also initializers: a feed may replace the initializer, as
         # onnxruntime allows; not required, and not listed among the inputs (onnxruntime neither)
@@ -132,4 +197,7 @@ def zeros_for(info: TensorInfo, dims: dict) -> np.ndarray | None:
             shape.append(dims[d])
         else:
             return None
+    if np.prod(shape, dtype=float) * info.dtype.itemsize > MEMORY_BYTES:
+        raise InputError(f"the zero state '{info.name}' for this feed would be {shape} ({info.dtype}), "
+                         "more than this machine's memory")
     return np.zeros(shape, dtype=info.dtype)

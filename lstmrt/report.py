@@ -7,7 +7,7 @@ from rich.text import Text
 from rich.table import Table
 
 from .backends import choose
-from .backends.native import NativeBackend
+from .backends.native import NativeBackend, count_nodes
 from .errors import LstmrtError
 from .kernel import available_simd_paths
 from .model import Model
@@ -68,7 +68,8 @@ def _print_state_pairs(model: Model, console: Console) -> None:
 def inspect_model(path: str, console: Console) -> None:
     model = Model(path)
     producer = f"{model.proto.producer_name} {model.proto.producer_version}".strip() or "unknown"
-    console.print(f"[bold]{path}[/bold]  opset {model.opset}, {len(model.graph.node)} nodes, made by {producer}")
+    console.print(f"[bold]{path}[/bold]  opset {model.opset}, {count_nodes(model.graph)} nodes "
+                  f"({len(model.graph.node)} at the top level), made by {producer}")
     console.print(_io_table("inputs", model.inputs))
     if model.overridable:
         console.print(_io_table("initializers a feed may replace", model.overridable))

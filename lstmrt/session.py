@@ -7,8 +7,8 @@ import numpy as np
 
 from .backends import BACKENDS, choose
 from .backends.native import NativeOptions
-from .errors import InputError, UnsupportedModelError
-from .model import Model, TensorInfo
+from .errors import InputError, OptionError, UnsupportedModelError
+from .model import MEMORY_BYTES, Model, TensorInfo
 
 
 def _check_value(info: TensorInfo, value) -> np.ndarray:
@@ -19,9 +19,15 @@ def _check_value(info: TensorInfo, value) -> np.ndarray:
             info.shape is None or value.ndim == len(info.shape)):
         fixed = info.fixed_dims
         if fixed is None or fixed[0](value.shape) == fixed[1]:
-            return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+            if value.flags.c_contiguous:
+                return value
     if not isinstance(value, np.ndarray):
         raise InputError(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
+    if not value.flags.c_contiguous and value.nbytes > MEMORY_BYTES:
+        raise InputError(f"input '{info.name}' is a strided view of shape {list(value.shape)}: a contiguous copy "
+                         f"would take {value.nbytes / 2**30:,.0f} GiB, more than this machine's memory")
+    if value.dtype != info.dtype and value.dtype.newbyteorder("=") == info.dtype:
+        value = value.astype(info.dtype)   # the other byte order (e.g. read from a big-endian file)
     if value.dtype != info.dtype:
         raise InputError(f"input '{info.name}' has dtype {value.dtype}; expected {np.dtype(info.dtype)} ({info.type})")
     if info.shape is not None:
@@ -32,7 +38,37 @@ def _check_value(info: TensorInfo, value) -> np.ndarray:
             if isinstance(want, int) and want > 0 and got != want:
                 raise InputError(f"input '{info.name}' has shape {list(value.shape)}; "
                                  f"dimension {axis} must be {want} (expected {info.shape})")
-    return np.ascontiguousarray(value)   # an ndarray subclass that passed every check
+    return np.ascontiguousarray(value)   # an ndarray subclass, or a strided view, that passed every check
+
+
+def _options(backend, simd, precision, threads, compiled, providers, sess_options) -> NativeOptions:
+    """The native options, or an OptionError for an unknown backend, a value out of range, or
+    native options asked of onnxruntime (which would silently ignore them)."""
+    if backend not in BACKENDS:
+        raise OptionError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    try:
+        native = NativeOptions(simd, precision, threads, compiled)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+    if native != NativeOptions():
+        asked = ", ".join(f"{k}={v!r}" for k, v in (("simd", simd), ("precision", precision), ("threads", threads),
+                                                   ("compiled", compiled)) if v != getattr(NativeOptions(), k))
+        if backend == "onnxruntime" or providers or sess_options is not None:
+            chosen = "backend='onnxruntime'" if backend == "onnxruntime" else "providers/sess_options (onnxruntime)"
+            raise OptionError(f"only the native backend takes {asked}, but {chosen} was asked for "
+                              "(onnxruntime's threads are set with sess_options.intra_op_num_threads)")
+    return native
+
+
+def _has_recurrent_node(graph) -> bool:
+    """Any LSTM/GRU/RNN, control-flow bodies included: such a model refuses zero-size feeds
+    (onnxruntime aborts the process on them; native has no steps to run)."""
+    for node in graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            return True
+        if any(_has_recurrent_node(g) for a in node.attribute for g in ([a.g] if a.type == a.GRAPH else a.graphs)):
+            return True
+    return False
 
 
 class InferenceSession:
@@ -55,13 +91,12 @@ class InferenceSession:
 
     def __init__(self, model, sess_options=None, providers=None, *, backend: str = "auto",
                  simd: str | None = None, precision: str = "f32", threads: int = 1, compiled: bool = True):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        native = NativeOptions(simd, precision, threads, compiled)
+        native = _options(backend, simd, precision, threads, compiled, providers, sess_options)
         self.model = Model(model)
         self._inputs_by_name = {i.name: i for i in self.model.inputs}
         self._feedable = {**self._inputs_by_name, **{i.name: i for i in self.model.overridable}}
         self._all_outputs = [o.name for o in self.model.outputs]
+        self._needs_steps = _has_recurrent_node(self.model.graph)
         self._backend, self.backend_reason = choose(self.model, backend, providers, native, sess_options)
         self.backend = self._backend.name
         self._run_known = getattr(self._backend, "run_known", None)
@@ -91,10 +126,24 @@ class InferenceSession:
             missing = [n for n in required if n not in input_feed and n not in optional]
             if missing:
                 raise InputError(f"missing input(s) {missing}; the model's inputs are {list(required)}")
-        return {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
+        checked = {name: _check_value(feedable[name], value) for name, value in input_feed.items()}
+        if self._needs_steps:
+            for name, value in checked.items():
+                if not value.size:
+                    raise InputError(f"input '{name}' has shape {list(value.shape)}, with a zero-size dimension; "
+                                     "a recurrent model runs on at least one step of at least one sequence")
+        return checked
 
     def _output_names(self, output_names) -> list[str]:
         if output_names is None:
+            return self._all_outputs
+        if isinstance(output_names, (str, bytes)):   # else iterated letter by letter
+            raise InputError(f"output_names must be a list of names, not a string: write [{output_names!r}]")
+        try:
+            output_names = list(output_names)
+        except TypeError:
+            raise InputError(f"output_names must be None or a list of names, not {type(output_names).__name__}") from None
+        if not output_names:   # onnxruntime's reading of []: every output
             return self._all_outputs
         known = self._all_outputs
         unknown = [n for n in output_names if n not in known]
@@ -105,6 +154,8 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None) -> list:
         """Run the whole model: like onnxruntime, returns the outputs named (all if None) in order."""
         del run_options  # accepted for onnxruntime compatibility
+        if output_names is not None and type(output_names) is not list or output_names == []:
+            output_names = self._output_names(output_names)   # a string, a tuple, []: as onnxruntime reads them
         if self._run_known is not None and type(input_feed) is dict:
             # a signature checked before runs straight away
             result = self._run_known(input_feed, self._all_outputs if output_names is None else output_names)

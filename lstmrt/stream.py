@@ -6,16 +6,36 @@ state lives where the backend keeps it (on the GPU for onnxruntime CUDA).
 """
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Mapping
+
 import numpy as np
 
-from .errors import StreamError
+from .errors import InputError, LstmrtError, StreamError
 from .session import _check_value
 from .state_pairs import batch_axes, stream_pairs
 from .state_shapes import inferred_output_shapes
 
 
+def serialised(method):
+    """Calls on one stream (or group) from many threads take turns: each call reads the state
+    the previous one left, so no update is lost and no state is torn."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def _check_mapping(value, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{what} must be a dict of name -> numpy array, got {type(value).__name__}")
+
+
 class Stream:
     def __init__(self, session, state: dict | None = None):
+        self._lock = threading.Lock()
         self._session = session
         self._backend = session._backend
         model = session.model
@@ -30,12 +50,15 @@ class Stream:
         self._programs = programs(self.pairs, self._outputs) if programs is not None and self.pairs else None
 
     @property
+    @serialised
     def state(self) -> dict:
         """{state input name: numpy array} as of the last call; empty before the first."""
         return {k: np.array(self._backend.to_host(v)) for k, v in self._state.items()}
 
+    @serialised
     def set_state(self, state: dict) -> None:
         """Replace some or all of the carried state (e.g. to resume a saved stream)."""
+        _check_mapping(state, "set_state()'s state")
         updated = dict(self._state)   # a new dict: the fast path recognises its own by identity
         for name, value in state.items():
             if name not in self.pairs:
@@ -44,9 +67,26 @@ class Stream:
             updated[name] = self._backend.from_host(_check_value(self._session.model.input(name), value).copy())
         self._state = updated
 
+    @serialised
     def reset(self) -> None:
         """Forget the carried state: the next call starts from zeros."""
         self._state = {}
+
+    def _batch_change(self, feed: dict, state: dict) -> StreamError | None:
+        """After a failed call: a StreamError if the carried state's shape is not what this feed
+        needs (the batch changed mid-stream), since the backend's message never says reset()."""
+        for name, value in state.items():
+            if name in feed:
+                continue
+            try:
+                wanted = self._zero_state(name, feed).shape
+            except LstmrtError:
+                continue
+            have = tuple(self._backend.shape_of(value))
+            if have != wanted:
+                return StreamError(f"the carried state '{name}' is {list(have)} but this feed needs {list(wanted)} "
+                                   "(did the batch change?); reset() the stream, or set_state() for the new batch")
+        return None
 
     def _zero_state(self, name: str, feed: dict) -> np.ndarray:
         """Zeros for state `name` at the first call: its declared shape, unknown dims resolved from
@@ -96,21 +136,12 @@ class Stream:
     def _feed_shapes(feed: dict) -> str:
         return ", ".join(f"'{k}' {list(v.shape)}" for k, v in feed.items())
 
-    def _check_batch(self, name: str, feed: dict) -> None:
-        """A carried state that no longer fits this chunk (its batch changed) is the caller's
-        mistake, named as such rather than left to the node that trips on it."""
-        try:
-            expected = self._zero_state(name, feed).shape
-        except StreamError:
-            return
-        carried = tuple(self._backend.shape_of(self._state[name]))
-        if carried != expected:
-            raise StreamError(f"state '{name}' is {list(carried)} but this chunk needs {list(expected)} "
-                              "(a different batch); reset() the stream or set_state() to change the batch")
-
+    @serialised
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
+        if type(input_feed) is not dict:
+            _check_mapping(input_feed, "stream.run()'s input_feed")
         programs = self._programs
         if programs is not None and output_names is None and self._state and type(input_feed) is dict:
             done = programs.step(input_feed, self._state)
@@ -125,7 +156,6 @@ class Stream:
                 state[name] = self._backend.from_host(feed[name])
             elif name in self._state:
                 state[name] = self._state[name]
-                self._check_batch(name, feed)
             else:
                 try:
                     state[name] = self._backend.from_host(self._zero_state(name, feed))
@@ -134,7 +164,10 @@ class Stream:
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)
         if guessed:
             return self._run_trying_sizes(streamed, state, guessed, wanted)
-        results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
+        try:
+            results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
+        except LstmrtError as e:
+            raise self._batch_change(feed, state) or e
         for inp, out in self.pairs.items():
             before, after = self._backend.shape_of(state[inp]), self._backend.shape_of(new_state[inp])
             if tuple(before) != tuple(after):

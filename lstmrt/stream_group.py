@@ -9,11 +9,12 @@ every member runs.
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 
 from .errors import InputError, StreamError
-from .stream import Stream
+from .stream import Stream, serialised
 
 
 def _rows(axis: int, index) -> tuple:
@@ -27,6 +28,7 @@ def _split(array: np.ndarray, axis: int) -> list:
 
 class StreamGroup:
     def __init__(self, session, state: dict | None = None):
+        self._lock = threading.Lock()
         self._session = session
         self._template = Stream(session, state)      # checks the model can stream; finds the pairs
         self.pairs = self._template.pairs
@@ -40,6 +42,7 @@ class StreamGroup:
         self._state_axis: dict = {}
 
     # -- membership ----------------------------------------------------------------
+    @serialised
     def add(self, state: dict | None = None) -> int:
         """A new member, starting from zeros (or from `state`, as a lone stream's .state gives it)."""
         key = next(self._keys)
@@ -53,6 +56,7 @@ class StreamGroup:
             self._pending[key] = checked
         return key
 
+    @serialised
     def remove(self, key: int) -> None:
         row = self._row(key)
         self._order.pop(row)
@@ -65,6 +69,7 @@ class StreamGroup:
     def __len__(self) -> int:
         return len(self._order)
 
+    @serialised
     def state(self, key: int) -> dict:
         """The member's state, shaped as a lone stream's; empty before the group first ran."""
         row = self._row(key)
@@ -140,8 +145,11 @@ class StreamGroup:
         self._states = {n: np.concatenate([r[n] for r in rows], axis=self._state_axis[n]) for n in self.pairs}
         self._pending = {}
 
+    @serialised
     def run(self, feeds: dict) -> dict:
         """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all."""
+        if not isinstance(feeds, dict):
+            raise InputError(f"group.run() takes a dict of member key -> feed dict, got {type(feeds).__name__}")
         if not feeds:
             return {}
         keys = list(feeds)

@@ -31,11 +31,31 @@ def available_backends(model: Model) -> tuple[dict, list]:
     return found, missing
 
 
+def _given_dims(model: Model, given: dict) -> tuple[dict, set]:
+    """(named dim -> size, the batch sizes) read from the given inputs: random ones must agree."""
+    named, batch_sizes = {}, set()
+    batches = batch_axes(model)
+    for info in model.inputs:
+        value = given.get(info.name)
+        if value is None or info.shape is None or np.ndim(value) != len(info.shape):
+            continue
+        for axis, (d, n) in enumerate(zip(info.shape, np.shape(value))):
+            if isinstance(d, str):
+                named.setdefault(d, n)
+            if batches.get(info.name) == axis:
+                batch_sizes.add(n)
+    return named, batch_sizes
+
+
 def random_feed(model: Model, batch: int = 2, steps: int = 7, given: dict | None = None, seed: int = 0) -> dict:
-    """Inputs not given are random; unnamed dims are the time axis (traced from the graph) or batch."""
+    """Inputs not given are random; unnamed dims are the time axis (traced from the graph) or batch.
+    Named dims, and the batch, follow the given inputs (a given x of batch 1 gets state of batch 1)."""
     rng = np.random.default_rng(seed)
     times, batches = time_axes(model), batch_axes(model)
-    feed, named = dict(given or {}), {}
+    feed = dict(given or {})
+    named, given_batches = _given_dims(model, feed)
+    if len(given_batches) == 1:
+        batch = given_batches.pop()
     for info in model.inputs:
         if info.name in feed:
             continue

@@ -87,8 +87,11 @@ def test_inconsistent_weights_name_the_node():
     W = np.zeros((1, 12, 2), np.float32)
     R = np.zeros((1, 12, 4), np.float32)   # 12 != 4 gates * 4
     model = _single_node_model("LSTM", ["X", "W", "R"], {"W": W, "R": R}, hidden_size=4)
-    with pytest.raises(lstmrt.UnsupportedModelError, match="node 'the_node' .*inconsistent"):
-        lstmrt.InferenceSession(model, backend="native")
+    # a ModelError, not "unsupported": auto must not fall back to onnxruntime as if an op were missing
+    for backend in ("native", "auto"):
+        with pytest.raises(lstmrt.ModelError, match="node 'the_node' .*inconsistent") as caught:
+            lstmrt.InferenceSession(model, backend=backend)
+        assert not isinstance(caught.value, lstmrt.UnsupportedModelError)
 
 
 def test_bad_attributes_are_refused():

@@ -141,8 +141,9 @@ class NativeOptions:
             raise ValueError(f"simd must be 'scalar', 'avx2' or 'avx512'; got {self.simd!r}")
         if self.precision not in ("f32", "bf16", "int8"):
             raise ValueError(f"precision must be 'f32', 'bf16' or 'int8'; got {self.precision!r}")
-        if not isinstance(self.threads, int) or not 1 <= self.threads <= 64:
-            raise ValueError(f"threads must be an integer from 1 to 64; got {self.threads!r}")
+        from ..kernel import MAX_THREADS   # the C core's limit: one number on both sides
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}; got {self.threads!r}")
 
 
 class ProgramCache(OrderedDict):

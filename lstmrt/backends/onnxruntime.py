@@ -9,9 +9,13 @@ and cost ~15 us a call (twice the shipped example's whole run).
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, LstmrtError, ModelError
 from ..layout import to_layout0
 from ..model import Model
 
@@ -25,8 +29,28 @@ def _ort():
     return onnxruntime
 
 
+# onnxruntime cannot run a session inherited across fork(): its thread pool stayed in the parent,
+# and a run in the child may wait on it forever (so may building a new session there).  Each fork
+# bumps this generation; a backend from an older one refuses to run rather than hang.
+_FORKS = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+
+
+def _forked() -> LstmrtError:
+    return LstmrtError("this session's onnxruntime backend was created before fork(), and onnxruntime cannot run "
+                       "a session inherited by a forked process (it may hang): create the InferenceSession after "
+                       "the fork, or use backend='native', which can")
+
+
 def cuda_listed() -> bool:
     return CUDA in _ort().get_available_providers()
+
+
+def _refused(error: Exception) -> InputError:
+    """onnxruntime's own exception types, as lstmrt's: the feed is what made this call fail."""
+    message = str(error).strip()
+    return InputError(f"onnxruntime failed on this feed: {message.splitlines()[0] if message else type(error).__name__}")
 
 
 class OnnxruntimeBackend:
@@ -38,9 +62,13 @@ class OnnxruntimeBackend:
         options = sess_options or ort.SessionOptions()
         options.log_severity_level = _QUIET
         requested = list(providers) if providers else ([CUDA, CPU] if cuda_listed() else [CPU])
+        self._generation = _FORKS[0]
         try:
-            self.session = ort.InferenceSession(to_layout0(model.proto).SerializeToString(), options,
-                                                providers=requested)
+            # onnxruntime prints "EP Error ... Falling back" to stdout when a provider fails on a
+            # model it then refuses anyway: the ModelError below says it once
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(to_layout0(model.proto).SerializeToString(), options,
+                                                    providers=requested)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"onnxruntime cannot load '{model.origin}': {e}") from None
         self.providers = self.session.get_providers()
@@ -52,7 +80,12 @@ class OnnxruntimeBackend:
         return f"onnxruntime {'CUDA' if self.device == 'cuda' else 'CPU'}"
 
     def run(self, feeds: dict, output_names: list) -> list:
-        return self.session.run(output_names, feeds)
+        if self._generation != _FORKS[0]:
+            raise _forked()
+        try:
+            return self.session.run(output_names, feeds)
+        except Exception as e:   # onnxruntime's InvalidArgument, Fail, RuntimeException
+            raise _refused(e) from None
 
     # -- streams: state as OrtValues on CUDA, numpy arrays on the CPU --------------
     def from_host(self, array: np.ndarray):
@@ -69,8 +102,13 @@ class OnnxruntimeBackend:
 
     def run_stateful(self, feeds: dict, state: dict, pairs: dict, output_names: list):
         """Outputs on the host; the new state where the session put it (on CUDA, as OrtValues)."""
+        if self._generation != _FORKS[0]:
+            raise _forked()
         if not self.bind_state:
-            results = self.session.run(output_names + list(pairs.values()), {**feeds, **state})
+            try:
+                results = self.session.run(output_names + list(pairs.values()), {**feeds, **state})
+            except Exception as e:
+                raise _refused(e) from None
             return results[:len(output_names)], dict(zip(pairs, results[len(output_names):]))
         binding = self.session.io_binding()
         for name, value in feeds.items():
@@ -81,7 +119,10 @@ class OnnxruntimeBackend:
             binding.bind_output(name, "cpu")
         for out in pairs.values():
             binding.bind_output(out, self.device)
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:
+            raise _refused(e) from None
         values = binding.get_outputs()
         host = [v.numpy() for v in values[:len(output_names)]]
         return host, dict(zip(pairs, values[len(output_names):]))

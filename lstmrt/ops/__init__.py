@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, ModelError, UnsupportedModelError
+from ..model import MEMORY_BYTES
 
 Kernel = Callable[[list], list]
 _MAKERS: dict[str, Callable[["NodeInfo"], Kernel]] = {}
@@ -48,6 +49,11 @@ class NodeInfo:
     def fail(self, message: str) -> UnsupportedModelError:
         return UnsupportedModelError(f"node '{self.name}' ({self.op_type}): {message}", self.op_type, self.name)
 
+    def invalid(self, message: str) -> ModelError:
+        """The node contradicts itself (e.g. weights that disagree with hidden_size): no backend
+        could run it, so `auto` must not fall back past it as if an op were missing."""
+        return ModelError(f"node '{self.name}' ({self.op_type}) is inconsistent: {message}")
+
     def const_input(self, index: int):
         """A load-time constant input, or None if absent or computed at run time."""
         if index >= len(self.inputs) or not self.inputs[index]:
@@ -82,6 +88,23 @@ def optional_input(inputs: list, index: int):
 
 def as_ints(array) -> list[int]:
     return [int(v) for v in np.asarray(array).reshape(-1)]
+
+
+def checked_shape(node: NodeInfo, shape, dtype) -> tuple:
+    """A shape an op is about to allocate from values (ConstantOfShape, Expand, Tile, Range),
+    refused before allocating when negative or larger than this machine's memory: with
+    overcommit, numpy would take the allocation and die filling it."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise InputError(f"node '{node.name}' ({node.op_type}): negative dimension in shape {list(shape)}")
+    size = np.dtype(dtype).itemsize
+    for d in shape:
+        size *= d
+    if size > MEMORY_BYTES:
+        raise InputError(f"node '{node.name}' ({node.op_type}) would allocate {size / 2**30:,.0f} GiB "
+                         f"(shape {list(shape)}, {np.dtype(dtype)}), more than this machine's "
+                         f"{MEMORY_BYTES / 2**30:,.0f} GiB of memory")
+    return shape
 
 
 # registration happens on import

@@ -73,7 +73,7 @@ class RecurrentNode:
         self.threads = node.options["native"].threads
         self._want_y = len(node.outputs) > 0 and node.outputs[0] != ""
         # weights known at load are packed once here; others are packed per call
-        self.packed = self._pack(*self._const_weights(), node.fail) if self._const_weights() else None
+        self.packed = self._pack(*self._const_weights(), node.invalid) if self._const_weights() else None
 
     def _const_weights(self):
         node = self.node
@@ -94,7 +94,7 @@ class RecurrentNode:
         D, G = self.num_directions, GATES[self.cell]
         for name, arr in (("W", W), ("R", R), ("B", B), ("P", P)):
             if arr is not None and arr.dtype != np.float32:
-                raise error(f"input {name} has type {arr.dtype}; only float32 is supported")
+                raise self.node.fail(f"input {name} has type {arr.dtype}; only float32 is supported")
         if W.ndim != 3 or R.ndim != 3 or W.shape[0] != D or R.shape[0] != D:
             raise error(f"W {W.shape} and R {R.shape} must be [{D}, {G}*hidden, input] and [{D}, {G}*hidden, hidden]")
         H = R.shape[2]

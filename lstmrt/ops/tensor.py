@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from . import NodeInfo, as_ints, op
+from ..errors import InputError
+from . import NodeInfo, as_ints, checked_shape, op
 
 
 def _input_or_attr(node: NodeInfo, inputs: list, index: int, attr: str, since_opset: int):
@@ -168,14 +169,16 @@ def _constant(node):
 @op("ConstantOfShape")
 def _constant_of_shape(node):
     fill = numpy_helper.to_array(node.attrs["value"]) if "value" in node.attrs else np.zeros(1, np.float32)
-    return lambda inputs: [np.full(as_ints(inputs[0]), fill.reshape(-1)[0], dtype=fill.dtype)]
+    return lambda inputs: [np.full(checked_shape(node, as_ints(inputs[0]), fill.dtype), fill.reshape(-1)[0],
+                                   dtype=fill.dtype)]
 
 
 @op("Expand")
 def _expand(node):
     def run(inputs):
         x, shape = inputs[0], as_ints(inputs[1])
-        return [np.array(np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))))]
+        out = checked_shape(node, np.broadcast_shapes(x.shape, tuple(shape)), x.dtype)
+        return [np.array(np.broadcast_to(x, out))]
     return run
 
 
@@ -207,10 +210,18 @@ def _reverse_sequence(node):
 def _range(node):
     def run(inputs):
         start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in inputs[:3])
+        if delta == 0:
+            raise InputError(f"node '{node.name}' (Range): delta is 0")
+        steps = max(0, int(np.ceil((float(limit) - float(start)) / float(delta))))
+        checked_shape(node, [steps], np.asarray(inputs[0]).dtype)
         return [np.arange(start, limit, delta, dtype=np.asarray(inputs[0]).dtype)]
     return run
 
 
 @op("Tile")
 def _tile(node):
-    return lambda inputs: [np.tile(inputs[0], as_ints(inputs[1]))]
+    def run(inputs):
+        x, reps = inputs[0], as_ints(inputs[1])
+        checked_shape(node, [d * r for d, r in zip(x.shape, reps)] if len(reps) == x.ndim else [], x.dtype)
+        return [np.tile(x, reps)]
+    return run
