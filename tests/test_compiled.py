@@ -211,3 +211,15 @@ def test_a_feed_the_models_shapes_contradict_is_an_input_error_naming_the_node()
     for _ in range(2):
         with pytest.raises(lstmrt.InputError, match="node 'the_matmul' \\(MatMul\\)"):
             sess.run(None, {"x": np.ones((2, 5), np.float32)})
+
+
+def test_more_signatures_than_the_cache_holds_stay_exact():
+    """Programs are kept for the 32 most recent signatures: a signature evicted and seen again
+    is compiled again, with the same result."""
+    compiled, reference, _ = _sessions(bare_cell("GRU"))
+    rng = np.random.default_rng(13)
+    feeds = [{"X": rng.standard_normal((steps, 1, 10)).astype(np.float32),
+              "h0": rng.standard_normal((1, 1, 24)).astype(np.float32)} for steps in range(1, 41)]
+    for feed in feeds + feeds[:3]:
+        for g, w in zip(compiled.run(None, feed), reference.run(None, feed)):
+            np.testing.assert_array_equal(g, w)
