@@ -1,6 +1,6 @@
 """Export Keras, PyTorch and Paddle recurrent models to ONNX that lstmrt runs and streams.
 
-    from exporters import export
+    from lstmrt.exporters import export
     report = export(model, "model.onnx", example_input=x)   # framework detected from the object
     print(report)
 

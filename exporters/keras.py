@@ -346,7 +346,7 @@ def load(path: str):
     import keras
     if os.path.isdir(path):
         raise _error(f"'{path}' is a TensorFlow SavedModel: its Keras layers are not recoverable from it "
-                     "(Keras 3 cannot load_model a SavedModel); export it with exporters.keras_savedmodel "
+                     "(Keras 3 cannot load_model a SavedModel); export it with lstmrt.exporters.keras_savedmodel "
                      "or save the model as .keras (model.save('m.keras'))")
     if not os.path.isfile(path):
         raise _error(f"'{path}' does not exist")

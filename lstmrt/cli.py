@@ -191,7 +191,7 @@ def bench(model, backends, chunk, batch, threads, seconds):
 
 def _register_exporters():
     # exporters/ imports no framework until a command runs, so this stays cheap
-    from exporters.cli import export_command, streamify_command
+    from .exporters.cli import export_command, streamify_command
     main.add_command(export_command)
     main.add_command(streamify_command)
 

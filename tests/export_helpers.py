@@ -24,13 +24,13 @@ def run(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The export CLI: `lstmrt export ...` once registered there, else `python -m exporters.cli ...`."""
+    """The export CLI: `lstmrt export ...` once registered there, else `python -m lstmrt.exporters.cli ...`."""
     try:
         from lstmrt.cli import main
         registered = "export" in getattr(main, "commands", {})
     except ImportError:
         registered = False
-    module = "lstmrt.cli" if registered else "exporters.cli"
+    module = "lstmrt.cli" if registered else "lstmrt.exporters.cli"
     return run(["-m", module, *args], timeout=timeout)
 
 

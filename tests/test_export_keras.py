@@ -153,7 +153,7 @@ def test_savedmodel_missing_or_corrupt(savedmodels, tmp_path):
 
 def test_savedmodel_without_tf2onnx_says_pip_install(savedmodels, tmp_path):
     path, _ = savedmodels["sm_lstm"]
-    code = ("import sys; sys.modules['tf2onnx'] = None; from exporters.cli import main; "
+    code = ("import sys; sys.modules['tf2onnx'] = None; from lstmrt.exporters.cli import main; "
             f"main(['export', {path!r}, '-o', {str(tmp_path / 'o.onnx')!r}])")
     proc = run(["-c", code])
     assert proc.returncode != 0 and "pip install tf2onnx" in output_of(proc), output_of(proc)[-2000:]

@@ -97,7 +97,7 @@ def test_simple_rnn_sequence_length_is_refused(exported):
 IN_MEMORY = """
 import sys, numpy as np, paddle
 from paddle import nn
-from exporters import export
+from lstmrt.exporters import export
 paddle.seed(1)
 class Net(nn.Layer):
     def __init__(self):
@@ -133,7 +133,7 @@ def test_export_needs_no_network(exported, tmp_path):
     env = {**ENV, "PIP_NO_INDEX": "1", "PIP_INDEX_URL": dead + "/", "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
            "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead,
            "NO_PROXY": "", "no_proxy": "", "POLYGRAPHY_INSTALL_CMD": str(fake_pip)}
-    args = [sys.executable, "-m", "exporters.cli", "export", exported["simple_rnn"][0], "-o", tmp_path / "off.onnx"]
+    args = [sys.executable, "-m", "lstmrt.exporters.cli", "export", exported["simple_rnn"][0], "-o", tmp_path / "off.onnx"]
     isolated = shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
     if isolated:
         args = ["unshare", "-rn", *args]

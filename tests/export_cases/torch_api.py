@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from exporters import Report, export  # noqa: E402
+from lstmrt.exporters import Report, export  # noqa: E402
 
 torch.manual_seed(0)
 
