@@ -127,6 +127,7 @@ def _example(model, example_input):
 def export(model, example_input=None, state: bool = True):
     import torch
     from . import Exported
+    from . import time_layers
     from .streamify import lift_state_or_note
     source = "<torch.nn.Module>"
     if isinstance(model, (str, os.PathLike)):
@@ -140,6 +141,7 @@ def export(model, example_input=None, state: bool = True):
     if unsupported:
         raise _error(f"layer '{unsupported[0][0]}' ({unsupported[0][1]}): a cell stepped in a Python loop does not "
                      "become a native recurrent node; use nn.LSTM/nn.GRU/nn.RNN")
+    _refuse_what_onnx_cannot_express(model)
     inputs, vocab = _example(model, example_input)
     names = [n for n, _, _ in inputs]
     tensors = [torch.from_numpy(np.ascontiguousarray(v)) for _, v, _ in inputs]
@@ -159,7 +161,9 @@ def export(model, example_input=None, state: bool = True):
         raise _error(f"torch.onnx could not export the model: {type(e).__name__}: "
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
-    onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
+    seq_inputs = {n: (dims.index("B"), dims.index("T")) for n, _, dims in inputs if "B" in dims and "T" in dims}
+    onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
+                                                   lambda m: lift_state_or_note(m, True))
     specs = []
     for name, v, dims in inputs:
         own = name in pairs
@@ -179,6 +183,17 @@ def export(model, example_input=None, state: bool = True):
             got = _flatten(model(*args))
         return {n: g.numpy() for n, g in zip(out_names, got)}
     return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes)
+
+
+def _refuse_what_onnx_cannot_express(model) -> None:
+    """Layers torch.onnx would fail on (or turn into loops), refused in words that say what to do."""
+    for name, module in _modules(model):
+        params = {n for n, _ in module.named_parameters(recurse=False)}
+        if _kind(module) == "LSTM" and any(p.startswith("weight_hr_l") for p in params):
+            proj = int(dict(module.named_parameters())["weight_hr_l0"].shape[0])
+            raise _error(f"layer '{name}' (LSTM, proj_size={proj}): an LSTM with a projection feeds the projected "
+                         "state back into its gates, which ONNX's LSTM node cannot express; train it with "
+                         "proj_size=0 (and a nn.Linear after it if a smaller output is wanted)")
 
 
 def _flatten(value) -> list:

@@ -12,6 +12,7 @@ from .errors import StreamError
 from .model import zeros_for
 from .session import _check_value
 from .state_pairs import batch_axes, streaming_pairs
+from .stream_limits import check_chunk, chunk_rule, refuse_if_not_streamable
 
 
 class Stream:
@@ -19,6 +20,8 @@ class Stream:
         self._session = session
         self._backend = session._backend
         model = session.model
+        refuse_if_not_streamable(model)   # an exporter's recorded reason (a layer that looks ahead)
+        self._chunk_rule = chunk_rule(model)
         self.pairs = streaming_pairs(model, state)
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
@@ -68,6 +71,8 @@ class Stream:
     def run(self, input_feed: dict, output_names=None) -> list:
         """Run one chunk; returns the non-state outputs (or those named), in graph order.
         A state input given in the feed replaces the carried one for this call."""
+        if self._chunk_rule is not None and isinstance(input_feed, dict):
+            check_chunk(self._chunk_rule, input_feed)   # strided layers: whole strides per chunk
         fast = self._fast
         if fast is not None and output_names is None and len(input_feed) == 1:
             done = fast.try_run(input_feed.get(fast.x_name), self._state)
