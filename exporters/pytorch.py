@@ -113,7 +113,7 @@ def _example(model, example_input):
         x = np.ones([shape[d] for d in seq_dims], np.int64)
         out.append((required[0][0], x, list(seq_dims)))
     else:
-        x = np.zeros([shape[d] for d in seq_dims] + [input_size], np.float32)
+        x = np.zeros([shape[d] for d in seq_dims] + [_input_features(model, input_size)], np.float32)
         out.append((required[0][0], x, seq_dims + [x.shape[-1]]))
     for name, is_tuple in required[1:]:
         state = np.zeros([layers, 2, hidden], np.float32)
@@ -122,6 +122,20 @@ def _example(model, example_input):
         else:
             out.append((name, state, [layers, "B", hidden]))
     return out, vocab
+
+
+def _input_features(model, rnn_input_size: int) -> int:
+    """Features per step of the model's input: those of its first layer (a conv or linear
+    front-end before the recurrence), else the recurrent layer's input size."""
+    for _, module in _modules(model):
+        kind = _kind(module)
+        if kind in RECURRENT:
+            return rnn_input_size
+        weight = dict(module.named_parameters(recurse=False)).get("weight")
+        if kind in ("Conv1d", "Linear") and weight is not None:
+            groups = getattr(module, "groups", 1) if kind == "Conv1d" else 1
+            return int(weight.shape[1]) * int(groups if isinstance(groups, int) else 1)
+    return rnn_input_size
 
 
 def export(model, example_input=None, state: bool = True):
