@@ -221,6 +221,7 @@ def _time_layer(g: _Graph, node):
 
 def find(model: onnx.ModelProto) -> tuple[list, list]:
     """(TimeLayers, reasons the model cannot stream exactly) for the model's main graph."""
+    _prune(model.graph)   # builders leave dead glue (e.g. a Transpose a later layer bypassed)
     g = _Graph(model.graph)
     layers, problems = [], []
     for node in model.graph.node:

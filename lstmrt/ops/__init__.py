@@ -87,3 +87,4 @@ def as_ints(array) -> list[int]:
 # registration happens on import
 from . import control as _control, logic as _logic, math as _math, nn as _nn  # noqa: E402,F401
 from . import recurrent as _recurrent, tensor as _tensor  # noqa: E402,F401
+from . import layers as _layers  # noqa: E402,F401
