@@ -402,8 +402,14 @@ def export(model, example_input=None, state: bool = True):
         return {n: np.asarray(o) for n, o in zip(out_names, outs)}
     del input_names
     shapes = None
+    steps = getattr(em, "min_steps", 1)   # valid convs/pooling, cropping: shorter inputs are errors in Keras too
+    if em.fixed_batch is not None or steps > 1:
+        batch = [em.fixed_batch] * 3 if em.fixed_batch is not None else [2, 1, 3]
+        shapes = [(batch[0], max(7, steps)), (batch[1], steps), (batch[2], max(12, 2 * steps))]
+    if steps > 1:
+        em.notes.append(f"the model needs at least {steps} steps (valid convolution/pooling or cropping); "
+                        f"verified from T={steps}")
     if em.fixed_batch is not None:
-        shapes = [(em.fixed_batch, 7), (em.fixed_batch, 1), (em.fixed_batch, 12)]
         em.notes.append(f"the Keras model fixes batch={em.fixed_batch}; verified at that batch (the ONNX batch "
                         "axis is dynamic)")
     if stateful:

@@ -42,7 +42,18 @@ def emit(em, layer, node, inputs: list) -> list:
         if kind in GLOBAL_POOLS:
             return [_global_pool(em, layer, x)]
         return [Val(_reshape_time(em, layer, x), "btf", None)]
+    if kind == "TimeDistributed":
+        return [_time_distributed(em, layer, node, inputs[0])]
     return splice(em, layer, node, inputs)
+
+
+def _needs_steps(em, steps: int) -> None:
+    """Record that the model needs at least `steps` input steps (valid convs, pooling, cropping)."""
+    em.min_steps = max(getattr(em, "min_steps", 1), steps * getattr(em, "time_stride", 1))
+
+
+def _strides_time(em, stride: int) -> None:
+    em.time_stride = getattr(em, "time_stride", 1) * stride
 
 
 # --- along the time axis, by hand ------------------------------------------------------------
@@ -74,6 +85,9 @@ def _conv(em, layer, x) -> str:
     k, s, d = layer.kernel_size[0], layer.strides[0], layer.dilation_rate[0]
     attrs = dict(kernel_shape=[k], strides=[s], dilations=[d], **_padding(layer, k, d))
     xc = _channels_first(em, x)
+    if layer.padding == "valid":
+        _needs_steps(em, (k - 1) * d + 1)
+    _strides_time(em, s)
     if kind == "Conv1D":
         w = np.asarray(layer.kernel.numpy(), np.float32).transpose(2, 1, 0)    # [k, in/g, out] -> [out, in/g, k]
         bias = [g.const(np.asarray(layer.bias.numpy(), np.float32), f"{name}.bias")] if layer.use_bias else []
@@ -101,6 +115,9 @@ def _pool(em, layer, x) -> str:
     k, s = layer.pool_size[0], layer.strides[0]
     attrs = {"kernel_shape": [k], "strides": [s]}
     attrs.update({"auto_pad": "SAME_UPPER"} if layer.padding == "same" else {"pads": [0, 0]})
+    if layer.padding == "valid":
+        _needs_steps(em, k)
+    _strides_time(em, s)
     op = POOLS[type(layer).__name__]
     y = g.op(op, [_channels_first(em, x)], name=f"{name}/{op}", **attrs)   # AveragePool: pads not counted, as TF
     return g.transpose(y, [0, 2, 1], name=f"{name}/channels_last")
@@ -129,6 +146,7 @@ def _reshape_time(em, layer, x) -> str:
         return g.transpose(y, [0, 2, 1], name=f"{name}/channels_last")
     if kind == "Cropping1D":
         left, right = layer.cropping
+        _needs_steps(em, left + right + 1)
         return g.op("Slice", [x.name, g.ints([left]), g.ints([-right if right else BIG]), g.ints([1])],
                     name=f"{name}/Slice")
     # UpSampling1D: every step repeated `size` times
@@ -142,6 +160,32 @@ def _reshape_time(em, layer, x) -> str:
 
 
 # --- everything else: tf2onnx, one layer at a time -----------------------------------------------
+
+def _time_distributed(em, layer, node, x):
+    """TimeDistributed(inner): the inner layer on [batch*time, ...], converted alone (tf2onnx
+    turns the wrapper itself into a Loop)."""
+    from . import ExportError
+    from .keras import Val
+    tf, tf2onnx = _import_tf2onnx(layer)
+    g, name, inner = em.g, layer.name, layer.layer
+    x = em.to(x, "btf") if x.layout == "tbf" else x
+    in_shape = list(node.arguments.keras_tensors[0].shape)
+    out_shape = list(node.output_tensors[0].shape)
+    if any(d is None for d in in_shape[2:] + out_shape[2:]):
+        raise ExportError(f"layer '{name}' (TimeDistributed({type(inner).__name__})): the per-step shapes "
+                          f"{in_shape[2:]} -> {out_shape[2:]} must be known")
+    flat = g.op("Reshape", [x.name, g.ints([-1] + in_shape[2:])], name=f"{name}/flatten_time")
+    spec = [tf.TensorSpec([None] + in_shape[2:], node.arguments.keras_tensors[0].dtype, name="in0")]
+    proto, bound = _convert(em, inner, tf.function(lambda a: inner(a), input_signature=spec), spec, tf, tf2onnx)
+    bound[proto.graph.input[0].name] = flat
+    y = _add_subgraph(g, proto.graph, bound, g.fresh(name))[0]
+    batch_time = g.op("Slice", [g.op("Shape", [x.name], name=f"{name}/Shape"), g.ints([0]), g.ints([2])],
+                      name=f"{name}/batch_time")
+    shape = g.op("Concat", [batch_time, g.ints(out_shape[2:])], name=f"{name}/shape", axis=0) \
+        if out_shape[2:] else batch_time
+    return Val(g.op("Reshape", [y, shape], name=f"{name}/unflatten_time"), _layout(node.output_tensors[0]),
+               x.mask if _layout(node.output_tensors[0]) == "btf" else None)
+
 
 def _import_tf2onnx(layer):
     try:
