@@ -241,10 +241,10 @@ def _convert(em, layer, fn, specs, tf, tf2onnx) -> tuple:
         raise ExportError(
             f"layer '{layer.name}' ({kind}) could not be converted: tf2onnx says {type(e).__name__}: "
             f"{text[0] if text else ''}; {_way_out(kind)}") from None
-    bad = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
+    bad = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)]
     if bad:
-        raise ExportError(f"layer '{layer.name}' ({kind}) converts to non-standard ONNX ops "
-                          f"{sorted({f'{n.domain}.{n.op_type}' for n in bad})}; {_way_out(kind)}")
+        raise ExportError(f"layer '{layer.name}' ({kind}) uses TensorFlow ops that have no ONNX equivalent "
+                          f"({', '.join(sorted({n.op_type for n in bad}))}); {_way_out(kind)}")
     # tensors the function captures (not variables, which tf2onnx freezes) stay graph inputs: bind their values
     captured = {internal.name: external for external, internal in fn.get_concrete_function().graph.captures}
     bound = {}

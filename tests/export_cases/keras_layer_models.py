@@ -145,9 +145,14 @@ def go_backwards():         # refused in our words
     return keras.Model(x, L.LSTM(5, go_backwards=True, name="backwards")(x))
 
 
+def lambda_file():          # a Lambda in a file: Keras loads it only with safe_mode=False
+    x = seq(4)
+    return keras.Model(x, L.LSTM(5)(L.Lambda(lambda t: t * 2.0, name="double")(x)))
+
+
 MODELS = {f.__name__: f for f in (conv_causal, conv_same, conv_strided, conv_valid, separable, pool_local,
                                   pool_global, norms, merges, reshapes, repeat_vector, padding, cropping, rescaling,
-                                  attention, multi_io, go_backwards)}
+                                  attention, multi_io, go_backwards, lambda_file)}
 
 
 def main(outdir, names):
