@@ -242,8 +242,12 @@ def _specs_from_graph(model: onnx.ModelProto, pairs: dict, own: set = frozenset(
     from lstmrt.state_pairs import batch_axes, time_axes
 
     from .verify import InputSpec
+    from .time_layers import trace_sequence_axes
     m = Model(model)
     t_axes, b_axes = time_axes(m), batch_axes(m)
+    for name, (b, t) in trace_sequence_axes(model).items():   # through conv front-ends too
+        b_axes.setdefault(name, b)
+        t_axes.setdefault(name, t)
     specs = []
     batch_names = set()
     for info in m.inputs:

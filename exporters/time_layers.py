@@ -184,6 +184,37 @@ def _end_crop(g: _Graph, node, axis: int, rank: int) -> tuple[int, object] | Non
     return (-end, node) if end < 0 else None
 
 
+def _crop_after(g: _Graph, node, axis: int, rank: int):
+    """_end_crop of the Slice that follows `node` through a bias Add, Identity/Cast and (un)squeezes
+    (paddle2onnx writes a 1-D conv as Unsqueeze, 2-D Conv, Add bias, Squeeze)."""
+    value = node.output[0]
+    for _ in range(8):
+        user = g.sole_consumer(value)
+        if user is None:
+            return None
+        if user.op_type == "Slice":
+            return _end_crop(g, user, axis, rank)
+        if user.op_type in ("Squeeze", "Unsqueeze") and len(user.input) > 1:
+            listed = g.const(user.input[1])
+            if listed is None:
+                return None
+            listed = [int(a) for a in listed.reshape(-1)]
+            if user.op_type == "Squeeze":
+                listed = [a % rank for a in listed]
+                if axis in listed:
+                    return None
+                axis, rank = axis - sum(1 for a in listed if a < axis), rank - len(listed)
+            else:
+                rank += len(listed)
+                for a in sorted(a % rank for a in listed):
+                    axis += a <= axis
+        elif not (user.op_type in ("Identity", "Cast") or
+                  user.op_type == "Add" and any(g.const(i) is not None for i in user.input if i != value)):
+            return None
+        value = user.output[0]
+    return None
+
+
 def _time_layer(g: _Graph, node):
     """The TimeLayer of a Conv/pool node; None if it mixes no steps; a string if it cannot be read."""
     if node.op_type == "Conv":
@@ -215,7 +246,7 @@ def _time_layer(g: _Graph, node):
         left, right = left + folded[0], right + folded[1]
     else:
         pad_node = None
-    crop = _end_crop(g, g.sole_consumer(node.output[0]), axis, rank + 2)
+    crop = _crop_after(g, node, axis, rank + 2)
     return TimeLayer(node, axis, kernels[i], strides[i], dilations[i], left, right, crop[0] if crop else 0, pad_node)
 
 
@@ -368,6 +399,7 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
         return model, pairs, notes
     layers, _ = find(model)
     batch = _batch_dim(model, seq_inputs)
+    _name_state_batch(model, pairs, batch)
     for layer in layers:
         if layer.left:
             pair = lift_context(model, layer, batch)
@@ -394,9 +426,85 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
     return model, pairs, notes
 
 
+def _name_state_batch(model, pairs: dict, batch) -> None:
+    """Give lifted states the streamed input's batch dim name: streamify falls back to 'batch'
+    when a conv front-end hides the input from it, and stream() sizes zero states by name."""
+    if not isinstance(batch, str) or batch == "batch":
+        return
+    names = set(pairs) | set(pairs.values())
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name in names:
+            for d in value.type.tensor_type.shape.dim:
+                if d.dim_param == "batch":
+                    d.dim_param = batch
+
+
 def _batch_dim(model, seq_inputs: dict):
     for inp in model.graph.input:
         if inp.name in seq_inputs:
             d = inp.type.tensor_type.shape.dim[seq_inputs[inp.name][0]]
             return d.dim_param or (d.dim_value if d.dim_value > 0 else "batch")
     return "batch"
+
+
+# ops through which a value keeps its batch and time axes where they were
+_SAME_AXES = {"Identity", "Cast", "Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Dropout", "Add", "Sub", "Mul",
+              "Div", "Slice", "Pad", "MatMul", "Softmax", "Erf", "Abs", "Neg", "Sqrt", "Exp", "Conv", "MaxPool",
+              "AveragePool", "BatchNormalization", "LayerNormalization", "Elu", "HardSigmoid", "Softplus"}
+
+
+def trace_sequence_axes(model: onnx.ModelProto) -> dict:
+    """{graph input: (batch axis, time axis)} for the inputs the recurrent nodes' X comes from,
+    traced back through transposes, (un)squeezes, convolutions and elementwise ops."""
+    g = _Graph(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inputs = {i.name for i in model.graph.input} - set(g.consts)
+    found = {}
+    for node in model.graph.node:
+        if node.op_type not in ("LSTM", "GRU", "RNN"):
+            continue
+        layout = _attr(node, "layout", 0)
+        value, axes = node.input[0], ((1, 0) if layout == 0 else (0, 1))   # (batch, time)
+        for _ in range(200):
+            if value in inputs:
+                found.setdefault(value, axes)
+                break
+            prod = g.producer.get(value)
+            if prod is None:
+                break
+            axes, value = _axes_before(g, prod, value, axes, ranks)
+            if axes is None:
+                break
+    return found
+
+
+def _axes_before(g: _Graph, node, value: str, axes: tuple, ranks: dict):
+    """(axes, value) of `node`'s data input that become `axes` of its output `value`."""
+    op = node.op_type
+    data = next((i for i in node.input if i and g.const(i) is None), None)
+    if data is None:
+        return None, None
+    if op == "Transpose":
+        perm = _attr(node, "perm")
+        return (tuple(perm[a] for a in axes), data) if perm is not None else (None, None)
+    if op in ("Squeeze", "Unsqueeze"):
+        listed = g.const(node.input[1]) if len(node.input) > 1 else np.asarray(_attr(node, "axes", []))
+        rank_in, rank_out = ranks.get(data), ranks.get(value)
+        if listed is None or rank_in is None or rank_out is None:
+            return None, None
+        if op == "Squeeze":
+            gone = sorted(int(a) % rank_in for a in listed.reshape(-1))
+            kept = [a for a in range(rank_in) if a not in gone]
+            return tuple(kept[a] for a in axes), data
+        added = sorted(int(a) % rank_out for a in listed.reshape(-1))
+        if any(a in added for a in axes):
+            return None, None
+        return tuple(a - sum(1 for b in added if b < a) for a in axes), data
+    if op == "Concat":   # a lifted context joins the sequence: follow the sequence
+        rest = [i for i in node.input if i and g.const(i) is None and not i.endswith(".context_in")]
+        return (axes, rest[-1]) if rest else (None, None)
+    if op in _SAME_AXES:
+        return axes, data
+    return None, None
