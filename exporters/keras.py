@@ -455,7 +455,9 @@ def _stream_through_time_layers(em, functional, onnx_model, pairs: dict, out_axe
     from . import time_layers
     if not (state and em.state):
         return onnx_model, pairs
-    _, problems = time_layers.find(onnx_model)
+    seq_inputs = {n: (s.dims.index("B"), s.dims.index("T")) for n, s in em.specs.items()
+                  if not s.state and "B" in s.dims and "T" in s.dims}
+    _, problems = time_layers.find(onnx_model, seq_inputs)
     if problems:
         plain_em, plain, _, _, plain_axes = _emit(functional, False)
         time_layers.mark_not_streamable(plain, problems[0])
@@ -464,8 +466,6 @@ def _stream_through_time_layers(em, functional, onnx_model, pairs: dict, out_axe
         out_axes.clear()
         out_axes.update(plain_axes)
         return plain, {}
-    seq_inputs = {n: (s.dims.index("B"), s.dims.index("T")) for n, s in em.specs.items()
-                  if not s.state and "B" in s.dims and "T" in s.dims}
     onnx_model, pairs, notes = time_layers.prepare(onnx_model, True, seq_inputs, lambda m: (m, dict(pairs), []))
     em.notes.extend(notes)
     for inp, out in pairs.items():

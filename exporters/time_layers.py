@@ -215,8 +215,10 @@ def _crop_after(g: _Graph, node, axis: int, rank: int):
     return None
 
 
-def _time_layer(g: _Graph, node):
-    """The TimeLayer of a Conv/pool node; None if it mixes no steps; a string if it cannot be read."""
+def _time_layer(g: _Graph, node, time_axis: int | None = None):
+    """The TimeLayer of a Conv/pool node; None if it mixes no steps; a string if it cannot be read.
+    time_axis: the node input's time axis when traced from the streamed inputs, else None (then
+    the one axis the node mixes is taken as time)."""
     if node.op_type == "Conv":
         w = g.const(node.input[1])
         kernels = list(_attr(node, "kernel_shape", []) or (w.shape[2:] if w is not None else []))
@@ -232,6 +234,13 @@ def _time_layer(g: _Graph, node):
         pads = _pads_of(node, i + 2, rank, kernels[i], strides[i], dilations[i])
         if kernels[i] > 1 or strides[i] > 1 or pads != (0, 0):
             active.append(i)
+    if time_axis is not None:   # known: only that axis is time (a 2-D conv's other axis is frequency)
+        if time_axis - 2 not in active:
+            return None
+        if len(active) > 1 and _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return (f"layer '{layer_name(node)}' ({node.op_type}) pads several axes with auto_pad; give it explicit "
+                    "pads to stream it")
+        active = [time_axis - 2]
     if not active:
         return None
     if len(active) > 1:
@@ -250,14 +259,16 @@ def _time_layer(g: _Graph, node):
     return TimeLayer(node, axis, kernels[i], strides[i], dilations[i], left, right, crop[0] if crop else 0, pad_node)
 
 
-def find(model: onnx.ModelProto) -> tuple[list, list]:
-    """(TimeLayers, reasons the model cannot stream exactly) for the model's main graph."""
+def find(model: onnx.ModelProto, seq_inputs: dict | None = None) -> tuple[list, list]:
+    """(TimeLayers, reasons the model cannot stream exactly) for the model's main graph.
+    seq_inputs {input: (batch axis, time axis)}: where time is, followed through the graph."""
     _prune(model.graph)   # builders leave dead glue (e.g. a Transpose a later layer bypassed)
     g = _Graph(model.graph)
+    times = _time_axes_forward(g, model, seq_inputs) if seq_inputs else {}
     layers, problems = [], []
     for node in model.graph.node:
         if node.op_type in TIME_OPS:
-            found = _time_layer(g, node)
+            found = _time_layer(g, node, times.get(node.input[0]))
             if isinstance(found, str):
                 problems.append(found)
             elif found is not None:
@@ -265,6 +276,39 @@ def find(model: onnx.ModelProto) -> tuple[list, list]:
                 if found.problem():
                     problems.append(found.problem())
     return layers, problems
+
+
+def _time_axes_forward(g: _Graph, model, seq_inputs: dict) -> dict:
+    """{value: its time axis} from the streamed inputs forward, through transposes, (un)squeezes,
+    convolutions and elementwise ops; a value whose time axis is lost (reshaped into the batch,
+    e.g. TimeDistributed) is left out."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input)}
+    times = {name: t for name, (_, t) in seq_inputs.items()}
+    for node in model.graph.node:
+        data = next((i for i in node.input if i in times), None)
+        if data is None:
+            continue
+        a, op, out = times[data], node.op_type, None
+        if op == "Transpose" and _attr(node, "perm") is not None:
+            out = list(_attr(node, "perm")).index(a)
+        elif op in ("Squeeze", "Unsqueeze") and len(node.input) > 1 and g.const(node.input[1]) is not None:
+            listed = [int(x) for x in g.const(node.input[1]).reshape(-1)]
+            if op == "Squeeze" and data in ranks:
+                listed = [x % ranks[data] for x in listed]
+                out = None if a in listed else a - sum(1 for x in listed if x < a)
+            elif op == "Unsqueeze" and data in ranks:
+                for x in sorted(x % (ranks[data] + len(listed)) for x in listed):
+                    a += x <= a
+                out = a
+        elif op in ("LSTM", "GRU", "RNN"):
+            out = 0 if _attr(node, "layout", 0) == 0 else 1
+        elif op in _SAME_AXES or op == "Concat":
+            out = a
+        if out is not None and node.output and node.output[0]:
+            times[node.output[0]] = out
+    return times
 
 
 def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tuple[int, dict]:
@@ -342,8 +386,12 @@ def lift_context(model: onnx.ModelProto, layer: TimeLayer, batch) -> tuple[str, 
            helper.make_node("Slice", [joined] + consts, [state_out], name=_fresh(model, f"{base}/context_keep"))]
     node.input[0] = joined
     rank = len(shape) - 2
+    kernels = list(_attr(node, "kernel_shape", []) or [1] * rank)
+    strides, dilations = list(_attr(node, "strides", [1] * rank)), list(_attr(node, "dilations", [1] * rank))
     pads = [0] * (2 * rank)
-    pads[layer.axis - 2 + rank] = layer.right
+    for i in range(rank):   # other spatial axes (frequency) keep their padding
+        pads[i], pads[i + rank] = _pads_of(node, i + 2, rank, kernels[i], strides[i], dilations[i])
+    pads[layer.axis - 2], pads[layer.axis - 2 + rank] = 0, layer.right
     for a in [a for a in node.attribute if a.name in ("pads", "auto_pad")]:
         node.attribute.remove(a)
     node.attribute.append(helper.make_attribute("pads", pads))
@@ -385,7 +433,7 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
     seq_inputs: {graph input: (batch axis, time axis)} of the streamed inputs.
     lift_recurrent: model -> (model, pairs, notes), lifting the recurrent state (streamify).
     """
-    layers, problems = find(model)
+    layers, problems = find(model, seq_inputs)
     if not state:
         return model, {}, []
     if problems:
@@ -397,7 +445,7 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
     model, pairs, notes = lift_recurrent(model)
     if not pairs or not layers:
         return model, pairs, notes
-    layers, _ = find(model)
+    layers, _ = find(model, seq_inputs)
     batch = _batch_dim(model, seq_inputs)
     _name_state_batch(model, pairs, batch)
     for layer in layers:
