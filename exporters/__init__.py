@@ -220,10 +220,20 @@ def streamify_file(source: str, path: str | None, verify: bool = True) -> Report
         original = onnx.load(source)
     except Exception as e:   # onnx raises DecodeError, ValueError, OSError ... for bad files
         raise ExportError(f"'{source}' is not a readable ONNX model: {e}") from None
-    try:
-        model, pairs = streamify(original)
-    except StreamifyError as e:
-        raise ExportError(str(e)) from None
+    from . import time_layers
+
+    def lift(m):
+        try:
+            lifted, found = streamify(m)
+        except StreamifyError as e:
+            raise ExportError(str(e)) from None
+        return lifted, found, []
+    # convolutions along time: causal context lifted too; a layer that looks ahead cannot stream
+    model, pairs, notes = time_layers.prepare(original, True, time_layers.trace_sequence_axes(original), lift)
+    if not pairs:
+        reasons = [n.removeprefix("not streamable: ").removesuffix("; exported without state") for n in notes]
+        raise ExportError("cannot stream: " + "; ".join(reasons) if reasons else
+                          "the model has no recurrent state to lift")
     specs, out_axes = _specs_from_graph(model, pairs, {i.name for i in original.graph.input})
 
     def reference(feeds):   # the original model, on onnxruntime, from the same (zero) state
@@ -231,7 +241,7 @@ def streamify_file(source: str, path: str | None, verify: bool = True) -> Report
         names = {i.name for i in original.graph.input}
         return _ort_runner(original)({k: v for k, v in feeds.items() if k in names})
     exported = Exported(model, specs, pairs, out_axes, reference, "onnx", source,
-                        notes=["reference: the original model on onnxruntime"])
+                        notes=["reference: the original model on onnxruntime"] + notes)
     return finish(exported, path, verify=verify)
 
 

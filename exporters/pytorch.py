@@ -161,8 +161,15 @@ def export(model, example_input=None, state: bool = True):
     tensors = [torch.from_numpy(np.ascontiguousarray(v)) for _, v, _ in inputs]
     dynamic = {n: {i: ("batch" if d == "B" else "time") for i, d in enumerate(dims) if d in ("B", "T")}
                for n, _, dims in inputs}
-    with torch.no_grad():
-        outs = model(*tensors)
+    try:
+        with torch.no_grad():
+            outs = model(*tensors)
+    except Exception as e:   # e.g. an input guessed from the first layer that the model does not take
+        shapes = ", ".join(f"{n}{list(t.shape)}" for n, t in zip(names, tensors))
+        raise _error(f"the model fails on the example input {shapes} ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                     + ("pass example_input=" if example_input is None else "check example_input=")
+                     + " an array the model takes (from the CLI: export the model from Python)") from None
     flat = _flatten(outs)
     out_names = ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
     buffer = io.BytesIO()

@@ -137,8 +137,8 @@ def _streamed(run_chunk, specs, feeds, out_time_axes, steps, multiple=1):
             return out_time_axes[name]
         # undeclared: the axis along which every chunk's output is as long as the chunk (or a
         # fixed fraction of it, after strided layers)
-        fits = [a for a in range(vals[0].ndim) if vals[0].shape[a] and lens[0] % vals[0].shape[a] == 0
-                and all(v.shape[a] * (lens[0] // vals[0].shape[a]) == n for v, n in zip(vals, lens))]
+        fits = [a for a in range(vals[0].ndim) if vals[0].shape[a]
+                and all(v.shape[a] * lens[0] == vals[0].shape[a] * n for v, n in zip(vals, lens))]
         return fits[0] if fits and len(set(lens)) > 1 else None
 
     joined = {}
