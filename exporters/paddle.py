@@ -435,7 +435,9 @@ def export(model, example_input=None, state: bool = True):
         _refuse_step_loops(model_file)   # paddle2onnx aborts the process on them
         onnx_model = _convert(model_file, params_file)
     original_inputs = [i.name for i in onnx_model.graph.input]
-    onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, time_layers.trace_sequence_axes(onnx_model),
+    seq_inputs = time_layers.trace_sequence_axes(onnx_model)
+    steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
+    onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
                                                    lambda m: lift_state_or_note(m, True))
     specs, out_axes = _specs_from_graph(onnx_model, pairs, set(original_inputs))
     _token_vocab(onnx_model, specs)
@@ -447,7 +449,10 @@ def export(model, example_input=None, state: bool = True):
             got = layer(*args)
         got = got if isinstance(got, (list, tuple)) else [got]
         return {n: g.numpy() for n, g in zip(out_names, got)}
-    return Exported(onnx_model, specs, pairs, out_axes, reference, "paddle", source, notes)
+    if steps > 1:
+        notes.append(f"the model needs at least {steps} steps (its convolutions/pooling); verified from T={steps}")
+    return Exported(onnx_model, specs, pairs, out_axes, reference, "paddle", source, notes,
+                    shapes=time_layers.shapes_from(steps))
 
 
 def _token_vocab(model: onnx.ModelProto, specs: list) -> None:

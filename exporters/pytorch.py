@@ -183,6 +183,7 @@ def export(model, example_input=None, state: bool = True):
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
     seq_inputs = {n: (dims.index("B"), dims.index("T")) for n, _, dims in inputs if "B" in dims and "T" in dims}
+    steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
     onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
                                                    lambda m: lift_state_or_note(m, True))
     specs = []
@@ -203,7 +204,10 @@ def export(model, example_input=None, state: bool = True):
         with torch.no_grad():
             got = _flatten(model(*args))
         return {n: g.numpy() for n, g in zip(out_names, got)}
-    return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes)
+    if steps > 1:
+        notes.append(f"the model needs at least {steps} steps (its convolutions/pooling); verified from T={steps}")
+    return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes,
+                    shapes=time_layers.shapes_from(steps))
 
 
 def _refuse_what_onnx_cannot_express(model) -> None:

@@ -335,6 +335,38 @@ def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tu
     return multiple, {k: int(v) for k, v in needs.items()}
 
 
+def min_steps(model: onnx.ModelProto, seq_inputs: dict) -> int:
+    """The fewest input steps every time layer gets at least one step from (a valid conv or a
+    pooling window needs its span); shorter inputs fail in the framework too."""
+    layers, _ = find(model, seq_inputs)
+    by_node = {id(l.node): l for l in layers}
+    factor = {name: Fraction(1) for name in seq_inputs}
+    need = 1
+    for node in model.graph.node:
+        known = [factor[i] for i in node.input if i in factor]
+        if not known:
+            continue
+        f = max(known)
+        layer = by_node.get(id(node))
+        if layer is not None:
+            span = (layer.kernel - 1) * layer.dilation + 1
+            steps = max(1, span - layer.left - layer.right)
+            while layer.kept(steps) < 1:
+                steps += 1
+            need = max(need, math.ceil(steps * f))
+            f = f * layer.stride
+        for o in node.output:
+            if o:
+                factor[o] = f
+    return need
+
+
+def shapes_from(steps: int):
+    """Verification shapes (batch, time) for a model that needs at least `steps` steps, or None
+    for the default ones (T=1 included)."""
+    return None if steps <= 1 else [(2, max(7, steps)), (1, steps), (3, max(12, 2 * steps))]
+
+
 def _fresh(model, base: str) -> str:
     used = ({v for n in model.graph.node for v in list(n.input) + list(n.output)}
             | {i.name for i in model.graph.input} | {o.name for o in model.graph.output}

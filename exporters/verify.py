@@ -173,7 +173,12 @@ def verify(model: onnx.ModelProto, specs: list, reference: Callable | None, pair
             last = list(_chunks(steps, multiple))[-1]
             lengths = [steps] + list(rng.integers(last[0] + 1, steps + 1, size=batch - 1))
         feeds = make_feeds(specs, batch, steps, rng, lengths)
-        ref = reference(feeds) if reference is not None else {}
+        try:
+            ref = reference(feeds) if reference is not None else {}
+        except Exception as e:   # the framework itself refuses this input (e.g. too few steps)
+            text = str(e).strip().splitlines()
+            raise VerificationError(f"the framework model fails on the check input at {label} ({type(e).__name__}: "
+                                    f"{text[0] if text else ''}); nothing was compared") from None
         got_ort = ort_run(feeds)
         got_nat = dict(zip(native_names, native.run(None, feeds)))
         for name in native_names:

@@ -8,7 +8,8 @@ from export_helpers import onnx_path, CASES, build_and_export, check_native_onnx
 
 pytestmark = pytest.mark.export
 
-STREAMABLE = ["lstm_seq", "gru2_last", "rnn_act", "emb_gru", "lstm_state", "causal_conv", "strided_conv"]
+STREAMABLE = ["lstm_seq", "gru2_last", "rnn_act", "emb_gru", "lstm_state", "causal_conv", "strided_conv",
+              "conv_pool"]
 PLAIN = ["bilstm", "noncausal_conv", "seq_norm"]
 
 
@@ -21,7 +22,8 @@ def exported(tmp_path_factory):
 def test_cli_export_verifies_against_torch(exported, name):
     _, proc = exported[name]
     assert proc.returncode == 0, output_of(proc)[-4000:]
-    assert "max abs error vs framework" in proc.stdout and "B=1,T=1" in proc.stdout
+    shortest = "B=1,T=2" if name == "conv_pool" else "B=1,T=1"    # a pooling window needs 2 steps
+    assert "max abs error vs framework" in proc.stdout and shortest in proc.stdout
     if name in STREAMABLE:
         assert "streamed in chunks" in proc.stdout
     check_native_onnx(onnx_path(exported, name), streamable=name in STREAMABLE)
@@ -116,3 +118,9 @@ def test_lstm_projection_is_refused_in_our_words(exported):
     out = output_of(proc)
     assert proc.returncode != 0 and "layer 'rnn' (LSTM, proj_size=3)" in out and "proj_size=0" in out, out[-2000:]
     assert "Traceback" not in out
+
+
+def test_max_pooling_along_time_streams_in_whole_windows(exported):
+    out = exported["conv_pool"][1].stdout
+    assert "multiple of 2 steps (strided layers: 'pool' x2)" in out and "layer 'conv' carries its last 1" in out, out
+    assert stream_matches_whole(onnx_path(exported, "conv_pool"), {"x": _x(2, 12)}, {"x": 1}, chunks=(2, 4)) < 1e-5

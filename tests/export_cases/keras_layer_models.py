@@ -87,10 +87,11 @@ def merges():               # Concatenate, Add, Subtract, Multiply, Average, Max
     return keras.Model(x, L.Dense(2)(y))
 
 
-def reshapes():             # Reshape per step, TimeDistributed(Flatten): streams
+def reshapes():             # Reshape per step, TimeDistributed(Conv1D over features), (Flatten): streams
     x = seq(6)
     y = L.Reshape((-1, 2, 3))(x)
-    y = L.TimeDistributed(L.Flatten())(L.Permute((1, 3, 2))(y))
+    y = L.TimeDistributed(L.Conv1D(4, 2, padding="same", name="per_step_conv"))(L.Permute((1, 3, 2))(y))
+    y = L.TimeDistributed(L.Flatten())(y)
     return keras.Model(x, L.Dense(2)(L.GRU(5, return_sequences=True)(y)))
 
 

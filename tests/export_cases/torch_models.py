@@ -120,6 +120,17 @@ class StridedConvLstm(nn.Module):    # causal, stride 2: chunks of whole strides
         return self.head(self.rnn(y.transpose(1, 2))[0])
 
 
+class ConvPoolLstm(nn.Module):       # causal conv, then non-overlapping max pooling (stride 2) along time
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv1d(4, 6, 2), nn.MaxPool1d(2)
+        self.rnn, self.head = nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.pool(self.conv(nn.functional.pad(x.transpose(1, 2), (1, 0))))
+        return self.head(self.rnn(y.transpose(1, 2))[0])
+
+
 class SeqNormLstm(nn.Module):        # normalised over the whole sequence: streams wrong, exports plain
     def __init__(self):
         super().__init__()
@@ -153,6 +164,7 @@ def example(name):
             "noncausal_conv": (torch.randn(4, 8, 4, generator=g),),
             "strided_conv": (torch.randn(4, 8, 4, generator=g),),
             "seq_norm": (torch.randn(4, 8, 4, generator=g),),
+            "conv_pool": (torch.randn(4, 8, 4, generator=g),),
             "proj_lstm": (torch.randn(4, 8, 4, generator=g),)}[name]
 
 
@@ -160,7 +172,7 @@ MODELS = {"lstm_seq": (LstmSeq, "script"), "gru2_last": (Gru2Last, "script"), "b
           "rnn_act": (RnnAct, "script"), "emb_gru": (EmbGru, "trace"), "lstm_state": (LstmState, "script"),
           "cell_loop": (CellLoop, "trace"), "causal_conv": (CausalConvLstm, "trace"),
           "noncausal_conv": (NonCausalConvGru, "script"), "strided_conv": (StridedConvLstm, "trace"),
-          "seq_norm": (SeqNormLstm, "script"), "proj_lstm": (ProjLstm, "script")}
+          "seq_norm": (SeqNormLstm, "script"), "proj_lstm": (ProjLstm, "script"), "conv_pool": (ConvPoolLstm, "trace")}
 
 
 def main(outdir):
