@@ -1,5 +1,5 @@
 """Click commands `export` and `streamify` (registered in lstmrt's CLI with main.add_command;
-until then: python -m exporters.cli export|streamify ...).
+until then: python -m lstmrt.exporters.cli export|streamify ...).
 
 Only the framework the source file needs is imported.
 """

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper
 
-from .onnx_build import ACTIVATIONS, Direction, Graph, recurrent, reorder_gates, state_pairs_metadata
+from .onnx_build import ACTIVATIONS, OPSET, Direction, Graph, recurrent, reorder_gates, state_pairs_metadata
 from .verify import InputSpec
 
 # --- gate orders and bias conventions: the one place for Keras ------------------------------
@@ -68,7 +68,8 @@ def _error(message):
 @dataclass
 class Val:
     name: str              # ONNX value
-    layout: str            # "btf" (Keras), "tbf" (inside recurrences), "bf", "bt" (tokens)
+    layout: str            # "btf" (Keras), "tbf" (inside recurrences), "bf", "bt" (tokens),
+    #                        "bnf" (3-D with a fixed middle axis, e.g. RepeatVector), "rank<n>"
     mask: tuple | None = None   # (indicator [B, T] float, sequence lengths [B] int32)
 
 
@@ -84,12 +85,14 @@ class _Emitter:
         self.notes: list = []
         self.fixed_batch = None
         self.returned_states: set = set()   # values a layer returns through return_state
+        self.g_opset = OPSET                # the opset layers converted by tf2onnx are written in
+        self.calls: dict = {}               # layer name -> times emitted (shared layers)
 
     # -- helpers --------------------------------------------------------------------------
     def to(self, v: Val, layout: str) -> Val:
         if v.layout == layout:
             return v
-        if {v.layout, layout} == {"btf", "tbf"}:
+        if {v.layout, layout} in ({"btf", "tbf"}, {"bnf", "tbf"}):
             return Val(self.g.transpose(v.name, [1, 0, 2]), layout, v.mask)
         raise _error(f"internal: cannot convert layout {v.layout} to {layout}")
 
@@ -169,17 +172,19 @@ class _Emitter:
             return self.rnn(layer, node, x, kwargs)
         if kind == "Bidirectional":
             return self.bidirectional(layer, node, x, kwargs)
-        raise _error(f"layer '{name}' ({kind}) is not supported by the Keras exporter (supported: InputLayer, "
-                     "LSTM, GRU, SimpleRNN, Bidirectional, Dense, TimeDistributed(Dense), Embedding, Masking, "
-                     "Dropout, Activation)")
+        if kind in ("RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"):
+            raise _error(f"layer '{name}' ({kind}) has no native ONNX recurrent node (tf2onnx would make it a Loop "
+                         "that lstmrt cannot stream); use keras.layers.LSTM, GRU or SimpleRNN")
+        from . import keras_layers   # everything else: by hand along time, else tf2onnx
+        return keras_layers.emit(self, layer, node, inputs)
 
     def activation(self, x: str, fn, layer_name: str) -> str:
         name = getattr(fn, "__name__", str(fn))
         try:
             return self.g.activation(x, name, layer_name)
-        except NotImplementedError:
-            raise _error(f"layer '{layer_name}': activation '{name}' is not supported "
-                         "(linear, relu, tanh, sigmoid, softmax)") from None
+        except NotImplementedError:   # the rest (gelu, swish, elu, ...): tf2onnx
+            from . import keras_layers
+            return keras_layers.activation_layer(self, x, fn, layer_name)
 
     def graph_input(self, layer, kt) -> Val:
         shape = list(kt.shape)
@@ -213,6 +218,9 @@ class _Emitter:
         g = self.g
         kind = type(layer).__name__
         name = layer.name
+        calls = self.calls[name] = self.calls.get(name, 0) + 1
+        if calls > 1:   # a shared layer called again carries its own state
+            name = f"{name}_{calls - 1}"
         cell = layer.cell
         units = cell.units
         direction, lbr = _direction(layer)
@@ -224,7 +232,9 @@ class _Emitter:
         else:
             acts = [_activation_name(cell.activation, name)]
         if getattr(layer, "go_backwards", False):
-            raise _error(f"layer '{name}' ({kind}): go_backwards=True outside Bidirectional is not supported")
+            raise _error(f"layer '{name}' ({kind}): go_backwards=True outside Bidirectional returns the sequence "
+                         "reversed, which lstmrt does not export (and a stream cannot read backwards); reverse the "
+                         "input yourself, or wrap the layer in Bidirectional")
         initial = kwargs.get("initial_state")
         initial = [self.tensor(t) for t in initial] if initial is not None else [None] * (2 if kind == "LSTM" else 1)
         if any(v is not None for v in initial) and self.state:
@@ -346,13 +356,17 @@ def load(path: str):
     import keras
     if os.path.isdir(path):
         raise _error(f"'{path}' is a TensorFlow SavedModel: its Keras layers are not recoverable from it "
-                     "(Keras 3 cannot load_model a SavedModel); export it with exporters.keras_savedmodel "
+                     "(Keras 3 cannot load_model a SavedModel); export it with lstmrt.exporters.keras_savedmodel "
                      "or save the model as .keras (model.save('m.keras'))")
     if not os.path.isfile(path):
         raise _error(f"'{path}' does not exist")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:   # Keras raises ValueError/OSError/zipfile errors for bad files
+        if "Lambda" in str(e) and "safe_mode" in str(e):
+            raise _error(f"'{path}' holds a Lambda layer, whose Python code Keras loads only with safe_mode=False: "
+                         "load it yourself (keras.models.load_model(path, safe_mode=False)) if you trust the file, "
+                         "and pass the model to lstmrt.exporters.export") from None
         raise _error(f"cannot load Keras model '{path}': {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
@@ -369,6 +383,43 @@ def export(model, example_input=None, state: bool = True):
     if not isinstance(model, keras.Model):
         raise _error(f"expected a keras.Model, got {type(model).__name__}")
     functional = _functional(model)
+    em, onnx_model, pairs, out_names, out_axes = _emit(functional, state)
+    onnx_model, pairs = _stream_through_time_layers(em, functional, onnx_model, pairs, out_axes, state)
+    recurrent_layers = [l for l in functional.layers if type(l).__name__ in KERAS_GATES or
+                        type(l).__name__ == "Bidirectional"]
+    stateful = [l for l in recurrent_layers if getattr(l, "stateful", False)]
+    specs = [em.specs[i.name] for i in onnx_model.graph.input]
+    input_names = [t.name for t in functional.inputs]
+
+    def reference(feeds):
+        for layer in stateful:
+            layer.reset_state() if hasattr(layer, "reset_state") else layer.reset_states()
+        args = [feeds[n] for n in [l.name for l in _input_layers(functional)]]
+        outs = model(args if len(args) > 1 else args[0], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for layer in stateful:   # leave the model as found: fresh state
+            layer.reset_state() if hasattr(layer, "reset_state") else layer.reset_states()
+        return {n: np.asarray(o) for n, o in zip(out_names, outs)}
+    del input_names
+    shapes = None
+    steps = getattr(em, "min_steps", 1)   # valid convs/pooling, cropping: shorter inputs are errors in Keras too
+    if em.fixed_batch is not None or steps > 1:
+        batch = [em.fixed_batch] * 3 if em.fixed_batch is not None else [2, 1, 3]
+        shapes = [(batch[0], max(7, steps)), (batch[1], steps), (batch[2], max(12, 2 * steps))]
+    if steps > 1:
+        em.notes.append(f"the model needs at least {steps} steps (valid convolution/pooling or cropping); "
+                        f"verified from T={steps}")
+    if em.fixed_batch is not None:
+        em.notes.append(f"the Keras model fixes batch={em.fixed_batch}; verified at that batch (the ONNX batch "
+                        "axis is dynamic)")
+    if stateful:
+        em.notes.append(f"stateful layers {[l.name for l in stateful]}: their state is the graph's state "
+                        "inputs/outputs (zeros = reset_states())")
+    return Exported(onnx_model, specs, pairs, out_axes, reference, "keras", source, em.notes, shapes)
+
+
+def _emit(functional, state: bool):
+    """(emitter, ONNX model, state pairs, output names, output time axes) for the model."""
     em = _Emitter(functional, state)
     recurrent_layers = [l for l in functional.layers if type(l).__name__ in KERAS_GATES or
                         type(l).__name__ == "Bidirectional"]
@@ -395,30 +446,35 @@ def export(model, example_input=None, state: bool = True):
             out = existing or em.g.add_output(final, default_out, TensorProto.FLOAT, ["batch", units])
             pairs[in_name] = out
             out_axes.setdefault(out, None)
-    stateful = [l for l in recurrent_layers if getattr(l, "stateful", False)]
-    onnx_model = em.g.model(state_pairs_metadata(pairs))
-    specs = [em.specs[i.name] for i in onnx_model.graph.input]
-    input_names = [t.name for t in functional.inputs]
+    return em, em.g.model(state_pairs_metadata(pairs)), pairs, out_names, out_axes
 
-    def reference(feeds):
-        for layer in stateful:
-            layer.reset_state() if hasattr(layer, "reset_state") else layer.reset_states()
-        args = [feeds[n] for n in [l.name for l in _input_layers(functional)]]
-        outs = model(args if len(args) > 1 else args[0], training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for layer in stateful:   # leave the model as found: fresh state
-            layer.reset_state() if hasattr(layer, "reset_state") else layer.reset_states()
-        return {n: np.asarray(o) for n, o in zip(out_names, outs)}
-    del input_names
-    shapes = None
-    if em.fixed_batch is not None:
-        shapes = [(em.fixed_batch, 7), (em.fixed_batch, 1), (em.fixed_batch, 12)]
-        em.notes.append(f"the Keras model fixes batch={em.fixed_batch}; verified at that batch (the ONNX batch "
-                        "axis is dynamic)")
-    if stateful:
-        em.notes.append(f"stateful layers {[l.name for l in stateful]}: their state is the graph's state "
-                        "inputs/outputs (zeros = reset_states())")
-    return Exported(onnx_model, specs, pairs, out_axes, reference, "keras", source, em.notes, shapes)
+
+def _stream_through_time_layers(em, functional, onnx_model, pairs: dict, out_axes: dict, state: bool):
+    """Causal convolutions' context lifted as state and strides recorded (time_layers.py); a
+    layer that looks ahead makes the model plain: emitted again without state, the reason noted."""
+    from . import time_layers
+    if not (state and em.state):
+        return onnx_model, pairs
+    seq_inputs = {n: (s.dims.index("B"), s.dims.index("T")) for n, s in em.specs.items()
+                  if not s.state and "B" in s.dims and "T" in s.dims}
+    _, problems = time_layers.find(onnx_model, seq_inputs)
+    if problems:
+        plain_em, plain, _, _, plain_axes = _emit(functional, False)
+        time_layers.mark_not_streamable(plain, problems[0])
+        em.specs = plain_em.specs
+        em.notes.extend(f"not streamable: {p}; exported without state" for p in problems)
+        out_axes.clear()
+        out_axes.update(plain_axes)
+        return plain, {}
+    onnx_model, pairs, notes = time_layers.prepare(onnx_model, True, seq_inputs, lambda m: (m, dict(pairs), []))
+    em.notes.extend(notes)
+    for inp, out in pairs.items():
+        if inp not in em.specs:   # a lifted context: zeros of its declared shape
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "B"
+                    for d in next(i for i in onnx_model.graph.input if i.name == inp).type.tensor_type.shape.dim]
+            em.specs[inp] = InputSpec(inp, dims, state="added")
+            out_axes.setdefault(out, None)
+    return onnx_model, pairs
 
 
 def _input_layers(functional) -> list:

@@ -148,6 +148,14 @@ class Graph:
             return self.op(kind.capitalize(), [x], name=f"{name}/{kind}")
         if kind == "softmax":
             return self.op("Softmax", [x], name=f"{name}/softmax", axis=-1)
+        if kind in ("silu", "swish"):
+            return self.op("Mul", [x, self.op("Sigmoid", [x], name=f"{name}/sigmoid")], name=f"{name}/{kind}")
+        if kind == "gelu":   # the exact form, x/2 (1 + erf(x/sqrt 2)), as Keras' default
+            scaled = self.op("Mul", [x, self.const(np.float32(1 / np.sqrt(2)), "inv_sqrt2")], name=f"{name}/scale")
+            erf = self.op("Erf", [scaled], name=f"{name}/erf")
+            one_plus = self.op("Add", [erf, self.const(np.float32(1.0), "one")], name=f"{name}/one_plus")
+            half = self.op("Mul", [x, self.const(np.float32(0.5), "half")], name=f"{name}/half")
+            return self.op("Mul", [half, one_plus], name=f"{name}/gelu")
         raise NotImplementedError(kind)
 
     def model(self, metadata: dict | None = None, producer: str = "lstmrt.exporters") -> onnx.ModelProto:

@@ -363,6 +363,39 @@ def _restack_states(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+PROJECTION = ("an LSTM with a projection feeds the projected state back into its gates, which ONNX's LSTM node "
+              "cannot express; train it with proj_size=0 (and a nn.Linear after it if a smaller output is wanted)")
+
+
+def _refuse_layers(layer) -> None:
+    """Layers of an in-memory model that ONNX cannot express, refused naming them."""
+    from paddle import nn
+    for name, sub in layer.named_sublayers():
+        if isinstance(sub, nn.LSTM) and getattr(sub, "proj_size", 0):
+            raise _error(f"layer '{name}' (nn.LSTM, proj_size={sub.proj_size}): {PROJECTION}")
+
+
+def _refuse_step_loops(model_file: str) -> None:
+    """A saved program that steps a recurrence in a while loop (nn.LSTM with proj_size, nn.RNN over
+    a cell) makes paddle2onnx abort the process: refuse it first."""
+    import paddle
+    dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        with paddle.static.scope_guard(paddle.static.Scope()), _captured([""]):
+            program, _, _ = paddle.static.load_inference_model(os.path.splitext(model_file)[0],
+                                                               paddle.static.Executor(paddle.CPUPlace()))
+        loops = [op for op in program.global_block().ops if callable(getattr(op, "name", None))
+                 and op.name() == "pd_op.while"]
+    finally:
+        if dynamic:
+            paddle.disable_static()
+    if loops:
+        raise _error(f"'{model_file}' steps a recurrence in a while loop (Paddle does that for an nn.LSTM with "
+                     f"proj_size > 0, where {PROJECTION.split(';')[0]}, and for nn.RNN over a cell), which has no "
+                     "native ONNX LSTM/GRU/RNN node; use nn.LSTM (proj_size=0), nn.GRU or nn.SimpleRNN")
+
+
 def _save_layer(layer, example_input, tmp: str) -> str:
     import paddle
     from paddle.static import InputSpec
@@ -384,6 +417,7 @@ def _save_layer(layer, example_input, tmp: str) -> str:
 def export(model, example_input=None, state: bool = True):
     import paddle
     from . import Exported, _specs_from_graph
+    from . import time_layers
     from .streamify import lift_state_or_note
     paddle.set_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -394,12 +428,17 @@ def export(model, example_input=None, state: bool = True):
             if not isinstance(model, paddle.nn.Layer):
                 raise _error(f"expected a paddle.nn.Layer, got {type(model).__name__}")
             source = "<paddle.nn.Layer>"
+            _refuse_layers(model)
             model_file = _save_layer(model, example_input, tmp)
             params_file = os.path.splitext(model_file)[0] + ".pdiparams"
         layer = load(model_file)
+        _refuse_step_loops(model_file)   # paddle2onnx aborts the process on them
         onnx_model = _convert(model_file, params_file)
     original_inputs = [i.name for i in onnx_model.graph.input]
-    onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
+    seq_inputs = time_layers.trace_sequence_axes(onnx_model)
+    steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
+    onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
+                                                   lambda m: lift_state_or_note(m, True))
     specs, out_axes = _specs_from_graph(onnx_model, pairs, set(original_inputs))
     _token_vocab(onnx_model, specs)
     out_names = [o.name for o in onnx_model.graph.output if o.name not in pairs.values()]
@@ -410,7 +449,10 @@ def export(model, example_input=None, state: bool = True):
             got = layer(*args)
         got = got if isinstance(got, (list, tuple)) else [got]
         return {n: g.numpy() for n, g in zip(out_names, got)}
-    return Exported(onnx_model, specs, pairs, out_axes, reference, "paddle", source, notes)
+    if steps > 1:
+        notes.append(f"the model needs at least {steps} steps (its convolutions/pooling); verified from T={steps}")
+    return Exported(onnx_model, specs, pairs, out_axes, reference, "paddle", source, notes,
+                    shapes=time_layers.shapes_from(steps))
 
 
 def _token_vocab(model: onnx.ModelProto, specs: list) -> None:

@@ -113,7 +113,7 @@ def _example(model, example_input):
         x = np.ones([shape[d] for d in seq_dims], np.int64)
         out.append((required[0][0], x, list(seq_dims)))
     else:
-        x = np.zeros([shape[d] for d in seq_dims] + [input_size], np.float32)
+        x = np.zeros([shape[d] for d in seq_dims] + [_input_features(model, input_size)], np.float32)
         out.append((required[0][0], x, seq_dims + [x.shape[-1]]))
     for name, is_tuple in required[1:]:
         state = np.zeros([layers, 2, hidden], np.float32)
@@ -124,9 +124,24 @@ def _example(model, example_input):
     return out, vocab
 
 
+def _input_features(model, rnn_input_size: int) -> int:
+    """Features per step of the model's input: those of its first layer (a conv or linear
+    front-end before the recurrence), else the recurrent layer's input size."""
+    for _, module in _modules(model):
+        kind = _kind(module)
+        if kind in RECURRENT:
+            return rnn_input_size
+        weight = dict(module.named_parameters(recurse=False)).get("weight")
+        if kind in ("Conv1d", "Linear") and weight is not None:
+            groups = getattr(module, "groups", 1) if kind == "Conv1d" else 1
+            return int(weight.shape[1]) * int(groups if isinstance(groups, int) else 1)
+    return rnn_input_size
+
+
 def export(model, example_input=None, state: bool = True):
     import torch
     from . import Exported
+    from . import time_layers
     from .streamify import lift_state_or_note
     source = "<torch.nn.Module>"
     if isinstance(model, (str, os.PathLike)):
@@ -140,13 +155,21 @@ def export(model, example_input=None, state: bool = True):
     if unsupported:
         raise _error(f"layer '{unsupported[0][0]}' ({unsupported[0][1]}): a cell stepped in a Python loop does not "
                      "become a native recurrent node; use nn.LSTM/nn.GRU/nn.RNN")
+    _refuse_what_onnx_cannot_express(model)
     inputs, vocab = _example(model, example_input)
     names = [n for n, _, _ in inputs]
     tensors = [torch.from_numpy(np.ascontiguousarray(v)) for _, v, _ in inputs]
     dynamic = {n: {i: ("batch" if d == "B" else "time") for i, d in enumerate(dims) if d in ("B", "T")}
                for n, _, dims in inputs}
-    with torch.no_grad():
-        outs = model(*tensors)
+    try:
+        with torch.no_grad():
+            outs = model(*tensors)
+    except Exception as e:   # e.g. an input guessed from the first layer that the model does not take
+        shapes = ", ".join(f"{n}{list(t.shape)}" for n, t in zip(names, tensors))
+        raise _error(f"the model fails on the example input {shapes} ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                     + ("pass example_input=" if example_input is None else "check example_input=")
+                     + " an array the model takes (from the CLI: export the model from Python)") from None
     flat = _flatten(outs)
     out_names = ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
     buffer = io.BytesIO()
@@ -160,7 +183,10 @@ def export(model, example_input=None, state: bool = True):
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
     _name_recurrent_nodes(onnx_model, model)
-    onnx_model, pairs, notes = lift_state_or_note(onnx_model, state)
+    seq_inputs = {n: (dims.index("B"), dims.index("T")) for n, _, dims in inputs if "B" in dims and "T" in dims}
+    steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
+    onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
+                                                   lambda m: lift_state_or_note(m, True))
     specs = []
     for name, v, dims in inputs:
         own = name in pairs
@@ -179,7 +205,21 @@ def export(model, example_input=None, state: bool = True):
         with torch.no_grad():
             got = _flatten(model(*args))
         return {n: g.numpy() for n, g in zip(out_names, got)}
-    return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes)
+    if steps > 1:
+        notes.append(f"the model needs at least {steps} steps (its convolutions/pooling); verified from T={steps}")
+    return Exported(onnx_model, specs, pairs, {}, reference, "torch", source, notes,
+                    shapes=time_layers.shapes_from(steps))
+
+
+def _refuse_what_onnx_cannot_express(model) -> None:
+    """Layers torch.onnx would fail on (or turn into loops), refused in words that say what to do."""
+    for name, module in _modules(model):
+        params = {n for n, _ in module.named_parameters(recurse=False)}
+        if _kind(module) == "LSTM" and any(p.startswith("weight_hr_l") for p in params):
+            proj = int(dict(module.named_parameters())["weight_hr_l0"].shape[0])
+            raise _error(f"layer '{name}' (LSTM, proj_size={proj}): an LSTM with a projection feeds the projected "
+                         "state back into its gates, which ONNX's LSTM node cannot express; train it with "
+                         "proj_size=0 (and a nn.Linear after it if a smaller output is wanted)")
 
 
 def _name_recurrent_nodes(onnx_model, model) -> None:

@@ -49,6 +49,7 @@ class Check:
     output: str
     max_err: float
     against: str
+    streamed: bool = False              # a chunked stream vs the whole call
 
     @property
     def ok(self) -> bool:
@@ -113,19 +114,19 @@ def _native_session(model: onnx.ModelProto):
     return lstmrt.InferenceSession(model, backend="native")
 
 
-def _chunks(steps: int):
+def _chunks(steps: int, multiple: int = 1):
     start, i = 0, 0
     while start < steps:
-        n = min(CHUNKS[i % len(CHUNKS)], steps - start)
+        n = min(CHUNKS[i % len(CHUNKS)] * multiple, steps - start)
         yield start, n
         start, i = start + n, i + 1
 
 
-def _streamed(run_chunk, specs, feeds, out_time_axes, steps):
+def _streamed(run_chunk, specs, feeds, out_time_axes, steps, multiple=1):
     """Outputs of a whole sequence fed chunk by chunk through `run_chunk(chunk_feeds) -> dict`."""
     pieces: dict = {}
-    lens = [n for _, n in _chunks(steps)]
-    for start, n in _chunks(steps):
+    lens = [n for _, n in _chunks(steps, multiple)]
+    for start, n in _chunks(steps, multiple):
         part = {s.name: np.ascontiguousarray(np.take(feeds[s.name], range(start, start + n), axis=s.time_axis))
                 for s in specs if not s.state and s.time_axis is not None}
         part.update({s.name: feeds[s.name] for s in specs if not s.state and s.time_axis is None})
@@ -134,8 +135,10 @@ def _streamed(run_chunk, specs, feeds, out_time_axes, steps):
     def time_axis(name, vals):
         if out_time_axes.get(name) is not None:
             return out_time_axes[name]
-        # undeclared: the axis along which every chunk's output is as long as the chunk
-        fits = [a for a in range(vals[0].ndim) if all(v.shape[a] == n for v, n in zip(vals, lens))]
+        # undeclared: the axis along which every chunk's output is as long as the chunk (or a
+        # fixed fraction of it, after strided layers)
+        fits = [a for a in range(vals[0].ndim) if vals[0].shape[a]
+                and all(v.shape[a] * lens[0] == vals[0].shape[a] * n for v, n in zip(vals, lens))]
         return fits[0] if fits and len(set(lens)) > 1 else None
 
     joined = {}
@@ -155,7 +158,11 @@ def verify(model: onnx.ModelProto, specs: list, reference: Callable | None, pair
     native = _native_session(model)
     native_names = [o.name for o in native.get_outputs()]
     result = Verification()
-    shapes = shapes or SHAPES
+    shapes = list(shapes or SHAPES)
+    multiple = _chunk_multiple(model)
+    if multiple > 1:   # the streamed sequence: whole strides only
+        batch, steps = shapes[-1]
+        shapes[-1] = (batch, -(-steps // multiple) * multiple)
     for batch, steps in shapes:
         label = f"B={batch},T={steps}"
         streamed = bool(pairs) and (batch, steps) == shapes[-1]
@@ -163,10 +170,15 @@ def verify(model: onnx.ModelProto, specs: list, reference: Callable | None, pair
         if streamed and batch:
             # padded (masked) entries end inside the last chunk: onnxruntime resets the state of an
             # entry whose sequence_lens is 0, so a chunk of padding only would not carry its state
-            last = list(_chunks(steps))[-1]
+            last = list(_chunks(steps, multiple))[-1]
             lengths = [steps] + list(rng.integers(last[0] + 1, steps + 1, size=batch - 1))
         feeds = make_feeds(specs, batch, steps, rng, lengths)
-        ref = reference(feeds) if reference is not None else {}
+        try:
+            ref = reference(feeds) if reference is not None else {}
+        except Exception as e:   # the framework itself refuses this input (e.g. too few steps)
+            text = str(e).strip().splitlines()
+            raise VerificationError(f"the framework model fails on the check input at {label} ({type(e).__name__}: "
+                                    f"{text[0] if text else ''}); nothing was compared") from None
         got_ort = ort_run(feeds)
         got_nat = dict(zip(native_names, native.run(None, feeds)))
         for name in native_names:
@@ -179,14 +191,15 @@ def verify(model: onnx.ModelProto, specs: list, reference: Callable | None, pair
             continue
         # streamed in uneven chunks, from the same initial state as the whole run
         whole = {n: ref.get(n, got_ort[n]) for n in native_names}
-        label = f"B={batch},T={steps} streamed in chunks {[n for _, n in _chunks(steps)]}"
+        label = f"B={batch},T={steps} streamed in chunks {[n for _, n in _chunks(steps, multiple)]}"
         stream = native.stream()
         if set(stream.pairs) != set(pairs):
             raise VerificationError(f"lstmrt's stream() pairs {stream.pairs} but the export wrote {pairs}")
         own = {s.name: feeds[s.name] for s in specs if s.state}
         stream.set_state(own)
         stream_outs = [o for o in native_names if o not in pairs.values()]
-        nat = _streamed(lambda part: dict(zip(stream_outs, stream.run(part))), specs, feeds, out_time_axes, steps)
+        nat = _streamed(lambda part: dict(zip(stream_outs, stream.run(part))), specs, feeds, out_time_axes, steps,
+                        multiple)
         nat.update({pairs[k]: v for k, v in stream.state.items()})
         carried = dict(own)
 
@@ -194,10 +207,18 @@ def verify(model: onnx.ModelProto, specs: list, reference: Callable | None, pair
             out = ort_run({**part, **carried})
             carried.update({inp: out[o] for inp, o in pairs.items()})
             return {n: out[n] for n in stream_outs}
-        via_ort = _streamed(ort_chunk, specs, feeds, out_time_axes, steps)
+        via_ort = _streamed(ort_chunk, specs, feeds, out_time_axes, steps, multiple)
         via_ort.update({o: carried[i] for i, o in pairs.items()})
         for name in native_names:
             against = "framework" if name in ref else "onnxruntime whole"
-            result.checks.append(Check(label, "onnxruntime", name, _err(via_ort[name], whole[name]), against))
-            result.checks.append(Check(label, "native", name, _err(nat[name], whole[name]), against))
+            result.checks.append(Check(label, "onnxruntime", name, _err(via_ort[name], whole[name]), against, True))
+            result.checks.append(Check(label, "native", name, _err(nat[name], whole[name]), against, True))
     return result
+
+
+def _chunk_multiple(model: onnx.ModelProto) -> int:
+    """The chunk length a stream of `model` must be a multiple of (strided time layers), from its metadata."""
+    import json
+    from .time_layers import CHUNKS_KEY
+    meta = {p.key: p.value for p in model.metadata_props}
+    return int(json.loads(meta[CHUNKS_KEY])["multiple"]) if CHUNKS_KEY in meta else 1

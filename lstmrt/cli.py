@@ -332,7 +332,7 @@ def serve(model, name, http_port, grpc_port, metrics_port, address, instances, m
 
 def _register_exporters():
     # exporters/ imports no framework until a command runs, so this stays cheap
-    from exporters.cli import export_command, streamify_command
+    from .exporters.cli import export_command, streamify_command
     main.add_command(export_command)
     main.add_command(streamify_command)
 

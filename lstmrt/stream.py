@@ -16,6 +16,7 @@ from .errors import InputError, LstmrtError, StreamError
 from .session import _check_value
 from .state_pairs import batch_axes, stream_pairs
 from .state_shapes import inferred_output_shapes
+from .stream_limits import check_chunk, chunk_rule, refuse_if_not_streamable
 
 
 def serialised(method):
@@ -39,6 +40,8 @@ class Stream:
         self._session = session
         self._backend = session._backend
         model = session.model
+        refuse_if_not_streamable(model)   # an exporter's recorded reason (a layer that looks ahead)
+        self._chunk_rule = chunk_rule(model)
         self.pairing = stream_pairs(model, state)    # StatePair each: input, output, found_by, detail
         self.pairs = {p.input: p.output for p in self.pairing}
         self._state: dict = {}
@@ -142,6 +145,8 @@ class Stream:
         A state input given in the feed replaces the carried one for this call."""
         if type(input_feed) is not dict:
             _check_mapping(input_feed, "stream.run()'s input_feed")
+        if self._chunk_rule is not None:
+            check_chunk(self._chunk_rule, input_feed)   # strided layers: whole strides per chunk
         programs = self._programs
         if programs is not None and output_names is None and self._state and type(input_feed) is dict:
             done = programs.step(input_feed, self._state)

@@ -63,7 +63,15 @@ def test_streams_here_without_tensorflow(exported):
 def test_unsupported_layer_is_named(exported):
     _, proc = exported["unsupported"]
     assert proc.returncode != 0
-    assert "conv_front" in output_of(proc) and "Conv1D" in output_of(proc)
+    assert "layer 'cell_rnn' (RNN)" in output_of(proc) and "LSTM, GRU or SimpleRNN" in output_of(proc)
+    assert "Traceback" not in output_of(proc)
+
+
+def test_same_padded_conv_front_exports_without_state(exported):
+    _, proc = exported["conv_front"]
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+    assert "not streamable: layer 'conv_front' (Conv" in proc.stdout
+    check_native_onnx(onnx_path(exported, "conv_front"), streamable=False)
 
 
 def test_no_state_and_no_verify(exported, tmp_path):
@@ -153,7 +161,7 @@ def test_savedmodel_missing_or_corrupt(savedmodels, tmp_path):
 
 def test_savedmodel_without_tf2onnx_says_pip_install(savedmodels, tmp_path):
     path, _ = savedmodels["sm_lstm"]
-    code = ("import sys; sys.modules['tf2onnx'] = None; from exporters.cli import main; "
+    code = ("import sys; sys.modules['tf2onnx'] = None; from lstmrt.exporters.cli import main; "
             f"main(['export', {path!r}, '-o', {str(tmp_path / 'o.onnx')!r}])")
     proc = run(["-c", code])
     assert proc.returncode != 0 and "pip install tf2onnx" in output_of(proc), output_of(proc)[-2000:]

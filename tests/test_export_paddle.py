@@ -16,8 +16,8 @@ from export_helpers import onnx_path, ENV, ROOT, build_and_export, check_native_
 pytestmark = pytest.mark.export
 
 STREAMABLE = ["lstm_seq", "gru2_last", "emb_lstm", "lstm_state", "lstm2_states", "simple_rnn", "srnn2_relu_state",
-              "lstm_srnns"]
-PLAIN = ["bigru_tm", "bisrnn2"]
+              "lstm_srnns", "causal_conv", "strided_conv"]
+PLAIN = ["bigru_tm", "bisrnn2", "noncausal_conv", "seq_norm"]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_simple_rnn_sequence_length_is_refused(exported):
 IN_MEMORY = """
 import sys, numpy as np, paddle
 from paddle import nn
-from exporters import export
+from lstmrt.exporters import export
 paddle.seed(1)
 class Net(nn.Layer):
     def __init__(self):
@@ -133,7 +133,7 @@ def test_export_needs_no_network(exported, tmp_path):
     env = {**ENV, "PIP_NO_INDEX": "1", "PIP_INDEX_URL": dead + "/", "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
            "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead,
            "NO_PROXY": "", "no_proxy": "", "POLYGRAPHY_INSTALL_CMD": str(fake_pip)}
-    args = [sys.executable, "-m", "exporters.cli", "export", exported["simple_rnn"][0], "-o", tmp_path / "off.onnx"]
+    args = [sys.executable, "-m", "lstmrt.exporters.cli", "export", exported["simple_rnn"][0], "-o", tmp_path / "off.onnx"]
     isolated = shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
     if isolated:
         args = ["unshare", "-rn", *args]
@@ -152,3 +152,50 @@ def test_missing_params_and_corrupt_files(exported, tmp_path):
     (tmp_path / "lone.pdiparams").write_bytes(b"garbage")
     proc = cli("export", lone, "-o", tmp_path / "o.onnx")
     assert proc.returncode != 0 and "ExportError" in output_of(proc) and "Traceback" not in output_of(proc)
+
+
+def _x(batch, steps, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, steps, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunks", [(1,), (2,), (3, 1, 5, 2)])
+def test_causal_conv_front_end_streams_exactly(exported, chunks):
+    assert "carries its last 2 input step(s) across chunks" in exported["causal_conv"][1].stdout
+    assert stream_matches_whole(onnx_path(exported, "causal_conv"), {"x": _x(3, 11)}, {"x": 1}, chunks=chunks) < 1e-5
+
+
+def test_strided_conv_streams_in_whole_strides_and_refuses_a_broken_chunk(exported):
+    import lstmrt
+    path = onnx_path(exported, "strided_conv")
+    assert "multiple of 2 steps" in exported["strided_conv"][1].stdout
+    assert stream_matches_whole(path, {"x": _x(2, 12)}, {"x": 1}, chunks=(2, 4, 6)) < 1e-5
+    stream = lstmrt.InferenceSession(path, backend="native").stream()
+    stream.run({"x": _x(2, 4)})
+    before = stream.state
+    with pytest.raises(lstmrt.InputError, match=r"input 'x' has 5 steps.*multiple of 2"):
+        stream.run({"x": _x(2, 5)})
+    assert all(np.array_equal(before[k], v) for k, v in stream.state.items())
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_non_causal_conv_exports_but_refuses_to_stream_naming_the_layer(exported, backend):
+    import lstmrt
+    assert "not streamable: layer 'Conv.0' (Conv" in exported["noncausal_conv"][1].stdout
+    sess = lstmrt.InferenceSession(onnx_path(exported, "noncausal_conv"), backend=backend)
+    assert sess.run(None, {"x": _x(2, 5)})[0].shape == (2, 5, 5)
+    with pytest.raises(lstmrt.StreamError, match=r"cannot stream: layer 'Conv.0' \(Conv.*looks 1 step\(s\) ahead"):
+        sess.stream()
+
+
+def test_stream_mismatch_downgrades_to_a_plain_model(exported):
+    import lstmrt
+    assert "exported as a plain model (whole-sequence checks pass)" in exported["seq_norm"][1].stdout
+    with pytest.raises(lstmrt.StreamError, match="differs from the whole call"):
+        lstmrt.InferenceSession(onnx_path(exported, "seq_norm")).stream()
+
+
+def test_lstm_projection_is_refused_in_our_words(exported):
+    _, proc = exported["proj_lstm"]
+    out = output_of(proc)
+    assert proc.returncode != 0 and "proj_size" in out and "while loop" in out, out[-2000:]
+    assert "Traceback" not in out

@@ -56,7 +56,7 @@ def test_streamify_corrupt_file(tmp_path):
 
 
 def test_importing_exporters_imports_no_framework():
-    code = ("import sys, exporters, exporters.cli, exporters.streamify, exporters.verify; "
+    code = ("import sys, lstmrt.exporters, lstmrt.exporters.cli, lstmrt.exporters.streamify, lstmrt.exporters.verify; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'paddle', 'paddle2onnx', 'tf2onnx') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

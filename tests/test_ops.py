@@ -48,6 +48,19 @@ add(case("Conv", {"x": F(1, 6, 10)}, {"w": F(6, 1, 5)}, {"group": 6, "auto_pad":
 for mode in ("constant", "reflect", "edge"):
     add(case("Pad", {"x": F(2, 3, 5)}, {"pads": I64(0, 1, 2, 0, 2, 1)}, {"mode": mode}))
 add(case("Pad", {"x": F(2, 3, 5)}, {"pads": I64(0, -1, 2, 0, 1, -2), "v": np.array(1.5, np.float32)}))
+# layers exporters put around recurrences: pooling, batch norm, variadic max/min/mean/sum, einsum
+add(case("MaxPool", {"x": F(2, 3, 11)}, attrs={"kernel_shape": [3], "strides": [2], "pads": [1, 1]}))
+add(case("MaxPool", {"x": F(1, 2, 4, 9)}, attrs={"kernel_shape": [1, 2], "strides": [1, 2], "auto_pad": "SAME_UPPER"}))
+add(case("AveragePool", {"x": F(2, 3, 9)}, attrs={"kernel_shape": [2], "strides": [2], "auto_pad": "SAME_UPPER"}))
+add(case("AveragePool", {"x": F(2, 3, 10)}, attrs={"kernel_shape": [3], "pads": [2, 0], "count_include_pad": 1}))
+add(case("GlobalAveragePool", {"x": F(2, 3, 7)}))
+add(case("GlobalMaxPool", {"x": F(2, 3, 4, 5)}))
+for op in ("Max", "Min", "Mean", "Sum"):
+    add(case(op, {"a": F(2, 3, 4), "b": F(3, 1), "c": F(4)}))
+add(case("BatchNormalization", {"x": F(2, 3, 5)}, {"s": F(3), "b": F(3), "m": F(3), "v": POS(3)},
+         attrs={"epsilon": 1e-3}, opset=15))
+add(case("Einsum", {"q": F(2, 5, 3, 4), "k": F(2, 6, 3, 4)}, attrs={"equation": "abhd,achd->ahbc"}))
+add(case("Reciprocal", {"x": POS(3, 4)}))
 # elementwise
 add(case("Pow", {"x": POS(3, 4), "y": F(4)}))
 for op in ("Sqrt", "Log"):

@@ -110,3 +110,4 @@ def checked_shape(node: NodeInfo, shape, dtype) -> tuple:
 # registration happens on import
 from . import control as _control, logic as _logic, math as _math, nn as _nn  # noqa: E402,F401
 from . import recurrent as _recurrent, tensor as _tensor  # noqa: E402,F401
+from . import layers as _layers  # noqa: E402,F401

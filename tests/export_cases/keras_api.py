@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
-from exporters import ExportError, Report, export  # noqa: E402
+from lstmrt.exporters import ExportError, Report, export  # noqa: E402
 
 keras.utils.set_random_seed(1)
 x = keras.Input((None, 3), name="x")

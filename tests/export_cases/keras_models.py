@@ -78,17 +78,23 @@ def sequential():
     return keras.Sequential([keras.Input((None, 3), name="x"), L.LSTM(6), L.Dense(2, activation="relu")]), {"x": (3,)}
 
 
-def unsupported():
+def conv_front():            # a "same" conv looks ahead: exports without state
     x = seq(3)
     y = L.Conv1D(4, 2, padding="same", name="conv_front")(x)
     return keras.Model(x, L.Dense(2)(L.LSTM(4)(y))), {"x": (3,)}
+
+
+def unsupported():           # a generic RNN over a cell: no native ONNX node
+    x = seq(3)
+    y = L.RNN(L.LSTMCell(4), name="cell_rnn")(x)
+    return keras.Model(x, L.Dense(2)(y)), {"x": (3,)}
 
 
 MODELS = {"lstm_seq": (lstm_seq, ".keras"), "gru_stack": (gru_stack, ".keras"), "simplernn": (simplernn, ".h5"),
           "bidirectional": (bidirectional, ".keras"), "embedding_mask": (embedding_mask, ".keras"),
           "masking": (masking, ".keras"), "initial_state": (initial_state, ".keras"),
           "stateful": (stateful, ".keras"), "sequential": (sequential, ".keras"),
-          "unsupported": (unsupported, ".keras")}
+          "conv_front": (conv_front, ".keras"), "unsupported": (unsupported, ".keras")}
 
 
 def data(spec, batch=4, steps=6):

@@ -127,6 +127,55 @@ class BiSimpleRnn2(nn.Layer):         # stacked bidirectional SimpleRNN returnin
         return self.head(y[:, -1]), h
 
 
+class CausalConvLstm(nn.Layer):       # causal conv: padded both sides, right end cropped
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn, self.head = nn.Conv1D(4, 6, 3, padding=2), nn.LSTM(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = nn.functional.relu(self.conv(x.transpose([0, 2, 1]))[:, :, :-2])
+        return self.head(self.rnn(y.transpose([0, 2, 1]))[0])
+
+
+class NonCausalConvGru(nn.Layer):     # a centred conv looks ahead: exports, does not stream
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn = nn.Conv1D(4, 6, 3, padding=1), nn.GRU(6, 5)
+
+    def forward(self, x):
+        return self.rnn(self.conv(x.transpose([0, 2, 1])).transpose([0, 2, 1]))[0]
+
+
+class StridedConvLstm(nn.Layer):      # causal, stride 2 (pad 2 both sides, crop one output): whole strides
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1D(4, 6, 3, stride=2, padding=2)
+        self.rnn, self.head = nn.LSTM(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.conv(x.transpose([0, 2, 1]))[:, :, :-1]
+        return self.head(self.rnn(y.transpose([0, 2, 1]))[0])
+
+
+class SeqNormLstm(nn.Layer):          # normalised over the whole sequence: streams wrong, exports plain
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 5)
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        return y - y.mean(axis=1, keepdim=True)
+
+
+class ProjLstm(nn.Layer):             # refused: ONNX's LSTM has no projection (paddle2onnx would abort)
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, proj_size=3)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 F = "float32"
 MODELS = {"lstm_seq": (LstmSeq, [([None, None, 5], F, (4, 6, 5))]),
           "gru2_last": (Gru2Last, [([None, None, 4], F, (4, 6, 4))]),
@@ -139,7 +188,12 @@ MODELS = {"lstm_seq": (LstmSeq, [([None, None, 5], F, (4, 6, 5))]),
           "srnn2_relu_state": (SimpleRnn2ReluState, [([None, None, 3], F, (6, 4, 3)), ([2, None, 5], F, (2, 4, 5))]),
           "bisrnn2": (BiSimpleRnn2, [([None, None, 3], F, (4, 6, 3))]),
           "lstm_srnns": (LstmSimpleRnns, [([None, None, 3], F, (4, 6, 3))]),
-          "srnn_seqlen": (SimpleRnnSeqLen, [([None, None, 3], F, (4, 6, 3)), ([None], "int64", (4,))])}
+          "srnn_seqlen": (SimpleRnnSeqLen, [([None, None, 3], F, (4, 6, 3)), ([None], "int64", (4,))]),
+          "causal_conv": (CausalConvLstm, [([None, None, 4], F, (4, 8, 4))]),
+          "noncausal_conv": (NonCausalConvGru, [([None, None, 4], F, (4, 8, 4))]),
+          "strided_conv": (StridedConvLstm, [([None, None, 4], F, (4, 8, 4))]),
+          "seq_norm": (SeqNormLstm, [([None, None, 4], F, (4, 8, 4))]),
+          "proj_lstm": (ProjLstm, [([None, None, 4], F, (4, 8, 4))])}
 
 
 def main(outdir):

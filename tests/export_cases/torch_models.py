@@ -87,6 +87,69 @@ class CellLoop(nn.Module):           # unsupported: a cell stepped in Python
         return h
 
 
+class CausalConvLstm(nn.Module):     # causal convs: padded both sides + right crop, and left F.pad (dilated)
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=2)
+        self.conv2 = nn.Conv1d(6, 5, 2, dilation=2)
+        self.rnn, self.head = nn.LSTM(5, 7, batch_first=True), nn.Linear(7, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.transpose(1, 2))[:, :, :-2])
+        y = self.conv2(nn.functional.pad(y, (2, 0)))
+        return self.head(self.rnn(y.transpose(1, 2))[0])
+
+
+class NonCausalConvGru(nn.Module):   # a centred conv looks ahead: exports, does not stream
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn = nn.Conv1d(4, 6, 3, padding=1), nn.GRU(6, 5, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(torch.tanh(self.conv(x.transpose(1, 2))).transpose(1, 2))[0]
+
+
+class StridedConvLstm(nn.Module):    # causal, stride 2: chunks of whole strides
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, stride=2)
+        self.rnn, self.head = nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.conv(nn.functional.pad(x.transpose(1, 2), (2, 0)))
+        return self.head(self.rnn(y.transpose(1, 2))[0])
+
+
+class ConvPoolLstm(nn.Module):       # causal conv, then non-overlapping max pooling (stride 2) along time
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv1d(4, 6, 2), nn.MaxPool1d(2)
+        self.rnn, self.head = nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.pool(self.conv(nn.functional.pad(x.transpose(1, 2), (1, 0))))
+        return self.head(self.rnn(y.transpose(1, 2))[0])
+
+
+class SeqNormLstm(nn.Module):        # normalised over the whole sequence: streams wrong, exports plain
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 5, batch_first=True)
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        return y - y.mean(dim=1, keepdim=True)
+
+
+class ProjLstm(nn.Module):           # refused: ONNX's LSTM has no projection
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, proj_size=3, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 def example(name):
     g = torch.Generator().manual_seed(1)
     return {"lstm_seq": (torch.randn(4, 6, 5, generator=g),),
@@ -96,12 +159,20 @@ def example(name):
             "emb_gru": (torch.randint(0, 30, (4, 6), generator=g),),
             "lstm_state": (torch.randn(6, 4, 4, generator=g), torch.randn(2, 4, 6, generator=g),
                            torch.randn(2, 4, 6, generator=g)),
-            "cell_loop": (torch.randn(6, 4, 3, generator=g),)}[name]
+            "cell_loop": (torch.randn(6, 4, 3, generator=g),),
+            "causal_conv": (torch.randn(4, 8, 4, generator=g),),
+            "noncausal_conv": (torch.randn(4, 8, 4, generator=g),),
+            "strided_conv": (torch.randn(4, 8, 4, generator=g),),
+            "seq_norm": (torch.randn(4, 8, 4, generator=g),),
+            "conv_pool": (torch.randn(4, 8, 4, generator=g),),
+            "proj_lstm": (torch.randn(4, 8, 4, generator=g),)}[name]
 
 
 MODELS = {"lstm_seq": (LstmSeq, "script"), "gru2_last": (Gru2Last, "script"), "bilstm": (BiLstm, "trace"),
           "rnn_act": (RnnAct, "script"), "emb_gru": (EmbGru, "trace"), "lstm_state": (LstmState, "script"),
-          "cell_loop": (CellLoop, "trace")}
+          "cell_loop": (CellLoop, "trace"), "causal_conv": (CausalConvLstm, "trace"),
+          "noncausal_conv": (NonCausalConvGru, "script"), "strided_conv": (StridedConvLstm, "trace"),
+          "seq_norm": (SeqNormLstm, "script"), "proj_lstm": (ProjLstm, "script"), "conv_pool": (ConvPoolLstm, "trace")}
 
 
 def main(outdir):
