@@ -890,6 +890,78 @@ def _binary(c: Compiler, step, ins, outs, label):
     return [result]
 
 
+@emitter("Sum", "Mean")
+def _sum_mean(c: Compiler, step, ins, outs, label):
+    vals = [v for v in ins if v is not None]
+    _need_f32(step, *vals)
+    ref = outs[0]
+    result = vals[0]
+    for i, v in enumerate(vals[1:]):
+        out = c.new_val(np.broadcast_shapes(result.shape, v.shape), F32)
+        _broadcast(c, lib.LRT_OP_BINARY, [result, v], out, [lib.LRT_BIN_ADD, lib.LRT_DT_F32], label)
+        result = out
+    if step.op_type == "Mean" and len(vals) > 1:
+        out = c.new_val(ref.shape, F32)
+        _broadcast(c, lib.LRT_OP_BINARY, [result, c.static(np.float32(1.0 / len(vals)))], out,
+                   [lib.LRT_BIN_MUL, lib.LRT_DT_F32], label)
+        result = out
+    return [result]
+
+
+@emitter("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(c: Compiler, step, ins, outs, label):
+    x = ins[0]
+    _need_f32(step, x)
+    kind = lib.LRT_RED_MEAN if step.op_type == "GlobalAveragePool" else lib.LRT_RED_MAX
+    out = c.new_val(outs[0].shape, F32)
+    c.emit(lib.LRT_OP_REDUCE, [c.ref(x), c.ref(out)],
+           [kind, x.shape[0] * x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)), 1], label=label)
+    return [out]
+
+
+@emitter("MaxPool", "AveragePool")
+def _pool(c: Compiler, step, ins, outs, label):
+    """Windows gathered by a lookup table (padding: -inf for max, 0 for average), then a
+    reduction over each window, and for an average the division by its count."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from .ops.nn import _conv_pads
+    x = ins[0]
+    _need_f32(step, x)
+    kernel = list(step.attrs["kernel_shape"])
+    rank = len(kernel)
+    strides = step.attrs.get("strides", [1] * rank)
+    dilations = step.attrs.get("dilations", [1] * rank)
+    pads = [(0, 0), (0, 0)] + _conv_pads(step, x.shape[2:], kernel, strides, dilations)
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    axes = tuple(range(2, len(x.shape)))
+    picks = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+        + tuple(slice(None, None, d) for d in dilations)
+    index = np.pad(np.arange(1, x.size + 1, dtype=np.int64).reshape(x.shape), pads)   # 0: padding
+    windows = sliding_window_view(index, span, axis=axes)[picks]
+    ref = outs[0]
+    taps = int(np.prod(kernel))
+    table = np.ascontiguousarray(windows.reshape(-1), dtype=np.int64) - 1
+    is_max = step.op_type == "MaxPool"
+    fill = np.float32(-np.inf if is_max else 0.0)
+    gathered = c.new_val((ref.size, taps), F32)
+    c.emit(lib.LRT_OP_INDEX, [c.ref(x), c.ref(c.static(table)), c.ref(gathered)],
+           [4, table.size, int(np.frombuffer(fill.tobytes() + b"\0" * 4, np.int64)[0])], label=label)
+    summed = c.new_val(ref.shape, F32)
+    c.emit(lib.LRT_OP_REDUCE, [c.ref(gathered), c.ref(summed)],
+           [lib.LRT_RED_MAX if is_max else lib.LRT_RED_SUM, ref.size, taps, 1], label=label)
+    if is_max:
+        return [summed]
+    if step.attrs.get("count_include_pad", 0):
+        count = np.full(ref.shape[2:], float(taps))
+    else:
+        count = (windows[0, 0] > 0).reshape(*ref.shape[2:], taps).sum(axis=-1).astype(np.float64)
+    out = c.new_val(ref.shape, F32)
+    _broadcast(c, lib.LRT_OP_BINARY, [summed, c.static((1.0 / count).astype(np.float32))], out,
+               [lib.LRT_BIN_MUL, lib.LRT_DT_F32], label)
+    return [out]
+
+
 @emitter("Where")
 def _where(c: Compiler, step, ins, outs, label):
     cond, a, b = ins

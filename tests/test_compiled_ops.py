@@ -344,3 +344,30 @@ def test_if_on_a_scalar_input_is_part_of_the_signature():
     x = randn(np.random.default_rng(8), (2, 3))
     for sr in (16000, 8000, 16000):
         check(model, {"x": x, "sr": np.array(sr, np.int64)})
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("rank", [1, 2])
+@SETTINGS
+@given(seed=st.integers(0, 2**16), data=st.data())
+def test_pooling(op, rank, seed, data):
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    attrs = {"kernel_shape": kernel, "strides": [data.draw(st.integers(1, 2)) for _ in range(rank)],
+             "pads": [data.draw(st.integers(0, k - 1)) for k in kernel] * 2}
+    if op == "AveragePool":
+        attrs["count_include_pad"] = data.draw(st.integers(0, 1))
+    x = randn(np.random.default_rng(seed), [2, 3] + [data.draw(st.integers(3, 8)) for _ in range(rank)])
+    check(op_model(op, {"x": x}, {}, attrs), {"x": x}, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pooling(op):
+    x = randn(np.random.default_rng(14), (2, 3, 5, 4))
+    check(op_model(op, {"x": x}, {}, {}), {"x": x})
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Max", "Min"])
+def test_variadic_elementwise(op):
+    rng = np.random.default_rng(15)
+    feeds = {"a": randn(rng, (2, 3)), "b": randn(rng, (3,)), "c": randn(rng, (1, 3))}
+    check(op_model(op, feeds, {}, {}, inputs_order=["a", "b", "c"]), feeds, atol=1e-6)

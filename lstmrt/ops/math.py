@@ -77,18 +77,6 @@ def _thresholded_relu(node):
     return lambda inputs: [np.where(inputs[0] > alpha, inputs[0], inputs[0].dtype.type(0))]
 
 
-@op("Max", "Min")
-def _max_min(node):
-    fn = np.maximum if node.op_type == "Max" else np.minimum   # NaN wins, as in onnxruntime
-
-    def run(inputs):
-        result = inputs[0]
-        for x in inputs[1:]:
-            result = fn(result, x)
-        return [np.asarray(result)]
-    return run
-
-
 @op("HardSigmoid")
 def _hard_sigmoid(node):
     alpha, beta = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
