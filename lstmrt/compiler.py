@@ -1067,18 +1067,31 @@ def _batch_norm(c: Compiler, step, ins, outs, label):
     return [out]
 
 
+def _transposed(c: Compiler, val: Val | None, perm: list, label: str) -> Val | None:
+    """val with its axes permuted, as one strided copy (None stays None)."""
+    if val is None:
+        return None
+    shape = [val.shape[p] for p in perm]
+    strides = _contiguous_strides(val.shape)
+    dims, (src, dst) = _collapse(shape, [strides[p] for p in perm], _contiguous_strides(shape))
+    out = c.new_val(tuple(shape), val.dtype)
+    c.emit(lib.LRT_OP_COPY, [c.ref(val), c.ref(out)], [val.dtype.itemsize, len(dims), *dims, *src, *dst], label=label)
+    return out
+
+
 @emitter("LSTM", "GRU", "RNN")
 def _recurrent(c: Compiler, step, ins, outs, label):
+    """The cell on the kernel; layout 1 (batch first) through transposes around it."""
     node = step.kernel
     if node.packed is None:
         raise _fail(step, "weights computed at run time have no compiled form")
-    if node.layout != 0:
-        raise _fail(step, "layout=1 has no compiled form")
     ins = list(ins) + [None] * (8 - len(ins))
     x, seq, h0, c0 = ins[0], ins[4], ins[5], ins[6]
     _need_f32(step, x, h0, c0)
     if len(x.shape) != 3:
         raise _fail(step, "X must be rank 3")
+    if node.layout == 1:   # [B, T, I] and [B, D, H] in, [B, T, D, H] and [B, D, H] out
+        x, h0, c0 = (_transposed(c, v, [1, 0, 2], label) for v in (x, h0, c0))
     T, B, _ = x.shape
     if seq is not None:
         if not seq.static or not np.all(np.asarray(seq.const) == T):
@@ -1094,4 +1107,7 @@ def _recurrent(c: Compiler, step, ins, outs, label):
     c.emit(lib.LRT_OP_RECURRENT, [c.ref(x), c.ref(h0), c.ref(c0) if lstm else None, c.ref(y), c.ref(yh),
                                   c.ref(yc), c.temp(ws_floats * 4)],
            [T, B, D, node.direction == "reverse"], weights=[w.handle for w in weights], label=label)
+    if node.layout == 1:
+        y = _transposed(c, y, [2, 0, 1, 3], label)
+        yh, yc = (_transposed(c, v, [1, 0, 2], label) for v in (yh, yc))
     return [y, yh, yc][:len(step.outputs)]

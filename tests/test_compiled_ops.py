@@ -371,3 +371,23 @@ def test_variadic_elementwise(op):
     rng = np.random.default_rng(15)
     feeds = {"a": randn(rng, (2, 3)), "b": randn(rng, (3,)), "c": randn(rng, (1, 3))}
     check(op_model(op, feeds, {}, {}, inputs_order=["a", "b", "c"]), feeds, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_recurrent_layout_1_compiles_through_transposes(cell, direction):
+    """Batch-first nodes (which onnxruntime refuses; lstmrt's onnxruntime backend rewrites them)
+    compile to the cell between two transposes."""
+    from onnx_cases import RecurrentSpec, make_recurrent_model, random_feed, random_weights
+    spec = RecurrentSpec(cell=cell, input_size=4, hidden_size=6, direction=direction, layout=1, has_bias=True,
+                         has_peepholes=False, has_seq_lens=False, has_initial_h=True, has_initial_c=cell == "LSTM",
+                         outputs=(True, True, cell == "LSTM"))
+    rng = np.random.default_rng(16)
+    model = make_recurrent_model(spec, random_weights(spec, rng))
+    feed = random_feed(spec, batch=3, steps=5, rng=rng)
+    for simd in PATHS:
+        sess = lstmrt.InferenceSession(model, backend="native", simd=simd)
+        assert "in one C call" in sess.backend_reason
+        want = lstmrt.InferenceSession(model, backend="onnxruntime").run(None, feed)
+        for g, w in zip(sess.run(None, feed), want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
