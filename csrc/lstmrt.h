@@ -173,6 +173,8 @@ typedef struct {
  *  INDEX    x,table,y    esize count bits   (y[i] = x[table[i]], or bits where table[i] < 0;
  *                        table: count int64 in a constant, checked at creation)
  *  RECURRENT x,h0,c0,y,yh,yc,ws  steps batch dirs reverse threads  (weights: dirs)
+ *  BRANCH   [cond]       target always   (to instruction `target`, forward only: always, or when
+ *                        the bool cond is false; an If decided by the data)
  *  CONV     x,y,scratch  batch cin cout group act ih iw kh kw ph pw sh sw dh dw oh ow   (2-D;
  *                        1-D as ih = kh = 1; weights: group dense objects of K = cin/group*kh*kw,
  *                        N = cout/group; scratch oh*ow*(K + ldc) + dense scratch floats)
@@ -180,7 +182,7 @@ typedef struct {
 enum {
     LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
     LRT_OP_DENSE, LRT_OP_MATMUL, LRT_OP_SOFTMAX, LRT_OP_REDUCE, LRT_OP_LAYERNORM, LRT_OP_GATHER,
-    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_COUNT
+    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_COUNT
 };
 /* UNARY kinds: the LRT_ACT_* activations, then these */
 enum {

@@ -28,6 +28,7 @@ static const struct {
     {lrt_check_index, lrt_exec_index},   /* LRT_OP_INDEX */
     {lrt_check_recurrent, lrt_exec_recurrent},   /* LRT_OP_RECURRENT */
     {lrt_check_conv, lrt_exec_conv},   /* LRT_OP_CONV */
+    {NULL, NULL},                       /* LRT_OP_BRANCH: run by the loop itself */
 };
 
 /* ---- the program ---- */
@@ -53,7 +54,18 @@ static int instr_ok(const lrt_program *p, const lrt_instr *ins)
         if (!p->weights[ins->first_weights + i]) return 0;
     const lrt_operand *o = p->operands + ins->first_operand;
     const int64_t *ip = p->ints + ins->first_int;
+    if (ins->op == LRT_OP_BRANCH) return 1;   /* its target is checked with its index (branch_ok) */
     return ins->op > 0 && ins->op < LRT_OP_COUNT && OPS[ins->op].check(p, ins, o, ip);
+}
+
+/* a branch at instruction i: forward, within the program, a 1-byte condition unless always */
+static int branch_ok(const lrt_program *p, int32_t i)
+{
+    const lrt_instr *ins = &p->instrs[i];
+    const int64_t *ip = p->ints + ins->first_int;
+    if (ins->nints != 2 || ip[0] <= i || ip[0] > p->ninstrs || (ip[1] != 0 && ip[1] != 1)) return 0;
+    return ip[1] ? ins->noperands == 0 : ins->noperands == 1 && has(&p->operands[ins->first_operand]) &&
+                                                 p->operands[ins->first_operand].nbytes >= 1;
 }
 
 void lrt_program_free(lrt_program *p)
@@ -131,7 +143,8 @@ int lrt_program_create(const lrt_program_desc *d, lrt_program **out, int32_t *ba
     for (int32_t i = 0; i < p->ninstrs; i++) {
         const lrt_instr *ins = &p->instrs[i];
         if (!tables_ok(ins) || ins->first_int + ins->nints > d->nints ||
-            ins->first_float + ins->nfloats > d->nfloats || !instr_ok(p, ins)) {
+            ins->first_float + ins->nfloats > d->nfloats || !instr_ok(p, ins) ||
+            (ins->op == LRT_OP_BRANCH && !branch_ok(p, i))) {
             if (bad_instr) *bad_instr = i;
             lrt_program_free(p);
             return LRT_E_ARG;
@@ -172,6 +185,12 @@ int lrt_program_run(const lrt_program *p, const void *const *inputs, void *const
         if (!outputs[i] && p->output_nbytes[i]) return LRT_E_ARG;
     const run_ctx c = {p, inputs, outputs, arena};
     for (int32_t i = 0; i < p->ninstrs; i++) {
+        const lrt_instr *ins = &p->instrs[i];
+        if (ins->op == LRT_OP_BRANCH) {   /* the next instruction, or the target (checked forward) */
+            const int64_t *ip = p->ints + ins->first_int;
+            if (ip[1] || !*at(&c, &p->operands[ins->first_operand])) i = (int32_t)ip[0] - 1;
+            continue;
+        }
         const double t0 = seconds ? now_seconds() : 0.0;
         const int st = run_instr(&c, &p->instrs[i]);
         if (seconds) seconds[i] += now_seconds() - t0;

@@ -421,20 +421,59 @@ class Compiler:
                 self.env[name] = self.static(value)
 
     def inline_if(self, plan, step, ins):
+        """An If whose condition is known for the signature: the taken branch, inlined.  One
+        decided by the data: both branches, behind a branch instruction, each copying its
+        results into the same values."""
         cond = ins[0]
         if not cond.static:
-            raise CompileError(f"node '{step.name}' (If): its condition is computed from the data, "
-                               "so the branch is not known when compiled", "If", step.name)
+            return self.branch_if(plan, step, ins)
         taken = bool(np.asarray(cond.const).reshape(-1)[0])
-        kernel = step.kernel
-        branch = kernel.plans[taken]
-        names = [o.name for o in kernel.branches[taken].output]
-        saved = self._consumers
-        self.walk(branch, names)
-        self._consumers = saved
+        names = self.walk_branch(step.kernel, taken)
         for out, inner in zip(step.outputs, names):
             if out:
-                self.env[out] = self.lookup(inner, branch)
+                self.env[out] = self.lookup(inner, step.kernel.plans[taken])
+
+    def walk_branch(self, kernel, taken: bool) -> list:
+        names = [o.name for o in kernel.branches[taken].output]
+        saved = self._consumers
+        self.walk(kernel.plans[taken], names)
+        self._consumers = saved
+        return names
+
+    def branch_if(self, plan, step, ins):
+        cond = ins[0]
+        if cond.dtype != BOOL or cond.size != 1:
+            raise _fail(step, f"a condition of {cond.dtype} {list(cond.shape)}; a single bool compiles")
+        refs = self.run_reference(step, ins)
+        start = len(self.instrs)
+        outs = []
+        for ref in refs:
+            out = self.new_val(ref.shape, ref.dtype)
+            out.storage.first = start
+            outs.append(out)
+        to_else = Instr(lib.LRT_OP_BRANCH, [self.ref(cond)], [0, 0], [], [], f"'{step.name}' (If)")
+        self.instrs.append(to_else)
+        self.results_of_branch(step, True, outs)
+        to_end = Instr(lib.LRT_OP_BRANCH, [], [0, 1], [], [], f"'{step.name}' (If)")
+        self.instrs.append(to_end)
+        to_else.ints[0] = len(self.instrs)
+        self.results_of_branch(step, False, outs)
+        to_end.ints[0] = len(self.instrs)
+        if any(isinstance(i, PyStep) for i in self.instrs[start:]):
+            raise _fail(step, "a branch decided by the data holds a node without a compiled form")
+        for name, out in zip(step.outputs, outs):
+            if name:
+                self.env[name] = out
+
+    def results_of_branch(self, step, taken: bool, outs: list) -> None:
+        """One branch's instructions, its results copied into the If's values."""
+        kernel = step.kernel
+        for name, out in zip(self.walk_branch(kernel, taken), outs):
+            val = self.lookup(name, kernel.plans[taken])
+            if val.shape != out.shape or val.dtype != out.dtype:
+                raise _fail(step, f"its branches give {list(val.shape)} and {list(out.shape)} for output '{name}'; "
+                                  "compiled branches must agree")
+            self.copy_contiguous(val, self.ref(out), f"'{step.name}' (If)")
 
     def unroll_loop(self, step, ins):
         """A Loop whose trip count and condition are known for the signature (tf2onnx's loop over

@@ -78,8 +78,8 @@ class Program:
         for i, item in enumerate(instrs + [None]):
             if item is None or isinstance(item, PyStep):
                 if i > start:
-                    self.segments.append(("c", _create(instrs[start:i], consts, input_nbytes, arena_bytes, simd,
-                                                       threads), start))
+                    self.segments.append(("c", _create(_local(instrs[start:i], start), consts, input_nbytes,
+                                                       arena_bytes, simd, threads), start))
                 if item is not None:
                     self.segments.append(("py", item, i))
                 start = i + 1
@@ -115,6 +115,13 @@ class Program:
                 state.run(feed, seconds)
             best = [min(b, seconds[i] / per_round) for i, b in enumerate(best)]
         return sorted(zip(self.labels, best), key=lambda r: -r[1])
+
+
+def _local(instrs: list, start: int) -> list:
+    """A segment's instructions, branch targets counted from its first (the compiler keeps
+    branches inside one segment)."""
+    return [Instr(i.op, i.operands, [i.ints[0] - start, i.ints[1]], i.floats, i.weights, i.label)
+            if i.op == lib.LRT_OP_BRANCH else i for i in instrs]
 
 
 def _create(instrs, consts, input_nbytes, arena_bytes, simd, threads):

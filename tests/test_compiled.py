@@ -223,3 +223,30 @@ def test_more_signatures_than_the_cache_holds_stay_exact():
     for feed in feeds + feeds[:3]:
         for g, w in zip(compiled.run(None, feed), reference.run(None, feed)):
             np.testing.assert_array_equal(g, w)
+
+
+def test_an_if_decided_by_the_data_compiles_to_a_branch():
+    """An If on a value computed from the data (not a signature constant): both branches in the
+    program behind a branch instruction; each call takes the one its data says."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name, k, op):
+        return helper.make_graph([helper.make_node(op, ["x", f"k{name}"], [f"o{name}"])], name, [],
+                                 [helper.make_tensor_value_info(f"o{name}", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(np.full((3,), k, np.float32), f"k{name}")])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["r"], then_branch=branch("t", 2.0, "Mul"),
+                              else_branch=branch("e", -3.0, "Add")),
+             helper.make_node("Tanh", ["r"], ["y"])]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, [2, 3])], {"zero": np.float32(0)})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    sess = lstmrt.InferenceSession(model, backend="native")
+    assert "in one C call" in sess.backend_reason
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime")
+    rng = np.random.default_rng(17)
+    for sign in (1, -1, 1, -1):
+        x = (np.abs(rng.standard_normal((2, 3))) * sign).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], reference.run(None, {"x": x})[0], atol=1e-6)
+    labels = [label for label, _ in sess.profile({"x": x}, calls=5)]
+    assert "'If_2' (If)" in labels and any("Mul" in label for label in labels) and any("Add" in label for label in labels)

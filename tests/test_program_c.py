@@ -100,3 +100,13 @@ def test_an_unknown_op_or_operand_count_is_refused():
     with pytest.raises(Exception, match="instruction 0"):
         build([Instr(lib.LRT_OP_UNARY, [arena(0, 4)], [lib.LRT_ACT_RELU, 1], [0.0, 0.0], [], "x")], 64)
     assert NONE.loc == lib.LRT_LOC_NONE
+
+
+def test_a_branch_must_jump_forward_within_the_program():
+    cond = Operand(lib.LRT_LOC_INPUT, 0, 0, 1)
+    for target in (0, -1, 3):      # back to itself, before the start, past the end
+        with pytest.raises(Exception, match="instruction 0"):
+            Program([Instr(lib.LRT_OP_BRANCH, [cond], [target, 0], [], [], "b"),
+                     copy(arena(0, 4), arena(64, 4), [1], [1], [1])], [], ["c"], [1], [], 128, None, 1, [])
+    with pytest.raises(Exception, match="instruction 0"):   # a conditional branch needs its condition
+        build([Instr(lib.LRT_OP_BRANCH, [], [1, 0], [], [], "b"), copy(arena(0, 4), arena(64, 4), [1], [1], [1])], 128)

@@ -24,7 +24,7 @@ def markdown() -> str:
 def compiled_form(op: str) -> str:
     from ..compiler import EMITTERS, MOVEMENT, SHAPE_ONLY
     if op == "If":
-        return "the taken branch, inlined, when the condition is known for the signature"
+        return "the taken branch inlined when the condition is known per signature, else both behind a branch"
     if op in ("LSTM", "GRU", "RNN"):
         return "the recurrent kernel (layout 1 between two transposes; constant weights, no partial sequence_lens)"
     if op in MOVEMENT:
