@@ -15,7 +15,7 @@ Kinds (each a real oracle, not just "did not crash"):
           InputError; equivalent feeds (strided, Fortran-order, read-only, big-endian) give
           bit-identical results; NaN/Inf in a feed: NaN wherever onnxruntime has NaN.
   stream  call sequences with failing calls mixed in: outputs and state bit-identical to a
-          stream that saw only the good calls.
+          stream that saw only the good calls; stream groups of two, each member as its lone stream.
   threads streams of one session from threads, one stream shared by threads, failing calls in
           between: bit-identical to running them one after another.
   fork    a stream forked mid-sequence (after threads=2 calls too): on native, child and parent
@@ -372,6 +372,8 @@ def _bad_call(stream, good: dict, rng):
 def case_stream(rng) -> None:
     name, model = STREAMABLE[int(rng.integers(0, len(STREAMABLE)))]
     backend = str(rng.choice(["native", "onnxruntime"]))
+    if rng.random() < 0.3:
+        return case_group(rng, name, model, backend)
     sess = lstmrt.InferenceSession(model, backend=backend)
     tried, clean = sess.stream(), sess.stream()
     batch = int(rng.integers(1, 3))
@@ -391,6 +393,33 @@ def case_stream(rng) -> None:
     sa, sb = tried.state, clean.state
     if sa.keys() != sb.keys() or not _same([sa[k] for k in sa], [sb[k] for k in sa]):
         raise Wrong(f"{name}/{backend}: state differs from a stream without the failed calls")
+
+
+def case_group(rng, name, model, backend) -> None:
+    """A stream group of two with failing calls mixed in: each member as its lone stream."""
+    sess = lstmrt.InferenceSession(model, backend=backend)
+    group = sess.stream_group()
+    keys = [group.add(), group.add()]
+    alone = {k: sess.stream() for k in keys}
+    for step in range(int(rng.integers(2, 6))):
+        steps = int(rng.integers(1, 4))
+        feeds = {k: _chunk_feed(sess, rng, steps, 1, alone[k]) for k in keys}
+        bad = [lambda: group.run([feeds[keys[0]]]), lambda: group.run({99: feeds[keys[0]]}),
+               lambda: group.run({keys[0]: {"nope": 1}}), lambda: group.run({keys[0]: None}),
+               lambda: group.run({k: _chunk_feed(sess, rng, steps + i, 1, alone[k]) for i, k in enumerate(keys)}),
+               lambda: group.run({k: _chunk_feed(sess, rng, steps, 2, alone[k]) for k in keys})]
+        for _ in range(int(rng.integers(0, 3))):
+            result = expect_lstmrt(bad[int(rng.integers(0, len(bad)))], f"{name}/{backend} group step {step}")
+            if not isinstance(result, lstmrt.LstmrtError):
+                raise Wrong(f"{name}/{backend} group step {step}: a bad call succeeded")
+        got = group.run(feeds)
+        for k in keys:
+            if not _close(got[k], alone[k].run(feeds[k])):
+                raise Wrong(f"{name}/{backend} group step {step}: member {k} differs from its lone stream")
+    for k in keys:
+        mine, lone = group.state(k), alone[k].state
+        if not _close([mine[n] for n in sorted(mine)], [lone[n] for n in sorted(lone)]):
+            raise Wrong(f"{name}/{backend}: member {k}'s state differs from its lone stream's")
 
 
 # -- kind: threads ----------------------------------------------------------------------------------
