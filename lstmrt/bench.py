@@ -22,6 +22,8 @@ class Row:
     us_per_call: float
     steps_per_s: float
     gflops: float
+    batch: int = 1        # of the feed timed (given inputs may differ from --batch/--chunk)
+    steps: int = 1
 
 
 def recurrent_flops(model: Model, batch: int, steps: int) -> float:
@@ -138,7 +140,7 @@ def bench(path: str, backends: list, chunk: int, batch: int, threads: int = 1, b
     if not cases:
         return []
     seconds = time_interleaved([fn for _, _, fn in cases], budget_s, rounds, on_round)
-    return [Row(label, call, t * 1e6, batch * chunk / t, flops / t / 1e9)
+    return [Row(label, call, t * 1e6, batch * chunk / t, flops / t / 1e9, batch, chunk)
             for (label, call, _), t in zip(cases, seconds)]
 
 

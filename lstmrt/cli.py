@@ -239,7 +239,7 @@ def bench(model, backends, chunk, batch, threads, seconds, inputs, profile):
         console.print(f"not timed: {note}")
     if not rows:
         raise click.ClickException("no backend could run the model on these inputs")
-    table = Table(title=f"{model}: batch {batch}, {chunk} step(s) per call, {threads} thread(s)")
+    table = Table(title=f"{model}: batch {rows[0].batch}, {rows[0].steps} step(s) per call, {threads} thread(s)")
     for col in ("backend", "call", "µs/call", "steps/s", "GFLOP/s", "× onnxruntime CPU"):
         table.add_column(col, justify="left" if col in ("backend", "call") else "right")
     for row, ratio in with_ratios(rows):

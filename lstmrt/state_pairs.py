@@ -383,12 +383,14 @@ def _traced_input_axes(model: Model, axis_of_layout: dict) -> dict:
     graph_inputs = {i.name for i in model.inputs}
     for node, producers in _recurrent_nodes_everywhere(model.graph, model.producers()):
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        if layout not in axis_of_layout or not node.input:   # a malformed node: nothing to trace
+            continue
         name, axis = node.input[0], axis_of_layout[layout]
         while name not in graph_inputs and name in producers:
             prod, _ = producers[name]
             if prod.op_type == "Transpose":
                 perm = next((list(a.ints) for a in prod.attribute if a.name == "perm"), None)
-                if perm is None:
+                if perm is None or not 0 <= axis < len(perm):   # no perm, or one of the wrong rank
                     break
                 axis = perm[axis]
             elif prod.op_type not in ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Dropout"):

@@ -145,9 +145,13 @@ class StreamGroup:
         self._states = {n: np.concatenate([r[n] for r in rows], axis=self._state_axis[n]) for n in self.pairs}
         self._pending = {}
 
-    @serialised
     def run(self, feeds: dict) -> dict:
-        """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all."""
+        """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all.
+        Calls from several threads take turns."""
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict) -> dict:
         if not isinstance(feeds, dict):
             raise InputError(f"group.run() takes a dict of member key -> feed dict, got {type(feeds).__name__}")
         if not feeds:

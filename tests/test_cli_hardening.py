@@ -121,6 +121,11 @@ def test_bench_times_the_backends_that_load(tmp_path):
     assert "not timed: native: UnsupportedModelError" in out and "onnxruntime CPU │ run" in out
 
 
+def test_bench_with_a_given_input_times_its_shape():
+    code, out = _invoke("bench", MODEL, "--backend", "native", "--seconds", 0.02, "--input", f"x={INPUT}")
+    assert code == 0 and "batch 1, 173 step(s) per call" in out
+
+
 def test_bench_native_alone_has_no_nan_ratio():
     code, out = _invoke("bench", MODEL, "--backend", "native", "--seconds", 0.02)
     assert code == 0 and "nan" not in out and "native │ stream" in out

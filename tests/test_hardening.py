@@ -392,3 +392,19 @@ def test_onnxruntime_session_refuses_to_run_in_a_forked_child():
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     sess.run(None, feed)     # the parent's session is untouched
+
+
+def test_a_transpose_of_the_wrong_rank_before_a_cell_is_no_index_error():
+    # found by tests/fuzz: tracing the batch axis through a too-short perm raised IndexError
+    model = _copy(streaming_model("LSTM"))
+    transpose = next(n for n in model.graph.node if n.op_type == "Transpose")
+    for a in transpose.attribute:
+        if a.name == "perm":
+            del a.ints[:]
+            a.ints.extend([0])   # rank 1: the traced axis 1 is past its end
+    for backend in ("native", "onnxruntime"):
+        try:
+            sess = lstmrt.InferenceSession(model, backend=backend)
+            sess.stream()
+        except lstmrt.LstmrtError:
+            pass

@@ -15,7 +15,7 @@ Kinds (each a real oracle, not just "did not crash"):
           InputError; equivalent feeds (strided, Fortran-order, read-only, big-endian) give
           bit-identical results; NaN/Inf in a feed: NaN wherever onnxruntime has NaN.
   stream  call sequences with failing calls mixed in: outputs and state bit-identical to a
-          stream that saw only the good calls.
+          stream that saw only the good calls; stream groups of two, each member as its lone stream.
   threads streams of one session from threads, one stream shared by threads, failing calls in
           between: bit-identical to running them one after another.
   fork    a stream forked mid-sequence (after threads=2 calls too): on native, child and parent
@@ -59,11 +59,21 @@ def _base_models() -> list:
     models = [(f"stream-{c}", streaming_model(c)) for c in CELLS]
     models += [(f"bare-{c}", bare_cell(c, hidden=8, inputs=4)) for c in CELLS]
     models.append(("example", onnx.load(ROOT / "examples" / "bracket_depth.onnx")))
+    # exporters' output: Transpose/Slice/Concat glue, bidirectional and two-layer cells, a tf2onnx Loop
+    for name in ("torch_bilstm_seq", "torch_gru2_last", "paddle_lstm_seq", "keras_gru_loop"):
+        models.append((name, onnx.load(ROOT / "tests" / "fixtures" / "exporters" / f"{name}.onnx")))
     return models
 
 
+def _streams(model) -> bool:
+    try:
+        return bool(lstmrt.InferenceSession(model, backend="native").stream().pairs)
+    except lstmrt.LstmrtError:
+        return False
+
+
 BASES = _base_models()
-STREAMABLE = [(n, m) for n, m in BASES]
+STREAMABLE = [(n, m) for n, m in BASES if _streams(m)]    # for the stream, threads and fork kinds
 
 
 def _dims_for(info, batch: int, steps: int, rng) -> list:
@@ -360,8 +370,10 @@ def _bad_call(stream, good: dict, rng):
 
 
 def case_stream(rng) -> None:
-    name, model = BASES[int(rng.integers(0, len(BASES)))]
+    name, model = STREAMABLE[int(rng.integers(0, len(STREAMABLE)))]
     backend = str(rng.choice(["native", "onnxruntime"]))
+    if rng.random() < 0.3:
+        return case_group(rng, name, model, backend)
     sess = lstmrt.InferenceSession(model, backend=backend)
     tried, clean = sess.stream(), sess.stream()
     batch = int(rng.integers(1, 3))
@@ -383,9 +395,36 @@ def case_stream(rng) -> None:
         raise Wrong(f"{name}/{backend}: state differs from a stream without the failed calls")
 
 
+def case_group(rng, name, model, backend) -> None:
+    """A stream group of two with failing calls mixed in: each member as its lone stream."""
+    sess = lstmrt.InferenceSession(model, backend=backend)
+    group = sess.stream_group()
+    keys = [group.add(), group.add()]
+    alone = {k: sess.stream() for k in keys}
+    for step in range(int(rng.integers(2, 6))):
+        steps = int(rng.integers(1, 4))
+        feeds = {k: _chunk_feed(sess, rng, steps, 1, alone[k]) for k in keys}
+        bad = [lambda: group.run([feeds[keys[0]]]), lambda: group.run({99: feeds[keys[0]]}),
+               lambda: group.run({keys[0]: {"nope": 1}}), lambda: group.run({keys[0]: None}),
+               lambda: group.run({k: _chunk_feed(sess, rng, steps + i, 1, alone[k]) for i, k in enumerate(keys)}),
+               lambda: group.run({k: _chunk_feed(sess, rng, steps, 2, alone[k]) for k in keys})]
+        for _ in range(int(rng.integers(0, 3))):
+            result = expect_lstmrt(bad[int(rng.integers(0, len(bad)))], f"{name}/{backend} group step {step}")
+            if not isinstance(result, lstmrt.LstmrtError):
+                raise Wrong(f"{name}/{backend} group step {step}: a bad call succeeded")
+        got = group.run(feeds)
+        for k in keys:
+            if not _close(got[k], alone[k].run(feeds[k])):
+                raise Wrong(f"{name}/{backend} group step {step}: member {k} differs from its lone stream")
+    for k in keys:
+        mine, lone = group.state(k), alone[k].state
+        if not _close([mine[n] for n in sorted(mine)], [lone[n] for n in sorted(lone)]):
+            raise Wrong(f"{name}/{backend}: member {k}'s state differs from its lone stream's")
+
+
 # -- kind: threads ----------------------------------------------------------------------------------
 def case_threads(rng) -> None:
-    name, model = BASES[int(rng.integers(0, len(BASES)))]
+    name, model = STREAMABLE[int(rng.integers(0, len(STREAMABLE)))]
     backend = str(rng.choice(["native", "onnxruntime"]))
     sess = lstmrt.InferenceSession(model, backend=backend)
     probe = sess.stream()
@@ -443,14 +482,13 @@ def case_threads(rng) -> None:
 
 # -- kind: fork -------------------------------------------------------------------------------------
 def case_fork(rng) -> None:
-    name, model = BASES[int(rng.integers(0, len(BASES)))]
+    name, model = STREAMABLE[int(rng.integers(0, len(STREAMABLE)))]
     options = {"backend": str(rng.choice(["native", "onnxruntime"]))}
     if options["backend"] == "native" and rng.random() < 0.5:
         options["threads"] = 2     # the kernel's thread pool does not survive fork: the child must cope
     sess = lstmrt.InferenceSession(model, **options)
     probe = sess.stream()
-    chunks = [_chunk_feed(sess, rng, int(rng.integers(1, 4)), int(rng.integers(1, 3)) if False else 1, probe)
-              for _ in range(int(rng.integers(2, 6)))]
+    chunks = [_chunk_feed(sess, rng, int(rng.integers(1, 4)), 1, probe) for _ in range(int(rng.integers(2, 6)))]
     alone = sess.stream()
     expected = [alone.run(c) for c in chunks]
     split = int(rng.integers(1, len(chunks)))
@@ -485,9 +523,12 @@ def case_fork(rng) -> None:
         raise Wrong(f"{name}/{options}: the forked child's stream differs from an unforked one")
 
 
+_current = [-1]   # the index of the case running (for the self-test's scripted failures)
+
+
 def case_selftest(rng) -> None:
     """For the driver's own test: case 1 aborts the process, case 3 hangs, the rest pass."""
-    index = int(os.environ.get("LSTMRT_FUZZ_SELFTEST_INDEX", "-1"))
+    index = _current[0]
     if index == 1:
         os.abort()
     if index == 3:
@@ -502,7 +543,7 @@ def main(argv: list) -> int:
     warnings.simplefilter("ignore")
     np.seterr(all="ignore")
     for index in range(start, start + count):
-        os.environ["LSTMRT_FUZZ_SELFTEST_INDEX"] = str(index)
+        _current[0] = index
         try:
             CASES[kind](_rng(seed, kind, index))
             print(f"ok {index}", flush=True)
