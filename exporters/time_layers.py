@@ -235,7 +235,7 @@ def _time_layer(g: _Graph, node, time_axis: int | None = None):
         if kernels[i] > 1 or strides[i] > 1 or pads != (0, 0):
             active.append(i)
     if time_axis is not None:   # known: only that axis is time (a 2-D conv's other axis is frequency)
-        if time_axis - 2 not in active:
+        if time_axis - 2 not in active:   # includes -1: time is not among its axes (TimeDistributed)
             return None
         if len(active) > 1 and _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return (f"layer '{layer_name(node)}' ({node.op_type}) pads several axes with auto_pad; give it explicit "
@@ -264,7 +264,10 @@ def find(model: onnx.ModelProto, seq_inputs: dict | None = None) -> tuple[list, 
     seq_inputs {input: (batch axis, time axis)}: where time is, followed through the graph."""
     _prune(model.graph)   # builders leave dead glue (e.g. a Transpose a later layer bypassed)
     g = _Graph(model.graph)
-    times = _time_axes_forward(g, model, seq_inputs) if seq_inputs else {}
+    times = {}
+    if seq_inputs:
+        times = _time_axes_forward(g, model, seq_inputs)
+        times.update(_probe_time_axes(model, seq_inputs))
     layers, problems = [], []
     for node in model.graph.node:
         if node.op_type in TIME_OPS:
@@ -309,6 +312,66 @@ def _time_axes_forward(g: _Graph, model, seq_inputs: dict) -> dict:
         if out is not None and node.output and node.output[0]:
             times[node.output[0]] = out
     return times
+
+
+PROBE_STEPS = (16, 24)   # two sequence lengths, multiples of any common stride
+
+
+def _probe_time_axes(model: onnx.ModelProto, seq_inputs: dict) -> dict:
+    """{input of each Conv/pool: its time axis, or -1 if none} measured: the model runs on
+    onnxruntime at two sequence lengths and the axis whose size follows is time.  A conv inside
+    TimeDistributed sees time folded into its batch axis: -1.  Empty if the model cannot run so."""
+    import onnxruntime as ort
+    targets = sorted({n.input[0] for n in model.graph.node if n.op_type in TIME_OPS})
+    if not targets:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in targets
+                              if t not in known)
+    consts = {t.name for t in model.graph.initializer}
+    names = {seq: (model_dims(model, seq)[b], model_dims(model, seq)[t]) for seq, (b, t) in seq_inputs.items()}
+    batch_names = {b for b, _ in names.values() if isinstance(b, str)} | {"batch"}   # streamify's fallback name
+    time_names = {t for _, t in names.values() if isinstance(t, str)}
+    shapes = []
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for steps in PROBE_STEPS:
+            feeds = {}
+            for inp in sess.get_inputs():
+                if inp.name in consts:
+                    continue
+                dims = []
+                for a, d in enumerate(inp.shape):
+                    if inp.name in seq_inputs and a == seq_inputs[inp.name][1] or d in time_names:
+                        dims.append(steps)
+                    elif inp.name in seq_inputs and a == seq_inputs[inp.name][0] or d in batch_names:
+                        dims.append(2)
+                    else:
+                        dims.append(d if isinstance(d, int) and d > 0 else 1)
+                dtype = np.int64 if "int64" in inp.type else np.int32 if "int32" in inp.type else np.float32
+                feeds[inp.name] = np.zeros(dims, dtype) if dtype != np.float32 else \
+                    np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+            outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+            shapes.append({t: outs[t].shape for t in targets})
+    except Exception:   # a model that cannot run at these lengths: fall back to tracing
+        return {}
+    found = {}
+    for t in targets:
+        moved = [a for a, (x, y) in enumerate(zip(shapes[0][t], shapes[1][t])) if x != y]
+        if len(moved) == 1:
+            found[t] = moved[0] if moved[0] >= 2 else -1
+        elif not moved:
+            found[t] = -1
+    return found
+
+
+def model_dims(model, name: str) -> list:
+    info = next(i for i in model.graph.input if i.name == name)
+    return [d.dim_param or (d.dim_value if d.dim_value > 0 else None) for d in info.type.tensor_type.shape.dim]
 
 
 def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tuple[int, dict]:
@@ -477,9 +540,9 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
     model, pairs, notes = lift_recurrent(model)
     if not pairs or not layers:
         return model, pairs, notes
-    layers, _ = find(model, seq_inputs)
     batch = _batch_dim(model, seq_inputs)
     _name_state_batch(model, pairs, batch)
+    layers, _ = find(model, seq_inputs)
     for layer in layers:
         if layer.left:
             pair = lift_context(model, layer, batch)
