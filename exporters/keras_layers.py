@@ -210,10 +210,8 @@ def _layout(kt) -> str:
 
 def splice(em, layer, node, inputs: list) -> list:
     """Convert `layer` (called at `node`) with tf2onnx and add its nodes to the graph."""
-    from . import ExportError
     from .keras import Val
     tf, tf2onnx = _import_tf2onnx(layer)
-    kind = type(layer).__name__
     tensors = list(node.arguments.keras_tensors)
     values = [em.tensor(t) for t in tensors]
     values = [em.to(v, "btf") if v.layout == "tbf" else v for v in values]

@@ -168,8 +168,9 @@ def export(model, example_input=None, state: bool = True):
         shapes = ", ".join(f"{n}{list(t.shape)}" for n, t in zip(names, tensors))
         raise _error(f"the model fails on the example input {shapes} ({type(e).__name__}: "
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                     + ("pass example_input=" if example_input is None else "check example_input=")
-                     + " an array the model takes (from the CLI: export the model from Python)") from None
+                     + ("the input was guessed from the first layer: pass example_input" if example_input is None
+                        else "check example_input")
+                     + ", an array the model takes (from the command line: export the model from Python)") from None
     flat = _flatten(outs)
     out_names = ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
     buffer = io.BytesIO()

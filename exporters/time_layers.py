@@ -28,10 +28,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .onnx_build import METADATA_KEY
+from .time_axes import TIME_OPS, GraphReader, attr, followed_time_axes, measured_time_axes
+from .time_axes import trace_sequence_axes  # noqa: F401  (exporters call it through time_layers)
 
 CHUNKS_KEY = "lstmrt.stream_chunks"           # {"multiple": M, "inputs": {input: time axis}, "layers": {layer: stride}}
 NOT_STREAMABLE_KEY = "lstmrt.not_streamable"  # why the model cannot stream, naming the layer
-TIME_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 BIG = 2 ** 62
 
 
@@ -39,58 +40,6 @@ def layer_name(node) -> str:
     """The framework's layer path from an exporter's node name ('/front/conv/Conv' -> 'front.conv')."""
     parts = [p for p in node.name.split("/") if p]
     return ".".join(parts[:-1]) if len(parts) > 1 else (node.name or node.op_type)
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
-class _Graph:
-    """Producers, consumers and constant values of a graph, for reading patterns."""
-
-    def __init__(self, graph):
-        self.graph = graph
-        self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        for n in graph.node:
-            if n.op_type == "Constant" and _attr(n, "value") is not None:
-                self.consts[n.output[0]] = numpy_helper.to_array(_attr(n, "value"))
-        self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict = {}
-        for n in graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.outputs = {o.name for o in graph.output}
-
-    def const(self, name, depth: int = 0):
-        """The value of `name` if it is computed from constants only (exporters build pads
-        with small Shape-free subgraphs), else None."""
-        if not name:
-            return None
-        if name in self.consts or depth > 32:
-            return self.consts.get(name)
-        node = self.producer.get(name)
-        if node is None or node.op_type in ("Shape", "Size") or node.attribute and any(
-                a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
-            return None
-        values = [self.const(i, depth + 1) if i else None for i in node.input]
-        if any(v is None for v, i in zip(values, node.input) if i):
-            return None
-        from onnx.reference import ReferenceEvaluator
-        try:
-            results = ReferenceEvaluator(node).run(None, {i: v for i, v in zip(node.input, values) if i})
-        except Exception:   # an op the reference cannot run: treat as not constant
-            return None
-        for out, value in zip(node.output, results):
-            self.consts[out] = np.asarray(value)
-        return self.consts.get(name)
-
-    def sole_consumer(self, value):
-        users = self.consumers.get(value, [])
-        return users[0] if len(users) == 1 and value not in self.outputs else None
 
 
 @dataclass
@@ -113,7 +62,7 @@ class TimeLayer:
         """Output steps for `steps` input steps, after the crop."""
         span = (self.kernel - 1) * self.dilation + 1
         room = steps + self.left + self.right - span
-        ceil = bool(_attr(self.node, "ceil_mode", 0))
+        ceil = bool(attr(self.node, "ceil_mode", 0))
         return (-(-room // self.stride) if ceil else room // self.stride) + 1 - self.crop
 
     def problem(self) -> str | None:
@@ -136,24 +85,24 @@ class TimeLayer:
 
 
 def _pads_of(node, axis: int, rank: int, kernel: int, stride: int, dilation: int) -> tuple[int, int] | None:
-    auto = _attr(node, "auto_pad", "NOTSET")
+    auto = attr(node, "auto_pad", "NOTSET")
     if auto == "VALID":
         return 0, 0
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         total = max(0, (kernel - 1) * dilation + 1 - stride)   # for lengths that are multiples of stride
         small, large = total // 2, total - total // 2
         return (small, large) if auto == "SAME_UPPER" else (large, small)
-    pads = list(_attr(node, "pads", [0] * 2 * rank))
+    pads = list(attr(node, "pads", [0] * 2 * rank))
     return pads[axis - 2], pads[axis - 2 + rank]
 
 
-def _zero_pad_on(g: _Graph, node, axis: int) -> tuple[int, int] | None:
+def _zero_pad_on(g: GraphReader, node, axis: int) -> tuple[int, int] | None:
     """(left, right) of a constant-zero Pad node padding only `axis`, else None."""
-    if node is None or node.op_type != "Pad" or _attr(node, "mode", "constant") != "constant":
+    if node is None or node.op_type != "Pad" or attr(node, "mode", "constant") != "constant":
         return None
     if len(node.input) > 3 and node.input[3]:
         return None                                  # axes input: rare, not read
-    pads = g.const(node.input[1]) if len(node.input) > 1 else np.asarray(_attr(node, "pads", []))
+    pads = g.const(node.input[1]) if len(node.input) > 1 else np.asarray(attr(node, "pads", []))
     value = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
     if pads is None or value is None or np.any(np.asarray(value) != 0):
         return None
@@ -164,7 +113,7 @@ def _zero_pad_on(g: _Graph, node, axis: int) -> tuple[int, int] | None:
     return pads[axis], pads[axis + rank]
 
 
-def _end_crop(g: _Graph, node, axis: int, rank: int) -> tuple[int, object] | None:
+def _end_crop(g: GraphReader, node, axis: int, rank: int) -> tuple[int, object] | None:
     """(frames dropped from the end of `axis`, the Slice) for a Slice [0:-n] on that axis only."""
     if node is None or node.op_type != "Slice" or len(node.input) < 3:
         return None
@@ -184,7 +133,7 @@ def _end_crop(g: _Graph, node, axis: int, rank: int) -> tuple[int, object] | Non
     return (-end, node) if end < 0 else None
 
 
-def _crop_after(g: _Graph, node, axis: int, rank: int):
+def _crop_after(g: GraphReader, node, axis: int, rank: int):
     """_end_crop of the Slice that follows `node` through a bias Add, Identity/Cast and (un)squeezes
     (paddle2onnx writes a 1-D conv as Unsqueeze, 2-D Conv, Add bias, Squeeze)."""
     value = node.output[0]
@@ -215,29 +164,29 @@ def _crop_after(g: _Graph, node, axis: int, rank: int):
     return None
 
 
-def _time_layer(g: _Graph, node, time_axis: int | None = None):
+def _time_layer(g: GraphReader, node, time_axis: int | None = None):
     """The TimeLayer of a Conv/pool node; None if it mixes no steps; a string if it cannot be read.
     time_axis: the node input's time axis when traced from the streamed inputs, else None (then
     the one axis the node mixes is taken as time)."""
     if node.op_type == "Conv":
         w = g.const(node.input[1])
-        kernels = list(_attr(node, "kernel_shape", []) or (w.shape[2:] if w is not None else []))
+        kernels = list(attr(node, "kernel_shape", []) or (w.shape[2:] if w is not None else []))
     else:
-        kernels = list(_attr(node, "kernel_shape", []))
+        kernels = list(attr(node, "kernel_shape", []))
     rank = len(kernels)
     if not rank:
         return f"layer '{layer_name(node)}' ({node.op_type}): its kernel size is not a constant"
-    strides = list(_attr(node, "strides", [1] * rank))
-    dilations = list(_attr(node, "dilations", [1] * rank))
+    strides = list(attr(node, "strides", [1] * rank))
+    dilations = list(attr(node, "dilations", [1] * rank))
     active = []
     for i in range(rank):
         pads = _pads_of(node, i + 2, rank, kernels[i], strides[i], dilations[i])
         if kernels[i] > 1 or strides[i] > 1 or pads != (0, 0):
             active.append(i)
     if time_axis is not None:   # known: only that axis is time (a 2-D conv's other axis is frequency)
-        if time_axis - 2 not in active:
+        if time_axis - 2 not in active:   # includes -1: time is not among its axes (TimeDistributed)
             return None
-        if len(active) > 1 and _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        if len(active) > 1 and attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return (f"layer '{layer_name(node)}' ({node.op_type}) pads several axes with auto_pad; give it explicit "
                     "pads to stream it")
         active = [time_axis - 2]
@@ -263,8 +212,11 @@ def find(model: onnx.ModelProto, seq_inputs: dict | None = None) -> tuple[list, 
     """(TimeLayers, reasons the model cannot stream exactly) for the model's main graph.
     seq_inputs {input: (batch axis, time axis)}: where time is, followed through the graph."""
     _prune(model.graph)   # builders leave dead glue (e.g. a Transpose a later layer bypassed)
-    g = _Graph(model.graph)
-    times = _time_axes_forward(g, model, seq_inputs) if seq_inputs else {}
+    g = GraphReader(model.graph)
+    times = {}
+    if seq_inputs:
+        times = followed_time_axes(g, model, seq_inputs)
+        times.update(measured_time_axes(model, seq_inputs))
     layers, problems = [], []
     for node in model.graph.node:
         if node.op_type in TIME_OPS:
@@ -276,39 +228,6 @@ def find(model: onnx.ModelProto, seq_inputs: dict | None = None) -> tuple[list, 
                 if found.problem():
                     problems.append(found.problem())
     return layers, problems
-
-
-def _time_axes_forward(g: _Graph, model, seq_inputs: dict) -> dict:
-    """{value: its time axis} from the streamed inputs forward, through transposes, (un)squeezes,
-    convolutions and elementwise ops; a value whose time axis is lost (reshaped into the batch,
-    e.g. TimeDistributed) is left out."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input)}
-    times = {name: t for name, (_, t) in seq_inputs.items()}
-    for node in model.graph.node:
-        data = next((i for i in node.input if i in times), None)
-        if data is None:
-            continue
-        a, op, out = times[data], node.op_type, None
-        if op == "Transpose" and _attr(node, "perm") is not None:
-            out = list(_attr(node, "perm")).index(a)
-        elif op in ("Squeeze", "Unsqueeze") and len(node.input) > 1 and g.const(node.input[1]) is not None:
-            listed = [int(x) for x in g.const(node.input[1]).reshape(-1)]
-            if op == "Squeeze" and data in ranks:
-                listed = [x % ranks[data] for x in listed]
-                out = None if a in listed else a - sum(1 for x in listed if x < a)
-            elif op == "Unsqueeze" and data in ranks:
-                for x in sorted(x % (ranks[data] + len(listed)) for x in listed):
-                    a += x <= a
-                out = a
-        elif op in ("LSTM", "GRU", "RNN"):
-            out = 0 if _attr(node, "layout", 0) == 0 else 1
-        elif op in _SAME_AXES or op == "Concat":
-            out = a
-        if out is not None and node.output and node.output[0]:
-            times[node.output[0]] = out
-    return times
 
 
 def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tuple[int, dict]:
@@ -382,7 +301,7 @@ def _context_shape(model, layer: TimeLayer, batch) -> list | None:
     source = layer.pad_node.input[0] if layer.pad_node is not None else layer.node.input[0]
     weight = next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == layer.node.input[1]), None)
     if weight is not None and weight.ndim == 3:   # 1-D: [batch, channels, time]
-        return [batch, int(weight.shape[1]) * int(_attr(layer.node, "group", 1)), layer.left]
+        return [batch, int(weight.shape[1]) * int(attr(layer.node, "group", 1)), layer.left]
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
     info = infos.get(source)
@@ -418,8 +337,8 @@ def lift_context(model: onnx.ModelProto, layer: TimeLayer, batch) -> tuple[str, 
            helper.make_node("Slice", [joined] + consts, [state_out], name=_fresh(model, f"{base}/context_keep"))]
     node.input[0] = joined
     rank = len(shape) - 2
-    kernels = list(_attr(node, "kernel_shape", []) or [1] * rank)
-    strides, dilations = list(_attr(node, "strides", [1] * rank)), list(_attr(node, "dilations", [1] * rank))
+    kernels = list(attr(node, "kernel_shape", []) or [1] * rank)
+    strides, dilations = list(attr(node, "strides", [1] * rank)), list(attr(node, "dilations", [1] * rank))
     pads = [0] * (2 * rank)
     for i in range(rank):   # other spatial axes (frequency) keep their padding
         pads[i], pads[i + rank] = _pads_of(node, i + 2, rank, kernels[i], strides[i], dilations[i])
@@ -473,9 +392,9 @@ def prepare(model: onnx.ModelProto, state: bool, seq_inputs: dict, lift_recurren
     model, pairs, notes = lift_recurrent(model)
     if not pairs or not layers:
         return model, pairs, notes
-    layers, _ = find(model, seq_inputs)
     batch = _batch_dim(model, seq_inputs)
     _name_state_batch(model, pairs, batch)
+    layers, _ = find(model, seq_inputs)
     for layer in layers:
         if layer.left:
             pair = lift_context(model, layer, batch)
@@ -521,66 +440,3 @@ def _batch_dim(model, seq_inputs: dict):
             d = inp.type.tensor_type.shape.dim[seq_inputs[inp.name][0]]
             return d.dim_param or (d.dim_value if d.dim_value > 0 else "batch")
     return "batch"
-
-
-# ops through which a value keeps its batch and time axes where they were
-_SAME_AXES = {"Identity", "Cast", "Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Dropout", "Add", "Sub", "Mul",
-              "Div", "Slice", "Pad", "MatMul", "Softmax", "Erf", "Abs", "Neg", "Sqrt", "Exp", "Conv", "MaxPool",
-              "AveragePool", "BatchNormalization", "LayerNormalization", "Elu", "HardSigmoid", "Softplus"}
-
-
-def trace_sequence_axes(model: onnx.ModelProto) -> dict:
-    """{graph input: (batch axis, time axis)} for the inputs the recurrent nodes' X comes from,
-    traced back through transposes, (un)squeezes, convolutions and elementwise ops."""
-    g = _Graph(model.graph)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    inputs = {i.name for i in model.graph.input} - set(g.consts)
-    found = {}
-    for node in model.graph.node:
-        if node.op_type not in ("LSTM", "GRU", "RNN"):
-            continue
-        layout = _attr(node, "layout", 0)
-        value, axes = node.input[0], ((1, 0) if layout == 0 else (0, 1))   # (batch, time)
-        for _ in range(200):
-            if value in inputs:
-                found.setdefault(value, axes)
-                break
-            prod = g.producer.get(value)
-            if prod is None:
-                break
-            axes, value = _axes_before(g, prod, value, axes, ranks)
-            if axes is None:
-                break
-    return found
-
-
-def _axes_before(g: _Graph, node, value: str, axes: tuple, ranks: dict):
-    """(axes, value) of `node`'s data input that become `axes` of its output `value`."""
-    op = node.op_type
-    data = next((i for i in node.input if i and g.const(i) is None), None)
-    if data is None:
-        return None, None
-    if op == "Transpose":
-        perm = _attr(node, "perm")
-        return (tuple(perm[a] for a in axes), data) if perm is not None else (None, None)
-    if op in ("Squeeze", "Unsqueeze"):
-        listed = g.const(node.input[1]) if len(node.input) > 1 else np.asarray(_attr(node, "axes", []))
-        rank_in, rank_out = ranks.get(data), ranks.get(value)
-        if listed is None or rank_in is None or rank_out is None:
-            return None, None
-        if op == "Squeeze":
-            gone = sorted(int(a) % rank_in for a in listed.reshape(-1))
-            kept = [a for a in range(rank_in) if a not in gone]
-            return tuple(kept[a] for a in axes), data
-        added = sorted(int(a) % rank_out for a in listed.reshape(-1))
-        if any(a in added for a in axes):
-            return None, None
-        return tuple(a - sum(1 for b in added if b < a) for a in axes), data
-    if op == "Concat":   # a lifted context joins the sequence: follow the sequence
-        rest = [i for i in node.input if i and g.const(i) is None and not i.endswith(".context_in")]
-        return (axes, rest[-1]) if rest else (None, None)
-    if op in _SAME_AXES:
-        return axes, data
-    return None, None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from .errors import InputError, ModelError, StreamError
 
 NOT_STREAMABLE_KEY = "lstmrt.not_streamable"   # text naming the layer and why
@@ -36,10 +38,13 @@ def check_chunk(rule: dict | None, feed: dict) -> None:
         return
     multiple = int(rule["multiple"])
     for name, axis in rule["inputs"].items():
-        value = feed.get(name)
-        if value is None or getattr(value, "ndim", 0) <= axis:
+        try:
+            shape = np.shape(feed[name]) if name in feed else ()
+        except Exception:   # a value run() will refuse with its own message
             continue
-        steps = value.shape[axis]
+        if len(shape) <= axis:
+            continue
+        steps = shape[axis]
         if steps % multiple:
             layers = ", ".join(f"'{k}' (stride {v})" for k, v in rule.get("layers", {}).items())
             raise InputError(f"input '{name}' has {steps} steps along axis {axis}; this model streams in chunks "

@@ -130,3 +130,10 @@ def test_max_pooling_along_time_streams_in_whole_windows(exported):
     out = exported["conv_pool"][1].stdout
     assert "multiple of 2 steps (strided layers: 'pool' x2)" in out and "layer 'conv' carries its last 1" in out, out
     assert stream_matches_whole(onnx_path(exported, "conv_pool"), {"x": _x(2, 12)}, {"x": 1}, chunks=(2, 4)) < 1e-5
+
+
+def test_unguessable_input_is_an_export_error(exported):
+    _, proc = exported["crnn"]       # (the same model exports and streams from Python: torch_api.py)
+    out = output_of(proc)
+    assert proc.returncode != 0 and "the input was guessed from the first layer: pass example_input" in out, out
+    assert "Traceback" not in out

@@ -37,7 +37,7 @@ def conv_same():            # looks ahead: exports plain, stream() refuses namin
 
 def conv_strided():         # causal, stride 2: chunks of whole strides
     x = seq(4)
-    y = L.Conv1D(6, 4, strides=2, padding="causal", name="conv_stride")(x)
+    y = L.Conv1D(6, 4, strides=2, padding="causal", groups=2, name="conv_stride")(x)   # grouped too
     return keras.Model(x, L.Dense(2)(L.LSTM(5, return_sequences=True)(y)))
 
 

@@ -131,6 +131,16 @@ class ConvPoolLstm(nn.Module):       # causal conv, then non-overlapping max poo
         return self.head(self.rnn(y.transpose(1, 2))[0])
 
 
+class Crnn(nn.Module):               # a 2-D conv first: the CLI cannot guess the input, says so
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn = nn.Conv2d(1, 3, (3, 3), padding=(1, 2)), nn.GRU(12, 5, batch_first=True)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.transpose(1, 2).unsqueeze(1))[..., :-2])
+        return self.rnn(y.flatten(1, 2).transpose(1, 2))[0]
+
+
 class SeqNormLstm(nn.Module):        # normalised over the whole sequence: streams wrong, exports plain
     def __init__(self):
         super().__init__()
@@ -165,6 +175,7 @@ def example(name):
             "strided_conv": (torch.randn(4, 8, 4, generator=g),),
             "seq_norm": (torch.randn(4, 8, 4, generator=g),),
             "conv_pool": (torch.randn(4, 8, 4, generator=g),),
+            "crnn": (torch.randn(4, 8, 4, generator=g),),
             "proj_lstm": (torch.randn(4, 8, 4, generator=g),)}[name]
 
 
@@ -172,7 +183,8 @@ MODELS = {"lstm_seq": (LstmSeq, "script"), "gru2_last": (Gru2Last, "script"), "b
           "rnn_act": (RnnAct, "script"), "emb_gru": (EmbGru, "trace"), "lstm_state": (LstmState, "script"),
           "cell_loop": (CellLoop, "trace"), "causal_conv": (CausalConvLstm, "trace"),
           "noncausal_conv": (NonCausalConvGru, "script"), "strided_conv": (StridedConvLstm, "trace"),
-          "seq_norm": (SeqNormLstm, "script"), "proj_lstm": (ProjLstm, "script"), "conv_pool": (ConvPoolLstm, "trace")}
+          "seq_norm": (SeqNormLstm, "script"), "proj_lstm": (ProjLstm, "script"), "conv_pool": (ConvPoolLstm, "trace"),
+          "crnn": (Crnn, "trace")}
 
 
 def main(outdir):
