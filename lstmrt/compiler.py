@@ -24,7 +24,7 @@ from .kernel import lib
 from .program import ALIGN, NONE, Instr, Operand, Program, PyStep
 
 MAX_ND = 8
-MAX_UNROLL = 4096  # iterations of a Loop unrolled into a program
+MAX_UNROLL = 1024  # iterations of a Loop unrolled into a program (compiling costs ~2 ms each)
 
 
 def max_arena_bytes() -> int:
@@ -491,7 +491,8 @@ class Compiler:
         keep_going = True if cond is None else bool(np.asarray(cond.const).reshape(-1)[0])
         carried = list(own[2:])
         n_scans = len(kernel.body_outputs) - 1 - len(carried)
-        scans: list[list] = [[] for _ in range(n_scans)]
+        scans: list = [None] * n_scans     # each scan output's buffer of `limit` rows, made at its first row
+        count = 0
         saved = self._consumers
         for i in range(limit):
             if not keep_going:
@@ -506,25 +507,29 @@ class Compiler:
                 raise _fail(step, "its condition is computed from the data, so the iterations are not known")
             keep_going = bool(np.asarray(results[0].const).reshape(-1)[0])
             carried = results[1:1 + len(carried)]
-            for acc, val in zip(scans, results[1 + len(carried):]):
-                acc.append(val)
+            for k, val in enumerate(results[1 + len(carried):]):
+                scans[k] = self.scan_row(scans[k], val, i, limit, step)
+            count += 1
         self._consumers = saved
-        outs = carried + [self.stack(acc, step) for acc in scans]
-        for name, val in zip(step.outputs, outs):
+        if count == 0 and n_scans:
+            raise _fail(step, "a scan output of no iterations has no compiled form")
+        stacked = [Val((count,) + buf.shape[1:], buf.dtype, storage=buf.storage, offset=buf.offset,
+                       sample=np.zeros((count,) + buf.shape[1:], buf.dtype)) for buf in scans]
+        for name, val in zip(step.outputs, carried + stacked):
             if name:
                 self.env[name] = val
 
-    def stack(self, vals: list, step) -> Val:
-        """A scan output: the iterations' values stacked on a new leading axis."""
-        if not vals:
-            raise _fail(step, "a scan output of no iterations has no compiled form")
-        if all(v.static for v in vals):
-            return self.static(np.stack([v.const for v in vals]))
-        out = self.new_val((len(vals),) + vals[0].shape, vals[0].dtype)
-        for i, v in enumerate(vals):
-            self.emit(lib.LRT_OP_COPY, [self.ref(v), self.ref(out, i * v.nbytes)],
-                      [v.dtype.itemsize, 1, max(v.size, 1), 1, 1], label=f"'{step.name}' (Loop scan)")
-        return out
+    def scan_row(self, buf, val: Val, i: int, rows: int, step) -> Val:
+        """Row i of a scan output, copied in as soon as its iteration made it (so that each
+        iteration's values die with it, not at the loop's end)."""
+        if buf is None:
+            buf = self.new_val((rows,) + val.shape, val.dtype)
+        elif buf.shape[1:] != val.shape or buf.dtype != val.dtype:
+            raise _fail(step, f"its scan output changes shape between iterations "
+                              f"({list(buf.shape[1:])}, {list(val.shape)})")
+        self.emit(lib.LRT_OP_COPY, [self.ref(val), self.ref(buf, i * val.nbytes)],
+                  [val.dtype.itemsize, 1, max(val.size, 1), 1, 1], label=f"'{step.name}' (Loop scan)")
+        return buf
 
     # -- shared emitters --------------------------------------------------------
     def copy_contiguous(self, src: Val, dst: SymOperand, label: str):
