@@ -172,7 +172,8 @@ typedef struct {
  *  GATHER   data,idx,y   esize outer n inner count idx_dtype
  *  INDEX    x,table,y    esize count bits   (y[i] = x[table[i]], or bits where table[i] < 0;
  *                        table: count int64 in a constant, checked at creation)
- *  RECURRENT x,h0,c0,y,yh,yc,ws  steps batch dirs reverse threads  (weights: dirs)
+ *  RECURRENT x,h0,c0,y,yh,yc,ws,seq_lens  steps batch dirs reverse  (weights: dirs; seq_lens
+ *                        optional int32 [batch], each in [0, steps], else the call fails)
  *  BRANCH   [cond]       target always   (to instruction `target`, forward only: always, or when
  *                        the bool cond is false; an If decided by the data)
  *  CONV     x,y,scratch  batch cin cout group act ih iw kh kw ph pw sh sw dh dw oh ow   (2-D;

@@ -91,7 +91,7 @@ int lrt_exec_matmul(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o
 /* ---- RECURRENT: one ONNX LSTM/GRU/RNN node, a direction per weights object ---- */
 int lrt_check_recurrent(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
 {
-    if (ins->noperands != 7 || ins->nints != 4) return 0;
+    if (ins->noperands != 8 || ins->nints != 4) return 0;
     const int64_t T = ip[0], B = ip[1], D = ip[2];
     if (T < 1 || B < 1 || T > (1 << 24) || B > (1 << 24) || (D != 1 && D != 2) || ins->nweights != D) return 0;
     const lrt_weights *w0 = p->weights[ins->first_weights];
@@ -107,7 +107,7 @@ int lrt_check_recurrent(const lrt_program *p, const lrt_instr *ins, const lrt_op
     return holds(&o[0], T * B * I, 4) && (!has(&o[1]) || holds(&o[1], state, 4)) &&
            (!lstm || !has(&o[2]) || holds(&o[2], state, 4)) && (!has(&o[3]) || holds(&o[3], T * state, 4)) &&
            holds(&o[4], state, 4) && (!lstm || holds(&o[5], state, 4)) && ws != SIZE_MAX &&
-           holds(&o[6], (int64_t)ws, 4);
+           holds(&o[6], (int64_t)ws, 4) && (!has(&o[7]) || holds(&o[7], B, 4));
 }
 
 int lrt_exec_recurrent(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
@@ -144,6 +144,10 @@ int lrt_exec_recurrent(const run_ctx *c, const lrt_instr *ins, const lrt_operand
         a.workspace = (float *)(void *)at(c, &o[6]);
         a.workspace_len = (size_t)(o[6].nbytes / 4);
         a.threads = c->p->threads;
+        if (has(&o[7])) {   /* int32 lengths; lrt_run refuses any outside [0, steps] */
+            a.seq_lens = (const int32_t *)(const void *)at(c, &o[7]);
+            a.seq_lens_len = (size_t)B;
+        }
         const int st = lrt_run(w, &a);
         if (st != LRT_OK) return st;
     }

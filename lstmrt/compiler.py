@@ -388,8 +388,8 @@ class Compiler:
                 args.append(None)
             elif v.static:
                 args.append(("const", v.const))
-            elif v.storage.loc == lib.LRT_LOC_INPUT:
-                args.append(("input", v.storage.name))
+            elif v.storage.loc == lib.LRT_LOC_INPUT:    # the feed's array, or a view of it (Unsqueeze)
+                args.append(("input", v.storage.name, v.offset, v.shape, v.dtype))
             else:
                 args.append(("arena", self.ref(v), v.shape, v.dtype))
         results, places = [], []
@@ -1137,9 +1137,10 @@ def _recurrent(c: Compiler, step, ins, outs, label):
     if node.layout == 1:   # [B, T, I] and [B, D, H] in, [B, T, D, H] and [B, D, H] out
         x, h0, c0 = (_transposed(c, v, [1, 0, 2], label) for v in (x, h0, c0))
     T, B, _ = x.shape
-    if seq is not None:
-        if not seq.static or not np.all(np.asarray(seq.const) == T):
-            raise _fail(step, "sequence_lens other than the full length have no compiled form")
+    if seq is not None and seq.static and np.all(np.asarray(seq.const) == T):
+        seq = None            # every sequence whole: no lengths to pass
+    if seq is not None and (seq.dtype != I32 or seq.size != B):
+        raise _fail(step, f"sequence_lens of {seq.dtype} {list(seq.shape)}; int32 [{B}] compiles")
     weights = node.packed
     H, D = weights[0].spec.hidden_size, node.num_directions
     lstm = node.cell == "LSTM"
@@ -1149,7 +1150,7 @@ def _recurrent(c: Compiler, step, ins, outs, label):
     yc = c.new_val((D, B, H), F32) if lstm else None
     ws_floats = weights[0].workspace_floats(B, T, c.options.threads)
     c.emit(lib.LRT_OP_RECURRENT, [c.ref(x), c.ref(h0), c.ref(c0) if lstm else None, c.ref(y), c.ref(yh),
-                                  c.ref(yc), c.temp(ws_floats * 4)],
+                                  c.ref(yc), c.temp(ws_floats * 4), c.ref(seq)],
            [T, B, D, node.direction == "reverse"], weights=[w.handle for w in weights], label=label)
     if node.layout == 1:
         y = _transposed(c, y, [2, 0, 1, 3], label)

@@ -49,7 +49,7 @@ class Misfit(Exception):
 class PyStep:
     """A node with no compiled form, run by its numpy kernel between two C segments, on views
     of the arena.  args: per input, ("const", array), ("arena", offset, shape, dtype),
-    ("input", name) or None; outputs: (arena offset, shape, dtype) or None per output."""
+    ("input", name, offset, shape, dtype) or None; outputs: (arena offset, shape, dtype) or None."""
     kernel: object
     args: list
     outputs: list
@@ -245,7 +245,9 @@ class ProgramState:
             elif arg[0] == "const":
                 args.append(arg[1])
             elif arg[0] == "input":
-                args.append(self._feed[arg[1]])
+                name, offset, shape, dtype = arg[1:]
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                args.append(self._feed[name].reshape(-1).view(np.uint8)[offset:offset + size].view(dtype).reshape(shape))
             else:
                 args.append(self._view(*arg[1:]))
         results = step.kernel(args)
@@ -278,4 +280,7 @@ class ProgramState:
         label = self.program.labels[i] if 0 <= i < len(self.program.labels) else "?"
         if status == lib.LRT_E_ARG and "(Gather)" in label:
             raise InputError(f"node {label}: an index is out of range for the gathered axis")
+        if status == lib.LRT_E_ARG and label.endswith(("(LSTM)", "(GRU)", "(RNN)")):
+            steps = self.program.instrs[i].ints[0]
+            raise InputError(f"node {label}: sequence_lens values must lie in [0, {steps}] (the steps of X)")
         raise KernelError(f"node {label}: {ffi.string(lib.lrt_status_string(status)).decode()}")

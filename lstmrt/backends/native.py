@@ -365,8 +365,9 @@ class NativeBackend:
         steps = program.python_steps
         if not steps:
             return ""
+        c_parts = sum(1 for kind, _, _ in program.segments if kind == "c")
         return (f"{', '.join(steps[:3])}{' and more' if len(steps) > 3 else ''} between C segments: "
-                f"{len(program.segments)} segments")
+                f"{c_parts} in C, {len(steps)} in Python")
 
     def _probe_feed(self, size: int) -> dict | None:
         feeds = {}

@@ -26,7 +26,7 @@ def compiled_form(op: str) -> str:
     if op == "If":
         return "the taken branch inlined when the condition is known per signature, else both behind a branch"
     if op in ("LSTM", "GRU", "RNN"):
-        return "the recurrent kernel (layout 1 between two transposes; constant weights, no partial sequence_lens)"
+        return "the recurrent kernel (sequence_lens too; layout 1 between two transposes; constant weights)"
     if op in MOVEMENT:
         movement = "a view, a strided copy or a lookup table (its parameters constant per signature)"
         return movement + "; with computed indices, a gather" if op == "Gather" else movement
