@@ -196,7 +196,6 @@ class Compiler:
         self._const_storage: dict = {}
         self.keep: list = []
         self.env: dict[str, Val] = {}
-        self.aliases: dict[str, str] = {}   # a fused-away step's output -> the value it equals
         self.skipped: set = set()           # outputs of steps fused into an earlier instruction
 
     # -- values and operands ----------------------------------------------------
@@ -312,7 +311,6 @@ class Compiler:
             self.copy_contiguous(val, dst, f"state '{out}'")
 
     def lookup(self, name: str, plan) -> Val:
-        name = self.aliases.get(name, name)
         val = self.env.get(name)
         if val is None:
             if name in plan.constants:
@@ -720,7 +718,15 @@ def _foldable_batch_norm(c: Compiler, name: str, channels: int):
 
 
 def _dense_weights(c: Compiler, key, W_nk: np.ndarray, bias):
+    """Packed once per node and contents: the key digests the weights and bias, since a constant
+    folded per signature may differ from one signature to the next."""
+    import hashlib
+
     from .kernel import DenseWeights
+    digest = hashlib.blake2b(np.ascontiguousarray(W_nk, np.float32).tobytes(), digest_size=16)
+    if bias is not None:
+        digest.update(np.ascontiguousarray(bias, np.float32).tobytes())
+    key = (key, W_nk.shape, bias is not None, digest.digest())
     weights = c.packed.get(key)
     if weights is None:
         weights = c.packed[key] = DenseWeights(W_nk, bias, c.options.simd, c.options.precision)
@@ -736,7 +742,6 @@ def _emit_dense(c: Compiler, step, a: Val, W_nk: np.ndarray, bias, label, key):
         if fused_add is not None:
             c.skipped.add(fused_add)
             out_name = fused_add
-            key = key + (id(bias),)
     act, fused_act = _fusable_activation(c, out_name)
     if fused_act is not None:
         c.skipped.add(fused_act)
