@@ -69,6 +69,8 @@ def test_missing_and_corrupt_files(tmp_path):
 
 
 def test_state_names_follow_module_paths_scripted_or_traced():
+    """Lifted state by module path, a state the forward takes by its argument name (h0 -> h0_out),
+    scripted, traced and eager alike; stream() finds the pairs in the exported file."""
     proc = run([CASES / "torch_state_names.py"])
     assert proc.returncode == 0, output_of(proc)[-4000:]
     assert "STATE NAMES OK" in proc.stdout
