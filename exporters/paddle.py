@@ -22,8 +22,10 @@ paddle and paddle2onnx are imported only inside functions.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
+import re
 import sys
 import tempfile
 
@@ -195,7 +197,7 @@ def _program_rnn_ops(model_file: str) -> list:
             x, pre_state, weights = operands[0], operands[1], operands[2]
             seq = operands[3] if len(operands) > 3 else None
             found.append({
-                "attrs": attrs, "x": onnx_name(x),
+                "attrs": attrs, "x": onnx_name(x), "w_hh": _forward_w_hh(attrs, listed(weights), array),
                 "states": [onnx_name(v) for v in listed(pre_state)],
                 "weights": [array(v) for v in listed(weights)] if attrs.get("mode") in RNN_MODES else [],
                 "seq_lens": seq is not None and seq.initialized(),
@@ -204,6 +206,17 @@ def _program_rnn_ops(model_file: str) -> list:
     finally:
         if dynamic:
             paddle.disable_static()
+
+
+def _forward_w_hh(attrs, weights: list, array) -> list:
+    """Each layer's forward-direction recurrent weight [gates*H, H] of an `rnn` op (its weight list
+    holds every (layer, direction)'s [w_ih, w_hh] first), or [] where they cannot be read."""
+    from . import ExportError
+    dirs = 2 if attrs.get("is_bidirec") else 1
+    try:
+        return [array(weights[2 * k * dirs + 1]) for k in range(int(attrs["num_layers"]))]
+    except (ExportError, IndexError, KeyError):
+        return []
 
 
 def _graft_rnns(model: onnx.ModelProto, model_file: str) -> onnx.ModelProto:
@@ -396,17 +409,31 @@ def _refuse_step_loops(model_file: str) -> None:
                      "native ONNX LSTM/GRU/RNN node; use nn.LSTM (proj_size=0), nn.GRU or nn.SimpleRNN")
 
 
+def _arg_names(layer, count: int) -> list:
+    """The forward's first `count` parameter names (`x`, `h0`, `c0`): the exported inputs keep
+    them; x, x1, x2, ... where the signature does not tell."""
+    try:
+        params = [p.name for p in inspect.signature(layer.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) < count or len(set(params[:count])) < count:
+        return ["x"] + [f"x{i}" for i in range(1, count)]
+    return params[:count]
+
+
 def _save_layer(layer, example_input, tmp: str) -> str:
     import paddle
     from paddle.static import InputSpec
     if example_input is None:
         raise _error("an in-memory paddle.nn.Layer needs example_input (its input shapes are not in the layer)")
     values = example_input if isinstance(example_input, (tuple, list)) else [example_input]
+    names = _arg_names(layer, len(values))
     specs = []
     for i, v in enumerate(values):
         v = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
         shape = [None, None] + list(v.shape[2:]) if i == 0 else [v.shape[0], None] + list(v.shape[2:])
-        specs.append(InputSpec(shape, str(v.dtype), f"x{i}" if i else "x"))
+        specs.append(InputSpec(shape, str(v.dtype), names[i]))
     layer.eval()
     prefix = os.path.join(tmp, "model")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -418,7 +445,7 @@ def export(model, example_input=None, state: bool = True):
     import paddle
     from . import Exported, _specs_from_graph
     from . import time_layers
-    from .streamify import lift_state_or_note
+    from .streamify import lift_state_or_note, name_returned_states
     paddle.set_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(model, (str, os.PathLike)):
@@ -434,6 +461,10 @@ def export(model, example_input=None, state: bool = True):
         layer = load(model_file)
         _refuse_step_loops(model_file)   # paddle2onnx aborts the process on them
         onnx_model = _convert(model_file, params_file)
+        layer_names = _sublayer_weights(model) if source == "<paddle.nn.Layer>" else _program_weights(model_file)
+    _name_recurrent_nodes(onnx_model, layer_names)
+    name_returned_states(onnx_model, [i.name for i in onnx_model.graph.input],
+                         [o.name for o in onnx_model.graph.output])
     original_inputs = [i.name for i in onnx_model.graph.input]
     seq_inputs = time_layers.trace_sequence_axes(onnx_model)
     steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
@@ -453,6 +484,102 @@ def export(model, example_input=None, state: bool = True):
         notes.append(f"the model needs at least {steps} steps (its convolutions/pooling); verified from T={steps}")
     return Exported(onnx_model, specs, pairs, out_axes, reference, "paddle", source, notes,
                     shapes=time_layers.shapes_from(steps))
+
+
+RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN")
+
+
+def _layer_name(path: str, layer: int, layers: int) -> str:
+    return path if layers == 1 else f"{path}.l{layer}"
+
+
+def _sublayer_weights(model) -> list:
+    """[(each layer's forward recurrent weight, its name)] of an in-memory layer: the sublayer
+    path the user wrote ('lstm', 'block.gru', 'rnn.l1' for the second layer of a stacked one)."""
+    found = []
+    for path, sub in model.named_sublayers():
+        if type(sub).__name__ not in RECURRENT_LAYERS:
+            continue
+        params = dict(sub.named_parameters())
+        layers = sorted((n for n in params if n.startswith("weight_hh_l") and not n.endswith("_reverse")),
+                        key=lambda n: int(n[len("weight_hh_l"):]))
+        found += [(params[n].numpy(), _layer_name(path, k, len(layers))) for k, n in enumerate(layers)]
+    return found
+
+
+def _program_weights(model_file: str) -> list:
+    """The same for a saved program, which keeps no attribute names: each rnn op is named by the
+    path of layer classes Paddle recorded in it (its struct_name, '/Encoder_3/LSTM_7/'), without
+    the instance counters, which count every layer made in the saving process so far
+    ('Encoder.LSTM'); where several ops share that path, '_0', '_1', ... in program order.
+    [] for a program whose rnn ops cannot be read (a legacy .pdmodel): paddle2onnx's names stay."""
+    from . import ExportError
+    try:
+        ops = _program_rnn_ops(model_file)
+    except ExportError:
+        return []
+    paths = [".".join(re.sub(r"_\d+$", "", part) for part in op["struct"].split("/") if part) or "rnn"
+             for op in ops]
+    found = []
+    for i, (op, path) in enumerate(zip(ops, paths)):
+        if paths.count(path) > 1:
+            path = f"{path}_{paths[:i].count(path)}"
+        found += [(w, _layer_name(path, k, len(op["w_hh"]))) for k, w in enumerate(op["w_hh"])]
+    return found
+
+
+def _name_recurrent_nodes(model: onnx.ModelProto, layer_weights: list) -> None:
+    """Name each recurrent node after the layer it computes, so lifted state reads 'lstm.h_in'
+    rather than paddle2onnx's 'LSTM.4.h_in'.  A node is matched to a layer by its recurrent
+    weight R, which paddle2onnx builds from the layer's weight_hh with the gates reordered
+    (computed from constants: evaluated here): the sorted values are the same.  A node that
+    matches no layer, or several, keeps its name."""
+    graph = model.graph
+    known = [(np.sort(np.asarray(w, np.float32).ravel()), name) for w, name in layer_weights]
+    if not known:
+        return
+    taken = {n.name for n in graph.node}
+    for node in graph.node:
+        if node.op_type not in ("LSTM", "GRU", "RNN") or len(node.input) < 3:
+            continue
+        r = _constant_value(graph, node.input[2])
+        if r is None:
+            continue
+        r = np.sort(r[0].ravel())
+        matches = [name for w, name in known if w.shape == r.shape and np.array_equal(w, r)]
+        if len(matches) == 1 and matches[0] not in taken:
+            taken.add(matches[0])
+            node.name = matches[0]
+
+
+def _constant_value(graph, name: str) -> np.ndarray | None:
+    """The value of `name` if it is computed from constants alone (onnx's reference evaluator on
+    the nodes that make it), else None."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output if o}
+    nodes, todo, seen, needed = [], [name], set(), set()
+    while todo:
+        v = todo.pop()
+        if not v or v in seen:
+            continue
+        seen.add(v)
+        if v in initializers:
+            needed.add(v)
+        elif v in producers:
+            nodes.append(producers[v])
+            todo.extend(producers[v].input)
+        else:
+            return None     # a graph input: not a constant
+    order = [n for n in graph.node if any(n is m for m in nodes)]
+    sub = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
+                            [initializers[v] for v in needed])
+    try:
+        model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", OPSET)])
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:   # an op the reference evaluator lacks: leave the node's name as it is
+        return None
 
 
 def _token_vocab(model: onnx.ModelProto, specs: list) -> None:

@@ -142,7 +142,7 @@ def export(model, example_input=None, state: bool = True):
     import torch
     from . import Exported
     from . import time_layers
-    from .streamify import lift_state_or_note
+    from .streamify import lift_state_or_note, name_returned_states
     source = "<torch.nn.Module>"
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
@@ -184,7 +184,8 @@ def export(model, example_input=None, state: bool = True):
                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     onnx_model = onnx.load_from_string(buffer.getvalue())
     _name_recurrent_nodes(onnx_model, model)
-    out_names = _name_state_outputs(onnx_model, names, out_names)
+    renamed = name_returned_states(onnx_model, names, out_names)
+    out_names = [renamed.get(n, n) for n in out_names]
     seq_inputs = {n: (dims.index("B"), dims.index("T")) for n, _, dims in inputs if "B" in dims and "T" in dims}
     steps = time_layers.min_steps(onnx_model, seq_inputs)   # before lifting: a lifted context pads nothing
     onnx_model, pairs, notes = time_layers.prepare(onnx_model, state, seq_inputs,
@@ -252,46 +253,6 @@ def _name_recurrent_nodes(onnx_model, model) -> None:
                    if fingerprint.shape == weights.shape and np.array_equal(fingerprint, weights)]
         if len(matches) == 1:
             node.name = matches[0]
-
-
-def _name_state_outputs(onnx_model, input_names: list, out_names: list) -> list:
-    """Rename each output that returns the final value of a state the forward takes (`h0`) to
-    `h0_out`, the name streamify gives a state output it adds, so the pair reads as one whatever
-    the model was (scripted, traced, eager) and wherever the state sits among its results.
-    Returns `out_names` with the new names."""
-    from .streamify import StreamifyError, streamify
-    try:
-        _, pairs = streamify(onnx_model)    # only to learn the pairing; the export lifts again later
-    except StreamifyError:
-        return out_names
-    graph = onnx_model.graph
-    taken = ({v.name for v in list(graph.input) + list(graph.output)} | {t.name for t in graph.initializer}
-             | {v for n in graph.node for v in list(n.input) + list(n.output)})
-    renames = {}
-    for state_in, state_out in pairs.items():
-        if state_in in input_names and state_out in out_names and state_out not in renames:
-            new = f"{state_in}_out"
-            if new not in taken:
-                renames[state_out] = new
-                taken.add(new)
-    _rename_values(graph, renames)
-    return [renames.get(n, n) for n in out_names]
-
-
-def _rename_values(graph, renames: dict) -> None:
-    """Rename values everywhere they appear in `graph`, its If/Loop bodies included."""
-    if not renames:
-        return
-    for value in list(graph.output) + list(graph.value_info):
-        value.name = renames.get(value.name, value.name)
-    for node in graph.node:
-        for i, v in enumerate(node.input):
-            node.input[i] = renames.get(v, v)
-        for i, v in enumerate(node.output):
-            node.output[i] = renames.get(v, v)
-        for attr in node.attribute:
-            for body in [attr.g] if attr.type == attr.GRAPH else list(attr.graphs):
-                _rename_values(body, renames)
 
 
 def _flatten(value) -> list:

@@ -307,6 +307,44 @@ def _lift_from_branch(graph, if_node, branch: str, node, fresh, batch) -> dict:
     return pairs
 
 
+def name_returned_states(onnx_model, input_names, out_names) -> dict:
+    """Rename (in place) each of `out_names` that returns the final value of a state input among
+    `input_names` (`h0`) to `h0_out`, the name streamify gives a state output it adds, so the pair
+    reads as one whatever the exporter called the outputs.  Returns {old name: new name}."""
+    try:
+        _, pairs = streamify(onnx_model)    # only to learn the pairing; the export lifts again later
+    except StreamifyError:
+        return {}
+    graph = onnx_model.graph
+    taken = ({v.name for v in list(graph.input) + list(graph.output)} | {t.name for t in graph.initializer}
+             | {v for n in graph.node for v in list(n.input) + list(n.output)})
+    renames = {}
+    for state_in, state_out in pairs.items():
+        if state_in in input_names and state_out in out_names and state_out not in renames:
+            new = f"{state_in}_out"
+            if new not in taken:
+                renames[state_out] = new
+                taken.add(new)
+    _rename_values(graph, renames)
+    return renames
+
+
+def _rename_values(graph, renames: dict) -> None:
+    """Rename values everywhere they appear in `graph`, its If/Loop bodies included."""
+    if not renames:
+        return
+    for value in list(graph.output) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        for i, v in enumerate(node.input):
+            node.input[i] = renames.get(v, v)
+        for i, v in enumerate(node.output):
+            node.output[i] = renames.get(v, v)
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == attr.GRAPH else list(attr.graphs):
+                _rename_values(body, renames)
+
+
 def strip_state(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` without the state pairing metadata (for --no-state on lifted models)."""
     out = onnx.ModelProto()

@@ -41,8 +41,26 @@ def test_stacked_state_output_has_every_layer(exported):
 
 
 def test_own_state_pairs(exported):
+    """A state the model takes keeps its input name; the final state it returns is `<name>_out`."""
     meta = {p.key: p.value for p in onnx.load(onnx_path(exported, "lstm_state")).metadata_props}
-    assert set(json.loads(meta["lstmrt.state_pairs"])) == {"h0", "c0"}
+    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "h0_out", "c0": "c0_out"}
+
+
+def test_saved_program_state_is_named_by_its_layer_classes(exported):
+    """A saved program keeps no attribute names: lifted state is named by the layer classes
+    Paddle recorded, repeated ones numbered in program order; stream() reads them from the file."""
+    import lstmrt
+    want = {"LSTM.h_in": "LSTM.h_out", "LSTM.c_in": "LSTM.c_out", "SimpleRNN_0.h_in": "SimpleRNN_0.h_out",
+            "SimpleRNN_1.h_in": "SimpleRNN_1.h_out"}
+    assert lstmrt.InferenceSession(onnx_path(exported, "lstm_srnns")).stream().pairs == want
+
+
+def test_state_names_follow_the_layers_the_user_wrote():
+    """In memory: sublayer paths and forward argument names; saved: layer classes, the same on
+    every save; each exported file streams by its metadata as Paddle computes."""
+    proc = run([ROOT / "tests" / "export_cases" / "paddle_state_names.py"])
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "STATE NAMES OK" in proc.stdout
 
 
 @pytest.mark.parametrize("name,features", [("gru2_last", 4), ("simple_rnn", 3)])
@@ -81,7 +99,7 @@ def test_simple_rnns_after_an_lstm(exported):
 def test_simple_rnn_state_pairs(exported):
     """The initial state passed in pairs with the returned final state ([layers*dirs, B, H])."""
     meta = {p.key: p.value for p in onnx.load(onnx_path(exported, "srnn2_relu_state")).metadata_props}
-    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "fetch_name_1"}
+    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "h0_out"}
     out = next(o for o in onnx.load(onnx_path(exported, "bisrnn2")).graph.output if o.name == "fetch_name_1")
     assert out.type.tensor_type.shape.dim[0].dim_value == 4
 
