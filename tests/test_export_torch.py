@@ -39,7 +39,7 @@ def test_own_state_inputs_pair_with_returned_states(exported):
     import json
     import onnx
     meta = {p.key: p.value for p in onnx.load(onnx_path(exported, "lstm_state")).metadata_props}
-    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "output_1", "c0": "output_2"}
+    assert json.loads(meta["lstmrt.state_pairs"]) == {"h0": "h0_out", "c0": "c0_out"}
 
 
 def test_streams_here(exported):
