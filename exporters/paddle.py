@@ -13,6 +13,11 @@ unless they are installed, so lstmrt[paddle] pins them: then no network is neede
 paddle2onnx writes only the last layer's final state of a stacked RNN; `_restack_states`
 rebuilds the [layers*dirs, B, H] output from every layer's node.
 
+Names: each recurrent node is renamed after the layer the user wrote (its sublayer path, for an
+in-memory nn.Layer; the layer classes Paddle recorded, for a saved program), so lifted state is
+`lstm.h_in`, `lstm.l1.c_in`; an in-memory layer's inputs keep its forward's argument names, and
+a state the model takes and returns pairs `h0` with `h0_out`.
+
 Gate orders (for reference; paddle2onnx applies them): paddle LSTM i f g o (as torch) ->
 ONNX i o f c; paddle GRU r z c (as torch) -> ONNX z r h, linear_before_reset=1.  SimpleRNN
 (grafted here): see PADDLE_GATES.
@@ -486,9 +491,6 @@ def export(model, example_input=None, state: bool = True):
                     shapes=time_layers.shapes_from(steps))
 
 
-RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN")
-
-
 def _layer_name(path: str, layer: int, layers: int) -> str:
     return path if layers == 1 else f"{path}.l{layer}"
 
@@ -496,9 +498,10 @@ def _layer_name(path: str, layer: int, layers: int) -> str:
 def _sublayer_weights(model) -> list:
     """[(each layer's forward recurrent weight, its name)] of an in-memory layer: the sublayer
     path the user wrote ('lstm', 'block.gru', 'rnn.l1' for the second layer of a stacked one)."""
+    from paddle import nn
     found = []
     for path, sub in model.named_sublayers():
-        if type(sub).__name__ not in RECURRENT_LAYERS:
+        if not isinstance(sub, (nn.LSTM, nn.GRU, nn.SimpleRNN)):
             continue
         params = dict(sub.named_parameters())
         layers = sorted((n for n in params if n.startswith("weight_hh_l") and not n.endswith("_reverse")),
@@ -513,10 +516,9 @@ def _program_weights(model_file: str) -> list:
     the instance counters, which count every layer made in the saving process so far
     ('Encoder.LSTM'); where several ops share that path, '_0', '_1', ... in program order.
     [] for a program whose rnn ops cannot be read (a legacy .pdmodel): paddle2onnx's names stay."""
-    from . import ExportError
     try:
         ops = _program_rnn_ops(model_file)
-    except ExportError:
+    except Exception:   # ExportError for a legacy program, paddle's own errors: the names are a nicety
         return []
     paths = [".".join(re.sub(r"_\d+$", "", part) for part in op["struct"].split("/") if part) or "rnn"
              for op in ops]
@@ -572,7 +574,8 @@ def _constant_value(graph, name: str) -> np.ndarray | None:
             todo.extend(producers[v].input)
         else:
             return None     # a graph input: not a constant
-    order = [n for n in graph.node if any(n is m for m in nodes)]
+    wanted = {id(n) for n in nodes}
+    order = [n for n in graph.node if id(n) in wanted]
     sub = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
                             [initializers[v] for v in needed])
     try:

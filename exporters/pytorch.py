@@ -8,6 +8,10 @@ Its only recurrent quirk is building zero initial states from Shape/ConstantOfSh
 model takes none; `streamify` replaces those with state inputs.  `finish` then refuses any
 result that holds Loop/Scan or layout=1 nodes.
 
+Names: inputs are the forward's argument names; lifted state is named by the module path
+(`_name_recurrent_nodes`), and an output returning the final value of a state argument `h0`
+is `h0_out` (`streamify.name_returned_states`), whether the model was scripted, traced or eager.
+
 Gate orders (for reference; torch.onnx applies them): torch LSTM i f g o -> ONNX i o f c;
 torch GRU r z n -> ONNX z r h, with b_hn inside r * (W_hn h + b_hn), i.e. linear_before_reset=1.
 
