@@ -8,7 +8,6 @@ same however many layers the saving process had made before.  Each model is expo
 and the file alone (its metadata) tells `stream()` the pairs, which stream as Paddle computes."""
 import json
 import os
-import sys
 import tempfile
 import warnings
 
