@@ -230,24 +230,30 @@ def find(model: onnx.ModelProto, seq_inputs: dict | None = None) -> tuple[list, 
     return layers, problems
 
 
-def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tuple[int, dict]:
-    """(M, {layer: its compounded stride}): a chunk of M steps of the streamed inputs gives
-    every strided layer whole strides."""
+def _along_time(model: onnx.ModelProto, layers: list, seq_inputs: dict):
+    """(its time layer or None, f) for each node on a streamed input's path, in graph order:
+    f is how many input steps one step of the node's input stands for (the strides before it)."""
     by_node = {id(l.node): l for l in layers}
     factor = {name: Fraction(1) for name in seq_inputs}
-    needs = {}
     for node in model.graph.node:
         known = [factor[i] for i in node.input if i in factor]
         if not known:
             continue
         f = max(known)
         layer = by_node.get(id(node))
-        if layer is not None and layer.stride > 1:
+        yield layer, f
+        if layer is not None:
             f = f * layer.stride
-            needs[layer.name] = f
         for o in node.output:
             if o:
                 factor[o] = f
+
+
+def chunk_multiple(model: onnx.ModelProto, layers: list, seq_inputs: dict) -> tuple[int, dict]:
+    """(M, {layer: its compounded stride}): a chunk of M steps of the streamed inputs gives
+    every strided layer whole strides."""
+    needs = {layer.name: f * layer.stride for layer, f in _along_time(model, layers, seq_inputs)
+             if layer is not None and layer.stride > 1}
     multiple = 1
     for f in needs.values():
         multiple = math.lcm(multiple, f.numerator)
@@ -258,25 +264,15 @@ def min_steps(model: onnx.ModelProto, seq_inputs: dict) -> int:
     """The fewest input steps every time layer gets at least one step from (a valid conv or a
     pooling window needs its span); shorter inputs fail in the framework too."""
     layers, _ = find(model, seq_inputs)
-    by_node = {id(l.node): l for l in layers}
-    factor = {name: Fraction(1) for name in seq_inputs}
     need = 1
-    for node in model.graph.node:
-        known = [factor[i] for i in node.input if i in factor]
-        if not known:
+    for layer, f in _along_time(model, layers, seq_inputs):
+        if layer is None:
             continue
-        f = max(known)
-        layer = by_node.get(id(node))
-        if layer is not None:
-            span = (layer.kernel - 1) * layer.dilation + 1
-            steps = max(1, span - layer.left - layer.right)
-            while layer.kept(steps) < 1:
-                steps += 1
-            need = max(need, math.ceil(steps * f))
-            f = f * layer.stride
-        for o in node.output:
-            if o:
-                factor[o] = f
+        span = (layer.kernel - 1) * layer.dilation + 1
+        steps = max(1, span - layer.left - layer.right)
+        while layer.kept(steps) < 1:
+            steps += 1
+        need = max(need, math.ceil(steps * f))
     return need
 
 
