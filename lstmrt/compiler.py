@@ -266,7 +266,8 @@ class Compiler:
             if val.static:
                 static_outputs[name] = val.const
                 continue
-            if val.storage.loc != lib.LRT_LOC_ARENA:   # an input passed through: into the arena
+            if val.storage.loc != lib.LRT_LOC_ARENA or val.storage in state_storage.values():
+                # an input passed through, or a carried state the last instructions overwrite: a copy
                 moved = self.new_val(val.shape, val.dtype)
                 self.copy_contiguous(val, self.ref(moved), f"output '{name}'")
                 val = moved

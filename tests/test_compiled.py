@@ -274,3 +274,28 @@ def test_a_python_step_reads_views_of_the_feed_at_their_own_shape():
     for _ in range(2):
         for g, w in zip(sess.run(None, feed), want):
             np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_a_stream_output_that_is_its_state_input_is_the_state_before_the_call():
+    """An output passed straight through from a state input reads the state the call started
+    from, although the state lives in the program's arena and is overwritten at its end."""
+    from onnx import TensorProto, helper
+    H, I = 4, 3
+    rng = np.random.default_rng(19)
+    nodes = [helper.make_node("RNN", ["x", "W", "R", "", "", "h0"], ["y", "hn"], hidden_size=H),
+             helper.make_node("Identity", ["h0"], ["h_before"])]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, ["T", 1, I]), ("h0", TensorProto.FLOAT, [1, 1, H])],
+                         {"W": rng.standard_normal((1, H, I)).astype(np.float32),
+                          "R": rng.standard_normal((1, H, H)).astype(np.float32)}, outputs=("y", "hn", "h_before"))
+    for out in model.graph.output:
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+    stream = lstmrt.InferenceSession(model, backend="native").stream(state={"h0": "hn"})
+    ort = lstmrt.InferenceSession(model, backend="onnxruntime")
+    h = np.zeros((1, 1, H), np.float32)
+    for steps in (2, 1, 3, 1):
+        x = rng.standard_normal((steps, 1, I)).astype(np.float32)
+        y, hn, h_before = ort.run(None, {"x": x, "h0": h})
+        got_y, got_before = stream.run({"x": x})
+        np.testing.assert_allclose(got_y, y, atol=1e-6)
+        np.testing.assert_allclose(got_before, h_before, atol=1e-6)
+        h = hn
