@@ -324,13 +324,13 @@ class Compiler:
 
     def walk(self, plan, wanted: list):
         consumers: dict = {}
-        for step in plan.compiled_steps:
+        for step in plan.steps:
             for n in step.inputs:
                 consumers.setdefault(n, []).append(step)
         for n in wanted:
             consumers.setdefault(n, []).append(None)
         self._consumers = consumers
-        for step in plan.compiled_steps:
+        for step in plan.steps:
             if all(o in self.skipped or not o for o in step.outputs):
                 continue
             self.step(plan, step)
@@ -526,8 +526,7 @@ class Compiler:
         elif buf.shape[1:] != val.shape or buf.dtype != val.dtype:
             raise _fail(step, f"its scan output changes shape between iterations "
                               f"({list(buf.shape[1:])}, {list(val.shape)})")
-        self.emit(lib.LRT_OP_COPY, [self.ref(val), self.ref(buf, i * val.nbytes)],
-                  [val.dtype.itemsize, 1, max(val.size, 1), 1, 1], label=f"'{step.name}' (Loop scan)")
+        self.copy_contiguous(val, self.ref(buf, i * val.nbytes), f"'{step.name}' (Loop scan)")
         return buf
 
     # -- shared emitters --------------------------------------------------------

@@ -73,7 +73,6 @@ class Plan:
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:
                 self.steps.append(step)
-        self.compiled_steps = self.steps   # what the compiler walks
         # the constants the steps read, and None for an omitted input (""): each call's values
         # start from these, so a step fetches all its arguments from one dict
         self._bound = {n: self.constants[n] for step in self.steps for n in step.inputs if n in self.constants}
@@ -188,7 +187,7 @@ class StreamPrograms:
     def step(self, feed: dict, state: dict):
         """(outputs, new state) for a signature this stream has run, else None."""
         try:
-            program_state = self._states[self._key(feed)]
+            program_state = self._states[self._backend.signature(feed)]
             keep = program_state.bind(feed)
         except (KeyError, AttributeError, TypeError, ValueError, BufferError):
             return None
@@ -202,14 +201,9 @@ class StreamPrograms:
         del keep
         return results, views
 
-    def _key(self, feed: dict) -> tuple:
-        key = tuple([(name, value.shape, value.dtype) for name, value in feed.items()])
-        scalars = self._backend._signature_inputs
-        return key + tuple(feed[n].tobytes() for n in scalars if n in feed) if scalars else key
-
     def learn(self, feed: dict, state: dict) -> None:
         """After a checked call of a new signature: compiles its stream program, if it compiles."""
-        key = self._key(feed)
+        key = self._backend.signature(feed)
         if key in self._states:
             return
         program = self._backend.stream_program({**feed, **state}, self._outputs, self._pairs)
@@ -236,18 +230,18 @@ class NativeBackend:
         self.compile_note = self._probe() if options.compiled else "compilation turned off"
 
     # -- compiled programs -------------------------------------------------------
-    def _key(self, feeds: dict, output_names: list) -> tuple:
-        key = tuple([(name, value.shape, value.dtype.num) for name, value in feeds.items()])
+    def signature(self, feeds: dict) -> tuple:
+        """What a program is compiled for: the feed's names, shapes and dtypes (byte order
+        included), and the values of its small integer inputs."""
+        key = tuple([(name, value.shape, value.dtype) for name, value in feeds.items()])
         scalars = self._signature_inputs
-        if scalars:
-            key += tuple(feeds[n].tobytes() for n in scalars if n in feeds)
-        return key + tuple(output_names)
+        return key + tuple(feeds[n].tobytes() for n in scalars if n in feeds) if scalars else key
 
     def program_for(self, feeds: dict, output_names: list):
         """The Program for this feed's signature (compiled on first sight), or a _Fallback."""
         if not self.options.compiled:
             return _OFF
-        key = self._key(feeds, output_names)
+        key = (self.signature(feeds), tuple(output_names))
         entry = self._programs.get(key)
         if entry is None:
             with self._lock:
@@ -267,7 +261,7 @@ class NativeBackend:
     def stream_program(self, feeds: dict, output_names: list, pairs: dict):
         """The program of a stream's signature (feeds: streamed inputs and state), its state kept
         in the arena between calls; a _Fallback where it does not compile."""
-        key = ("stream", self._key(feeds, output_names), tuple(pairs.items()))
+        key = ("stream", self.signature(feeds), tuple(output_names), tuple(pairs.items()))
         entry = self._programs.get(key)
         if entry is None:
             with self._lock:
@@ -312,20 +306,14 @@ class NativeBackend:
             known = self._local.known = {}
         if len(known) >= self._programs.limit:
             known.clear()
-        known[self._fast_key(feeds, output_names)] = (program, state)
-
-    def _fast_key(self, feeds: dict, output_names) -> tuple:
-        key = tuple([(name, value.shape, value.dtype) for name, value in feeds.items()])
-        if self._signature_inputs:
-            key += tuple(feeds[n].tobytes() for n in self._signature_inputs if n in feeds)
-        return key, tuple(output_names)
+        known[(self.signature(feeds), tuple(output_names))] = (program, state)
 
     def run_known(self, feeds: dict, output_names):
         """The outputs when this exact signature ran before on this thread, else None (the caller
         then checks the feed and runs it the long way).  Not for arrays other than numpy's own
         C-contiguous ones: anything else returns None."""
         try:
-            program, state = self._local.known[self._fast_key(feeds, output_names)]
+            program, state = self._local.known[(self.signature(feeds), tuple(output_names))]
             return program.assemble(state.run(feeds))
         except (AttributeError, KeyError, TypeError, ValueError, BufferError, Misfit):
             return None
