@@ -301,3 +301,31 @@ def test_a_stream_output_that_is_its_state_input_is_the_state_before_the_call():
         np.testing.assert_allclose(got_y, y, atol=1e-6)
         np.testing.assert_allclose(got_before, h_before, atol=1e-6)
         h = hn
+
+
+@pytest.mark.parametrize("precision, bound", [("bf16", 2e-2), ("int8", 6e-2)])
+def test_reduced_precision_reaches_the_compiled_dense_products(precision, bound):
+    """precision= applies to a compiled MatMul's packed weights too: a model that is one MatMul
+    comes out changed by the narrower weights, and within the stated error of onnxruntime."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(20)
+    model = _graph_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", TensorProto.FLOAT, [4, 40])],
+                         {"w": rng.standard_normal((40, 24)).astype(np.float32) * 0.2})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    x = rng.standard_normal((4, 40)).astype(np.float32)
+    want = lstmrt.InferenceSession(model, backend="onnxruntime").run(None, {"x": x})[0]
+    exact = lstmrt.InferenceSession(model, backend="native").run(None, {"x": x})[0]
+    narrow = lstmrt.InferenceSession(model, backend="native", precision=precision).run(None, {"x": x})[0]
+    np.testing.assert_allclose(exact, want, atol=1e-5)
+    assert not np.array_equal(narrow, exact)
+    assert np.max(np.abs(narrow - want)) < bound * np.max(np.abs(want))
+
+
+def test_threads_give_the_same_bits_on_compiled_programs():
+    sess_one = lstmrt.InferenceSession(streaming_model("LSTM", input_size=64, hidden=256), backend="native")
+    sess_two = lstmrt.InferenceSession(streaming_model("LSTM", input_size=64, hidden=256), backend="native", threads=2)
+    x = np.random.default_rng(21).standard_normal((1, 6, 64)).astype(np.float32)
+    one, two = sess_one.stream(), sess_two.stream()
+    for chunk in (x[:, :2], x[:, 2:3], x[:, 3:]):
+        for g, w in zip(two.run({"x": chunk}), one.run({"x": chunk})):
+            np.testing.assert_array_equal(g, w)
