@@ -283,13 +283,9 @@ class Compiler:
                              f"{biggest.nbytes / 2**20:.0f} MiB, made by {self.instrs[max(biggest.first, 0)].label}")
         instrs = [self.resolve_instr(i) for i in self.instrs]
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
-        program = Program(instrs, self.consts, inputs, input_nbytes, placed, arena,
-                          self.options.simd, self.options.threads, self.keep)
-        program.state_slots = [(name, feed[name].shape, feed[name].dtype, storage.offset)
-                               for name, storage in state_storage.items()]
-        program.static_outputs = static_outputs
-        program.output_names = list(output_names)
-        return program
+        slots = [(name, feed[name].shape, feed[name].dtype, storage.offset) for name, storage in state_storage.items()]
+        return Program(instrs, self.consts, inputs, input_nbytes, placed, arena, self.options.simd,
+                       self.options.threads, self.keep, static_outputs, list(output_names), slots)
 
     def carry_state(self, carried: dict, state_storage: dict) -> None:
         """The last instructions: each state output copied onto its state input's storage (through

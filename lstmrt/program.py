@@ -62,11 +62,14 @@ class Program:
 
     inputs: names of the feed arrays passed by pointer, in order; outputs: (name, shape, dtype,
     arena offset) of the arrays each call leaves in the arena (returned as copies), in order;
-    static_outputs: name -> array known when compiled.
+    static_outputs: name -> array known when compiled; output_names: the outputs asked for, in
+    order (default: `outputs`' names); state_slots: (state input, shape, dtype, arena offset) of
+    a stream's program, whose state lives in the arena.
     """
 
     def __init__(self, instrs: list, consts: list, inputs: list, input_nbytes: list, outputs: list,
-                 arena_bytes: int, simd: str | None, threads: int, keep: list):
+                 arena_bytes: int, simd: str | None, threads: int, keep: list, static_outputs: dict | None = None,
+                 output_names: list | None = None, state_slots: list = ()):
         self.instrs = instrs
         self.labels = [i.label for i in instrs]
         self.inputs = inputs
@@ -84,20 +87,16 @@ class Program:
                     self.segments.append(("py", item, i))
                 start = i + 1
         self.python_steps = [i.label for i in instrs if isinstance(i, PyStep)]
-        self.static_outputs: dict = {}
-        self.output_names = [name for name, _, _, _ in outputs]
-        self.state_slots: list = []     # (state input, shape, dtype, arena offset) of a stream's program
-
-    @property
-    def _all_dynamic(self) -> bool:
-        return not self.static_outputs
+        self.static_outputs = static_outputs or {}
+        self.output_names = output_names if output_names is not None else [name for name, _, _, _ in outputs]
+        self.state_slots = list(state_slots)
 
     def new_state(self) -> "ProgramState":
         return ProgramState(self)
 
     def assemble(self, results: list) -> list:
         """The requested outputs, in order: the arrays a call returned, and copies of the static ones."""
-        if self._all_dynamic:
+        if not self.static_outputs:
             return results
         by_name = dict(zip((name for name, _, _, _ in self.outputs), results))
         return [by_name[n] if n in by_name else self.static_outputs[n].copy() for n in self.output_names]
