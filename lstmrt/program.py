@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, KernelError, StreamError
+from .errors import InputError, KernelError
 from .kernel import ffi, lib
 
 ALIGN = 64
@@ -266,13 +266,15 @@ class ProgramState:
         del keep
         return results
 
-    def load_state(self, state: dict) -> None:
-        for name, view in self.views.items():
-            value = state[name]
-            if value.shape != view.shape:
-                raise StreamError(f"state '{name}' is {list(value.shape)} but this chunk needs {list(view.shape)} "
-                                  "(a different batch); reset() the stream or set_state() to change the batch")
-            np.copyto(view, value)
+    def load_state(self, state: dict) -> bool:
+        """Copies a state from elsewhere into the arena; False (nothing copied) when its shapes
+        are not this program's (the caller's long path then names the mistake)."""
+        views = self.views
+        if any(state[name].shape != view.shape for name, view in views.items()):
+            return False
+        for name, view in views.items():
+            np.copyto(view, state[name])
+        return True
 
     def _raise(self, status, first: int = 0):
         i = self._failed[0] + first if self._failed[0] >= 0 else -1

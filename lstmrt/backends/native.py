@@ -192,8 +192,8 @@ class StreamPrograms:
         except (KeyError, AttributeError, TypeError, ValueError, BufferError):
             return None
         views = program_state.views
-        if state is not views:
-            program_state.load_state(state)
+        if state is not views and not program_state.load_state(state):
+            return None
         try:
             results = program_state.execute()
         except Misfit:     # the state is untouched (its copies come last): the long path runs it
