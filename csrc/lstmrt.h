@@ -144,7 +144,7 @@ size_t lrt_dense_scratch_floats(const lrt_weights *w);
  * allowed; partial overlap is not); the compiler never plans any other overlap.
  * Every operand is checked at creation to lie inside its buffer, and each op's parameters
  * against its operands' extents; at run time the caller's arena size is checked, and the only
- * data-dependent checks (runtime Gather indices) fail the call with LRT_E_ARG and *failed set to the
+ * data-dependent checks (runtime Gather/Scatter indices) fail the call with LRT_E_ARG and *failed set to the
  * instruction, before that instruction writes anything. */
 enum { LRT_LOC_NONE = -1, LRT_LOC_ARENA = 0, LRT_LOC_INPUT = 1, LRT_LOC_OUTPUT = 2, LRT_LOC_CONST = 3 };
 
@@ -170,6 +170,9 @@ typedef struct {
  *  REDUCE   x,y          kind outer r inner
  *  LAYERNORM x,scale,bias,y  outer n                 floats: epsilon
  *  GATHER   data,idx,y   esize outer n inner count idx_dtype
+ *  SCATTER  data,idx,src  GATHER's parameters, the other way: data[., idx[j], .] = src[., j, .]
+ *                        (data in the arena or an output, read and written: a stream group's
+ *                        state rows; every index checked before any row is written)
  *  INDEX    x,table,y    esize count bits   (y[i] = x[table[i]], or bits where table[i] < 0;
  *                        table: count int64 in a constant, checked at creation)
  *  RECURRENT x,h0,c0,y,yh,yc,ws,seq_lens  steps batch dirs reverse  (weights: dirs; seq_lens
@@ -183,7 +186,7 @@ typedef struct {
 enum {
     LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
     LRT_OP_DENSE, LRT_OP_MATMUL, LRT_OP_SOFTMAX, LRT_OP_REDUCE, LRT_OP_LAYERNORM, LRT_OP_GATHER,
-    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_COUNT
+    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_SCATTER, LRT_OP_COUNT
 };
 /* UNARY kinds: the LRT_ACT_* activations, then these */
 enum {

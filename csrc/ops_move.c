@@ -177,6 +177,32 @@ int lrt_exec_gather(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o
     return LRT_OK;
 }
 
+/* ---- SCATTER: the inverse of GATHER, data[k, idx[j], :] = src[k, j, :] (a stream group's state
+ * rows written back).  data must be writable; a repeated index keeps the last row. ---- */
+int lrt_check_scatter(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
+{
+    return lrt_check_gather(p, ins, o, ip) && (o[0].loc == LRT_LOC_ARENA || o[0].loc == LRT_LOC_OUTPUT);
+}
+
+int lrt_exec_scatter(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
+{
+    (void)ins, (void)fp;
+    const int64_t esize = ip[0], outer = ip[1], n = ip[2], inner = ip[3], count = ip[4], dt = ip[5];
+    unsigned char *data = at(c, &o[0]);
+    const unsigned char *idx = at(c, &o[1]), *src = at(c, &o[2]);
+    for (int64_t j = 0; j < count; j++) {   /* every index checked before anything is written */
+        const int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
+        if (i < -n || i >= n) return LRT_E_ARG;
+    }
+    for (int64_t k = 0; k < outer; k++)
+        for (int64_t j = 0; j < count; j++) {
+            int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
+            i += i < 0 ? n : 0;
+            memcpy(data + ((k * n + i) * inner) * esize, src + ((k * count + j) * inner) * esize, (size_t)(inner * esize));
+        }
+    return LRT_OK;
+}
+
 /* ---- INDEX: y[i] = x[table[i]], or the fill value where table[i] < 0 (any static data movement
  * that is not strided: reflect pads, gathers of constant indices, ...) ---- */
 int lrt_check_index(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)

@@ -29,6 +29,7 @@ static const struct {
     {lrt_check_recurrent, lrt_exec_recurrent},   /* LRT_OP_RECURRENT */
     {lrt_check_conv, lrt_exec_conv},   /* LRT_OP_CONV */
     {NULL, NULL},                       /* LRT_OP_BRANCH: run by the loop itself */
+    {lrt_check_scatter, lrt_exec_scatter},   /* LRT_OP_SCATTER */
 };
 
 /* ---- the program ---- */

@@ -145,6 +145,8 @@ int lrt_check_layernorm(const lrt_program *p, const lrt_instr *ins, const lrt_op
 int lrt_exec_layernorm(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 int lrt_check_gather(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
 int lrt_exec_gather(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
+int lrt_check_scatter(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
+int lrt_exec_scatter(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 int lrt_check_index(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
 int lrt_exec_index(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 int lrt_check_recurrent(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);

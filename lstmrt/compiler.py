@@ -175,6 +175,25 @@ def _affine(table: np.ndarray):
     return base, strides
 
 
+ROWS = "<member rows>"    # a group program's input: the bank rows of the members it steps
+
+
+@dataclass(frozen=True)
+class Banked:
+    """A stream group's state: (state input, state output, batch axis, bank shape) each.  A bank
+    holds one row per member along the axis; a call gathers the rows named by ROWS, and
+    scatters the state outputs back into them as its last instructions.  Hashable: part of
+    a group program's key."""
+    entries: tuple
+
+    @property
+    def states(self) -> dict:
+        return {name: (out, axis, shape) for name, out, axis, shape in self.entries}
+
+    def bank_nbytes(self, name: str, dtype) -> int:
+        return int(np.prod(self.states[name][2], dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 def is_signature_scalar(info) -> bool:
     """An integer input small enough that its value is part of the signature (a sample rate)."""
     if info.dtype.kind not in "iu" or info.shape is None:
@@ -239,12 +258,18 @@ class Compiler:
                                  list(weights), label))
 
     # -- the walk ---------------------------------------------------------------
-    def compile(self, feed: dict, signature_inputs: set, output_names: list, carried: dict | None = None) -> Program:
+    def compile(self, feed: dict, signature_inputs: set, output_names: list, carried: dict | None = None,
+                banked: Banked | None = None) -> Program:
         """carried: {state input: state output} of a stream: those inputs live in the arena
-        between calls, and the program's last instructions copy each state output onto them."""
+        between calls, and the program's last instructions copy each state output onto them.
+        banked: a stream group's state (the feed gives its shapes for this call's members)."""
         inputs, input_nbytes, carried = [], [], carried or {}
         state_storage = {}
+        banks = {}
         for name, array in feed.items():
+            if banked is not None and name in banked.states:
+                banks[name] = Storage(banked.bank_nbytes(name, array.dtype), -1, -1, lib.LRT_LOC_OUTPUT, len(banks))
+                continue
             if name in signature_inputs:
                 self.env[name] = self.static(array.copy())
                 continue
@@ -259,6 +284,7 @@ class Compiler:
             input_nbytes.append(array.nbytes)
             self.env[name] = Val(tuple(array.shape), array.dtype, storage=storage,
                                  sample=np.zeros(array.shape, array.dtype))
+        self.gather_rows(feed, banks, banked)
         self.walk(self.plan, output_names)
         outputs, static_outputs = [], {}
         for name in output_names:
@@ -274,6 +300,7 @@ class Compiler:
             val.storage.last = 1 << 62            # read by the caller after the call: never reused
             outputs.append((name, val))
         self.carry_state(carried, state_storage)
+        self.scatter_rows(banks, banked)
         arena = self.plan_arena()
         if arena > max_arena_bytes():
             biggest = max((s for s in self.storages if s.loc == lib.LRT_LOC_ARENA), key=lambda s: s.nbytes)
@@ -285,7 +312,40 @@ class Compiler:
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
         slots = [(name, feed[name].shape, feed[name].dtype, storage.offset) for name, storage in state_storage.items()]
         return Program(instrs, self.consts, inputs, input_nbytes, placed, arena, self.options.simd,
-                       self.options.threads, self.keep, static_outputs, list(output_names), slots)
+                       self.options.threads, self.keep, static_outputs, list(output_names), slots,
+                       [(name, storage.nbytes) for name, storage in banks.items()])
+
+    def gather_rows(self, feed: dict, banks: dict, banked: Banked | None) -> None:
+        """A group program's first instructions: each state's rows for this call's members,
+        gathered from the group's bank by the ROWS input."""
+        if not banks:
+            return
+        for name, bank in banks.items():
+            _, axis, shape = banked.states[name]
+            array = feed[name]
+            val = self.env[name] = self.new_val(array.shape, array.dtype)
+            self.emit(lib.LRT_OP_GATHER, [SymOperand(bank, 0, bank.nbytes), self.ref(self.env[ROWS]), self.ref(val)],
+                      self._row_params(shape, axis, array), label=f"state '{name}' (member rows)")
+
+    def scatter_rows(self, banks: dict, banked: Banked | None) -> None:
+        """A group program's last instructions: each state output written back into its
+        members' rows of the bank (after every other instruction, so a failed call leaves the
+        bank as it was)."""
+        for name, bank in banks.items():
+            out, axis, shape = banked.states[name]
+            val, slot = self.lookup(out, self.plan), self.env[name]
+            if val.shape != slot.shape or val.dtype != slot.dtype:
+                raise ShapeMismatch(f"state output '{out}' comes out {list(val.shape)} {val.dtype} but state input "
+                                    f"'{name}' is {list(slot.shape)} {slot.dtype}")
+            self.emit(lib.LRT_OP_SCATTER, [SymOperand(bank, 0, bank.nbytes), self.ref(self.env[ROWS]), self.ref(val)],
+                      self._row_params(shape, axis, slot), label=f"state '{out}' (member rows)")
+
+    @staticmethod
+    def _row_params(bank_shape, axis: int, part) -> list:
+        """GATHER/SCATTER's parameters between a bank and `part`, its rows for one call."""
+        outer = int(np.prod(bank_shape[:axis], dtype=np.int64))
+        inner = int(np.prod(bank_shape[axis + 1:], dtype=np.int64))
+        return [part.dtype.itemsize, outer, bank_shape[axis], inner, part.shape[axis], lib.LRT_DT_I64]
 
     def carry_state(self, carried: dict, state_storage: dict) -> None:
         """The last instructions: each state output copied onto its state input's storage (through

@@ -64,25 +64,29 @@ class Program:
     arena offset) of the arrays each call leaves in the arena (returned as copies), in order;
     static_outputs: name -> array known when compiled; output_names: the outputs asked for, in
     order (default: `outputs`' names); state_slots: (state input, shape, dtype, arena offset) of
-    a stream's program, whose state lives in the arena.
+    a stream's program, whose state lives in the arena; banks: (state input, nbytes) of a stream
+    group's program, whose members' state rows live in the group's arrays, passed as the C
+    program's outputs (read and written: rows gathered at the start, scattered back at the end).
     """
 
     def __init__(self, instrs: list, consts: list, inputs: list, input_nbytes: list, outputs: list,
                  arena_bytes: int, simd: str | None, threads: int, keep: list, static_outputs: dict | None = None,
-                 output_names: list | None = None, state_slots: list = ()):
+                 output_names: list | None = None, state_slots: list = (), banks: list = ()):
         self.instrs = instrs
         self.labels = [i.label for i in instrs]
         self.inputs = inputs
         self.outputs = outputs
         self.arena_bytes = arena_bytes
         self._keep = (consts, keep)        # borrowed by the C program: alive as long as it is
+        self.banks = list(banks)
+        bank_nbytes = [nbytes for _, nbytes in self.banks]
         self.segments = []                 # ("c", handle, first instruction) or ("py", PyStep, index)
         start = 0
         for i, item in enumerate(instrs + [None]):
             if item is None or isinstance(item, PyStep):
                 if i > start:
                     self.segments.append(("c", _create(_local(instrs[start:i], start), consts, input_nbytes,
-                                                       arena_bytes, simd, threads), start))
+                                                       bank_nbytes, arena_bytes, simd, threads), start))
                 if item is not None:
                     self.segments.append(("py", item, i))
                 start = i + 1
@@ -123,7 +127,7 @@ def _local(instrs: list, start: int) -> list:
             if i.op == lib.LRT_OP_BRANCH else i for i in instrs]
 
 
-def _create(instrs, consts, input_nbytes, arena_bytes, simd, threads):
+def _create(instrs, consts, input_nbytes, output_nbytes, arena_bytes, simd, threads):
     from .kernel import SIMD_PATHS
     operands = [op for ins in instrs for op in ins.operands]
     ints = [v for ins in instrs for v in ins.ints]
@@ -158,8 +162,8 @@ def _create(instrs, consts, input_nbytes, arena_bytes, simd, threads):
     d.const_nbytes, d.nconsts = keep[-1], len(consts)
     keep.append(ffi.new("int64_t[]", list(input_nbytes) or [0]))
     d.input_nbytes, d.ninputs = keep[-1], len(input_nbytes)
-    keep.append(ffi.new("int64_t[]", [0]))
-    d.output_nbytes, d.noutputs = keep[-1], 0     # outputs stay in the arena
+    keep.append(ffi.new("int64_t[]", list(output_nbytes) or [0]))
+    d.output_nbytes, d.noutputs = keep[-1], len(output_nbytes)   # a group's state banks (outputs stay in the arena)
     d.arena_bytes = arena_bytes
     d.simd = SIMD_PATHS[simd] if simd else lib.LRT_SIMD_AUTO
     d.threads = threads
@@ -183,6 +187,8 @@ class ProgramState:
         self.arena = raw[start:start + program.arena_bytes]
         self._arena_ptr = ffi.from_buffer("char[]", self.arena) if program.arena_bytes else ffi.NULL
         self._inputs = ffi.new("void *[]", max(1, len(program.inputs)))
+        self._banks = ffi.new("void *[]", max(1, len(program.banks)))
+        self._bank_arrays: list = []
         self._failed = ffi.new("int32_t *")
         self._names = list(enumerate(program.inputs))
         self._feed: dict = {}
@@ -196,7 +202,7 @@ class ProgramState:
         self.views = {name: self._view(offset, shape, dtype) for name, shape, dtype, offset in program.state_slots}
 
     def _c_call(self, handle):
-        return functools.partial(lib.lrt_program_run, handle, self._inputs, ffi.NULL, self._arena_ptr,
+        return functools.partial(lib.lrt_program_run, handle, self._inputs, self._banks, self._arena_ptr,
                                  self.program.arena_bytes)
 
     def _view(self, offset, shape, dtype):
@@ -213,6 +219,18 @@ class ProgramState:
             ptrs[i] = keep[-1]
         self._feed = feed
         return keep
+
+    def bind_banks(self, banks: dict) -> None:
+        """Points a group program at the group's state arrays (C-contiguous, of the compiled size),
+        which its calls then read and write; a ValueError for any other array."""
+        arrays = []
+        for i, (name, nbytes) in enumerate(self.program.banks):
+            array = banks[name]
+            if not array.flags.c_contiguous or array.nbytes != nbytes:
+                raise ValueError(f"state bank '{name}' is not {nbytes} contiguous bytes")
+            arrays.append(ffi.from_buffer(array))
+            self._banks[i] = arrays[-1]
+        self._bank_arrays = arrays     # what keeps them alive
 
     def execute(self, seconds=None) -> list:
         """Runs the bound call; the outputs, as copies of the arena's."""

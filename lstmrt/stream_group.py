@@ -3,8 +3,9 @@
 A server holding 64 live streams runs one batch-64 call per step instead of 64
 batch-1 calls.  Each member is one sequence (batch 1); members join and leave at
 any time, keep their own state, and get exactly what they would get streaming alone.
-The members' states live stacked, one row each, so a step gathers nothing when
-every member runs.
+The members' states live in banks, one row per member: a call gathers the rows of the
+members it steps and scatters their new state back (in C, inside the compiled program,
+on the native backend), so joining, leaving and stepping any subset moves no other row.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import threading
 
 import numpy as np
 
+from .compiler import ROWS, Banked
 from .errors import InputError, StreamError
-from .stream import Stream, serialised
+from .stream import Stream, _OneDimUnknown, serialised
 
 
 def _rows(axis: int, index) -> tuple:
@@ -26,6 +28,12 @@ def _split(array: np.ndarray, axis: int) -> list:
     return list(np.moveaxis(np.expand_dims(array, axis), axis + 1, 0))
 
 
+def _capacity(members: int) -> int:
+    """Rows of a bank for this many members: a power of two, so that programs (compiled per bank
+    shape) change only when the group doubles or halves."""
+    return 1 << max(2, (members - 1).bit_length())
+
+
 class StreamGroup:
     def __init__(self, session, state: dict | None = None):
         self._lock = threading.Lock()
@@ -34,12 +42,15 @@ class StreamGroup:
         self.pairs = self._template.pairs
         self._outputs = [o.name for o in session.model.outputs if o.name not in self.pairs.values()]
         self._batch_dim = self._batch_dim_name()
+        self._batch_axes = self._input_axes()
         self._keys = itertools.count()
-        self._order: list[int] = []           # member keys, in row order
-        self._pending: dict[int, dict] = {}   # state given to add() before the rows exist
-        # state input -> stacked array, one row per member; replaced, never changed in place
-        self._states: dict | None = None
+        self._row_of: dict[int, int] = {}     # member key -> its row in the banks, in joining order
+        self._pending: dict[int, dict] = {}   # state given to add() before the banks exist
+        self._banks: dict | None = None       # state input -> array, one row per member (or free)
+        self._free: list[int] = []            # rows of the banks no member holds
         self._state_axis: dict = {}
+        programs = getattr(session._backend, "group_programs", None)
+        self._programs = programs(self._outputs) if programs is not None else None
 
     # -- membership ----------------------------------------------------------------
     @serialised
@@ -47,41 +58,71 @@ class StreamGroup:
         """A new member, starting from zeros (or from `state`, as a lone stream's .state gives it)."""
         key = next(self._keys)
         checked = self._checked_state(state) if state else {}
-        self._order.append(key)
-        if self._states is not None:
-            self._states = {name: np.concatenate(
-                [stacked, checked.get(name, np.zeros_like(stacked[_rows(self._state_axis[name], slice(0, 1))]))],
-                axis=self._state_axis[name]) for name, stacked in self._states.items()}
-        elif checked:
-            self._pending[key] = checked
+        if self._banks is None:
+            self._row_of[key] = len(self._row_of)
+            if checked:
+                self._pending[key] = checked
+            return key
+        if not self._free:
+            self._resize(_capacity(len(self._row_of) + 1))
+        row = self._row_of[key] = self._free.pop()
+        for name, bank in self._banks.items():
+            part = bank[_rows(self._state_axis[name], slice(row, row + 1))]
+            part[...] = checked[name] if name in checked else 0
         return key
 
     @serialised
     def remove(self, key: int) -> None:
         row = self._row(key)
-        self._order.pop(row)
+        del self._row_of[key]
         self._pending.pop(key, None)
-        if not self._order:
-            self._states = None     # no rows left to shape the next member's: it starts afresh
-        elif self._states is not None:
-            self._states = {n: np.delete(a, row, axis=self._state_axis[n]) for n, a in self._states.items()}
+        if not self._row_of:
+            self._banks = None     # no rows left to shape the next member's: it starts afresh
+            self._free = []
+        elif self._banks is not None:
+            self._free.append(row)
+            if len(self._row_of) <= self._rows_held() // 4 and self._rows_held() > 4:
+                self._resize(_capacity(len(self._row_of)))
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._row_of)
 
     @serialised
     def state(self, key: int) -> dict:
         """The member's state, shaped as a lone stream's; empty before the group first ran."""
         row = self._row(key)
-        if self._states is None:
+        if self._banks is None:
             return {k: v.copy() for k, v in self._pending.get(key, {}).items()}
-        return {n: a[_rows(self._state_axis[n], slice(row, row + 1))].copy() for n, a in self._states.items()}
+        return {n: a[_rows(self._state_axis[n], slice(row, row + 1))].copy() for n, a in self._banks.items()}
 
     def _row(self, key: int) -> int:
         try:
-            return self._order.index(key)
-        except ValueError:
-            raise StreamError(f"no member {key!r} in this stream group (members: {self._order})") from None
+            return self._row_of[key]
+        except (KeyError, TypeError):
+            raise StreamError(f"no member {key!r} in this stream group (members: {list(self._row_of)})") from None
+
+    def _rows_held(self) -> int:
+        name, bank = next(iter(self._banks.items()))
+        return bank.shape[self._state_axis[name]]
+
+    def _set_banks(self, banks: dict) -> None:
+        self._banks = banks
+        self._banked = Banked(tuple((n, self.pairs[n], self._state_axis[n], bank.shape) for n, bank in banks.items()))
+
+    def _resize(self, capacity: int) -> None:
+        """New banks of `capacity` rows, the members' rows packed at the front in joining order."""
+        keys = list(self._row_of)
+        old = np.array([self._row_of[k] for k in keys], np.int64)
+        banks = {}
+        for name, bank in self._banks.items():
+            axis = self._state_axis[name]
+            shape = list(bank.shape)
+            shape[axis] = capacity
+            banks[name] = np.zeros(shape, bank.dtype)
+            banks[name][_rows(axis, slice(0, len(keys)))] = np.take(bank, old, axis=axis)
+        self._set_banks(banks)
+        self._row_of = dict(zip(keys, range(len(keys))))
+        self._free = list(range(capacity - 1, len(keys) - 1, -1))   # popped from the end: lowest first
 
     def _checked_state(self, state: dict) -> dict:
         probe = Stream(self._session, self.pairs)
@@ -90,22 +131,45 @@ class StreamGroup:
 
     # -- batch axes ------------------------------------------------------------------
     def _batch_dim_name(self):
+        """The batch dim's name: a traced batch axis's, else the one dim name that every state
+        input and some streamed input share (a model whose recurrence is written out in MatMuls)."""
         for name, axis in self._template._batch_axes.items():
             shape = self._session.model.input(name).shape or []
             if axis < len(shape) and isinstance(shape[axis], str):
                 return shape[axis]
-        return None
+        model = self._session.model
+        named = lambda info: {d for d in info.shape or [] if isinstance(d, str)}  # noqa: E731
+        shared = set.intersection(*[named(model.input(n)) for n in self.pairs]) if self.pairs else set()
+        streamed = set().union(*[named(i) for i in model.inputs if i.name not in self.pairs])
+        candidates = shared & streamed
+        return candidates.pop() if len(candidates) == 1 else None
+
+    def _input_axes(self) -> dict:
+        """Each streamed input's batch axis: traced, else where it has the batch dim's name, else
+        (nothing traced, no shared name: a Loop that tf2onnx made of a masked LSTM) its first
+        axis when that is dynamic, ONNX's usual batch position.  A state whose rows then do not
+        line up fails the call on its shape; it is never silently mixed."""
+        traced = dict(self._template._batch_axes)
+        axes = dict(traced)
+        for info in self._session.model.inputs:
+            if info.name in axes or info.name in self.pairs or not info.shape:
+                continue
+            if self._batch_dim in info.shape:
+                axes[info.name] = list(info.shape).index(self._batch_dim)
+            elif not traced and self._batch_dim is None and not (isinstance(info.shape[0], int) and info.shape[0] > 0):
+                axes[info.name] = 0
+        return axes
 
     def _axis(self, name: str, shape: tuple, declared, size: int) -> int:
         """Batch axis of a value whose batch is `size`: traced for streamed inputs, else the named
         batch dim, else the one dynamic axis of that size (ties go to the streamed input's axis)."""
-        if name in self._template._batch_axes:
-            return self._template._batch_axes[name]
+        if name in self._batch_axes:
+            return self._batch_axes[name]
         if declared and self._batch_dim is not None and self._batch_dim in declared:
             return list(declared).index(self._batch_dim)
         dims = declared if declared and len(declared) == len(shape) else [None] * len(shape)
         candidates = [a for a, d in enumerate(dims) if not (isinstance(d, int) and d > 0) and shape[a] == size]
-        preferred = [a for a in candidates if a in self._template._batch_axes.values()]
+        preferred = [a for a in candidates if a in self._batch_axes.values()]
         if len(candidates) == 1 or len(preferred) == 1:
             return candidates[0] if len(candidates) == 1 else preferred[0]
         raise StreamError(f"cannot tell the batch axis of '{name}' (shape {list(shape)}, declared {declared}); "
@@ -113,37 +177,65 @@ class StreamGroup:
 
     # -- running -----------------------------------------------------------------------
     def _gather_feeds(self, feeds: dict, keys: list) -> tuple[dict, dict]:
-        """(the first member's checked feed, {input: [every member's array]}): the first is checked
-        in full, the rest held to its names, dtypes and shapes (a group steps its members together)."""
+        """(the first member's checked feed, {input: the members' arrays joined along its batch
+        axis}): the first is checked in full, the rest held to its names, dtypes and shapes (a
+        group steps its members together)."""
         first = self._session.check_feed(feeds[keys[0]], optional=self.pairs)
         if any(n in first for n in self.pairs):
             raise InputError("a group carries its members' state; give it with add(state=...) instead")
+        axes = self._batch_axes
+        for n in first:
+            if n not in axes and not all(np.array_equal(feeds[k].get(n), first[n]) for k in keys):
+                raise InputError(f"input '{n}' has no batch axis (a setting such as a sample rate): every member "
+                                 "of one group call must give it the same value")
         try:
-            columns = {n: [feeds[k][n] for k in keys] for n in first}
-            same = all(len(feeds[k]) == len(first) for k in keys) and all(
-                {type(a) for a in arrays} == {np.ndarray} and {a.shape for a in arrays} == {first[n].shape}
-                and {a.dtype for a in arrays} == {first[n].dtype} for n, arrays in columns.items())
-        except (KeyError, TypeError, AttributeError):
-            same = False
-        if not same:
-            bad = next(k for k in keys if not isinstance(feeds[k], dict) or feeds[k].keys() != first.keys() or any(
-                not isinstance(feeds[k][n], np.ndarray) or feeds[k][n].shape != v.shape or feeds[k][n].dtype != v.dtype
-                for n, v in first.items()))
-            self._session.check_feed(feeds[bad], optional=self.pairs)   # names a plain mistake first
-            raise InputError(f"member {bad}'s feed differs from member {keys[0]}'s in names, dtypes or shapes; "
-                             "a group steps its members together, in chunks of one length")
-        return first, columns
+            if {len(feed) for feed in feeds.values()} != {len(first)}:
+                raise KeyError
+            batched = {}
+            for n, value in first.items():
+                arrays = [feeds[k][n] for k in keys]
+                if {a.shape for a in arrays} != {value.shape}:
+                    raise ValueError
+                # casting="no": a member of another dtype fails here instead of being converted
+                batched[n] = np.concatenate(arrays, axis=axes[n], dtype=value.dtype, casting="no") if n in axes \
+                    else value
+            return first, batched
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass
+        bad = next((k for k in keys if not isinstance(feeds[k], dict) or feeds[k].keys() != first.keys() or any(
+            not isinstance(feeds[k][n], np.ndarray) or feeds[k][n].shape != v.shape or feeds[k][n].dtype != v.dtype
+            for n, v in first.items())), keys[0])
+        self._session.check_feed(feeds[bad], optional=self.pairs)   # names a plain mistake first
+        raise InputError(f"member {bad}'s feed differs from member {keys[0]}'s in names, dtypes or shapes; "
+                         "a group steps its members together, in chunks of one length")
+
+    def _member_zeros(self, name: str, first: dict) -> np.ndarray:
+        """A member's zero state: as a lone stream's, a dim nothing tells being the member's batch
+        of 1 (a wrong guess fails the call: the state output comes out another shape)."""
+        try:
+            return self._template._zero_state(name, first)
+        except _OneDimUnknown as unknown:
+            shape = list(unknown.shape)
+            shape[unknown.axis] = 1
+            return np.zeros(shape, unknown.dtype)
 
     def _init_states(self, first: dict) -> None:
         model = self._session.model
-        zeros = {n: self._template._zero_state(n, first) for n in self.pairs}
+        zeros = {n: self._member_zeros(n, first) for n in self.pairs}
         self._state_axis = {n: self._axis(n, z.shape, model.input(n).shape, 1) for n, z in zeros.items()}
         for n, z in zeros.items():
             if z.shape[self._state_axis[n]] != 1:
                 raise StreamError(f"group members are single sequences; state '{n}' came out {list(z.shape)}")
-        rows = [{**zeros, **self._pending.get(k, {})} for k in self._order]
-        self._states = {n: np.concatenate([r[n] for r in rows], axis=self._state_axis[n]) for n in self.pairs}
+        capacity = _capacity(len(self._row_of))
+        self._set_banks({n: np.zeros(z.shape[:self._state_axis[n]] + (capacity,) + z.shape[self._state_axis[n] + 1:],
+                                     z.dtype) for n, z in zeros.items()})
+        for key, given in self._pending.items():
+            row = self._row_of[key]
+            for n, value in given.items():
+                self._banks[n][_rows(self._state_axis[n], slice(row, row + 1))] = value
+        self._free = list(range(capacity - 1, len(self._row_of) - 1, -1))
         self._pending = {}
+
 
     def run(self, feeds: dict) -> dict:
         """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all.
@@ -157,32 +249,36 @@ class StreamGroup:
         if not feeds:
             return {}
         keys = list(feeds)
-        everyone = keys == self._order     # the common case: every member, in row order
-        if everyone:
-            rows = range(len(keys))
-        else:
-            where = {k: i for i, k in enumerate(self._order)}
-            rows = [where[k] if k in where else self._row(k) for k in keys]
-        first, columns = self._gather_feeds(feeds, keys)
-        streamed = [n for n in first if n in self._template._batch_axes]
+        try:
+            rows = np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
+        except (KeyError, TypeError):
+            rows = [self._row(k) for k in keys]     # names the stranger
+        first, batched = self._gather_feeds(feeds, keys)
+        streamed = [n for n in first if n in self._batch_axes]
         if not streamed:
             raise StreamError("no streamed input with a traceable batch axis; a group needs one")
-        if first[streamed[0]].shape[self._template._batch_axes[streamed[0]]] != 1:
+        if first[streamed[0]].shape[self._batch_axes[streamed[0]]] != 1:
             raise InputError("each group member is one sequence: its inputs have batch 1")
-        if self._states is None:
+        if self._banks is None:
             self._init_states(first)
-        batched = {n: np.concatenate(arrays, axis=self._template._batch_axes[n]) for n, arrays in columns.items()}
-        for n, stacked in self._states.items():
-            batched[n] = stacked if everyone else np.take(stacked, rows, axis=self._state_axis[n])
-        names = self._outputs + list(self.pairs.values())
-        results = dict(zip(names, self._session.run(names, batched)))
-        if everyone:
-            self._states = {inp: results[out] for inp, out in self.pairs.items()}
-        else:
-            self._states = {inp: stacked.copy() for inp, stacked in self._states.items()}
-            for inp, out in self.pairs.items():
-                self._states[inp][_rows(self._state_axis[inp], rows)] = results[out]
+        results = None
+        if self._programs is not None:
+            outs = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked)
+            results = None if outs is None else dict(zip(self._outputs, outs))
+        if results is None:
+            results = self._run_batched(batched, rows)
         model, count = self._session.model, len(keys)
         pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
                   for n in self._outputs]
         return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
+
+    def _run_batched(self, batched: dict, rows: np.ndarray) -> dict:
+        """The call on the session (a backend with no group programs, or a call that does not
+        compile): the rows gathered and scattered here, the scatter after the call succeeded."""
+        for n, bank in self._banks.items():
+            batched[n] = np.take(bank, rows, axis=self._state_axis[n])
+        names = self._outputs + list(self.pairs.values())
+        results = dict(zip(names, self._session.run(names, batched)))
+        for inp, out in self.pairs.items():
+            self._banks[inp][_rows(self._state_axis[inp], rows)] = results[out]
+        return results

@@ -110,3 +110,34 @@ def test_a_branch_must_jump_forward_within_the_program():
                      copy(arena(0, 4), arena(64, 4), [1], [1], [1])], [], ["c"], [1], [], 128, None, 1, [])
     with pytest.raises(Exception, match="instruction 0"):   # a conditional branch needs its condition
         build([Instr(lib.LRT_OP_BRANCH, [], [1, 0], [], [], "b"), copy(arena(0, 4), arena(64, 4), [1], [1], [1])], 128)
+
+
+def scatter_into_bank(bank_loc):
+    """A group's state write-back: rows of a [2, 5, 3] bank (rows on axis 1) from a [2, 2, 3] value."""
+    return Instr(lib.LRT_OP_SCATTER, [Operand(bank_loc, 0, 0, 120), Operand(lib.LRT_LOC_INPUT, 0, 0, 16),
+                                      Operand(lib.LRT_LOC_CONST, 0, 0, 48)], [4, 2, 5, 3, 2, lib.LRT_DT_I64], [], [],
+                 "state (member rows)")
+
+
+def test_a_scatter_writes_the_rows_it_is_given_into_a_bank_and_checks_them_first():
+    src = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    program = Program([scatter_into_bank(lib.LRT_LOC_OUTPUT)], [src], ["rows"], [16], [], 0, None, 1, [],
+                      banks=[("bank", 120)])
+    state = program.new_state()
+    bank = np.zeros((2, 5, 3), np.float32)
+    state.bind_banks({"bank": bank})
+    state.run({"rows": np.array([3, 0], np.int64)})
+    want = np.zeros_like(bank)
+    want[:, [3, 0]] = src
+    np.testing.assert_array_equal(bank, want)
+    with pytest.raises(Exception, match="state"):        # row 5 of 5: the call fails, nothing written
+        state.run({"rows": np.array([1, 5], np.int64)})
+    np.testing.assert_array_equal(bank, want)
+    with pytest.raises(ValueError, match="bank"):        # a bank of another size is never handed to C
+        state.bind_banks({"bank": np.zeros((2, 4, 3), np.float32)})
+
+
+def test_a_scatter_into_a_constant_or_an_input_is_refused_at_creation():
+    for loc in (lib.LRT_LOC_CONST, lib.LRT_LOC_INPUT):
+        with pytest.raises(Exception, match="instruction 0"):
+            Program([scatter_into_bank(loc)], [np.zeros(30, np.float32)], ["rows"], [120], [], 0, None, 1, [])

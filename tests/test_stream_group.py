@@ -135,3 +135,89 @@ def test_a_group_emptied_after_running_takes_new_members():
     group.remove(a)
     b = group.add()
     np.testing.assert_allclose(group.run({b: {"x": x}})[b][0], reference.stream().run({"x": x})[0], atol=1e-5)
+
+
+MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_many_members_in_random_subsets_match_lone_onnxruntime_streams(compiled):
+    """Members join and leave across several growths and shrinks of the group's state banks,
+    and each call steps a random subset in a random order; every member gets what a lone
+    onnxruntime stream gets.  compiled=False is the numpy plan's group path, the same banks."""
+    model = streaming_model("LSTM")
+    sess = lstmrt.InferenceSession(model, backend="native", compiled=compiled)
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime")
+    group = sess.stream_group()
+    rng = np.random.default_rng(21)
+    lone = {}
+    for step in range(40):
+        for _ in range(int(rng.integers(0, 6 if step < 20 else 2))):
+            key = group.add()
+            lone[key] = reference.stream()
+        for key in [k for k in lone if rng.random() < (0.05 if step < 20 else 0.3)]:
+            group.remove(key)
+            del lone[key]
+        if not lone:
+            continue
+        members = [k for k in rng.permutation(list(lone)) if rng.random() < 0.8] or list(lone)[:1]
+        steps = int(rng.integers(1, 3))
+        feeds = {int(k): {"x": rng.standard_normal((1, steps, 5)).astype(np.float32)} for k in members}
+        got = group.run(feeds)
+        assert list(got) == list(feeds)
+        for k, feed in feeds.items():
+            np.testing.assert_allclose(got[k][0], lone[k].run(feed)[0], atol=1e-5)
+    assert len(group) == len(lone)
+    for k, stream in lone.items():
+        for name, value in stream.state.items():
+            np.testing.assert_allclose(group.state(k)[name], value, atol=1e-5)
+
+
+def test_vad_model_group_with_state_batched_on_axis_1_and_a_shared_sample_rate():
+    """The VAD-shaped fixture packs its state as [2, batch, 128] and takes a sample-rate scalar:
+    the group stacks members on the state's axis 1 and passes the shared scalar through."""
+    path = str(MODELS / "torch_vad_op18.onnx")
+    sess = lstmrt.InferenceSession(path, backend="native")
+    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
+    group = sess.stream_group()
+    rng = np.random.default_rng(22)
+    keys = [group.add() for _ in range(5)]
+    lone = {k: reference.stream() for k in keys}
+    sr = np.array(16000, np.int64)
+    for members in (keys, keys[1:4], keys[::-1], keys[:1]):
+        feeds = {k: {"input": rng.standard_normal((1, 512)).astype(np.float32), "sr": sr} for k in members}
+        got = group.run(feeds)
+        for k in members:
+            np.testing.assert_allclose(got[k][0], lone[k].run(feeds[k])[0], atol=1e-5)
+    with pytest.raises(lstmrt.InputError, match="'sr'.*same value"):
+        group.run({keys[0]: {"input": np.zeros((1, 512), np.float32), "sr": sr},
+                   keys[1]: {"input": np.zeros((1, 512), np.float32), "sr": np.array(8000, np.int64)}})
+    for k in keys:
+        np.testing.assert_allclose(group.state(k)["state"], lone[k].state["state"], atol=1e-5)
+
+
+def test_a_call_failing_inside_the_program_leaves_every_member_state_untouched():
+    """A token out of the embedding's range fails the compiled call in C (its runtime Gather):
+    no member's state moves, and the next good call goes on from where they were."""
+    path = str(MODELS / "keras_embed_lstm_stream.onnx")
+    sess = lstmrt.InferenceSession(path, backend="native")
+    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
+    group = sess.stream_group()
+    keys = [group.add() for _ in range(3)]
+    lone = {k: reference.stream() for k in keys}
+    rng = np.random.default_rng(23)
+    tokens = lambda: rng.integers(1, 50, (1, 4)).astype(np.int32)  # noqa: E731
+    first = {k: {"tokens": tokens()} for k in keys}
+    for k, out in group.run(first).items():
+        np.testing.assert_allclose(out[0], lone[k].run(first[k])[0], atol=1e-5)
+    before = {k: group.state(k) for k in keys}
+    bad = {k: {"tokens": tokens()} for k in keys}
+    bad[keys[1]]["tokens"][0, 2] = 5000
+    with pytest.raises(lstmrt.InputError, match="out of range"):
+        group.run(bad)
+    for k in keys:
+        for name, value in before[k].items():
+            np.testing.assert_array_equal(group.state(k)[name], value)
+    good = {k: {"tokens": tokens()} for k in keys}
+    for k, out in group.run(good).items():
+        np.testing.assert_allclose(out[0], lone[k].run(good[k])[0], atol=1e-5)

@@ -17,7 +17,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
-from ..compiler import CompileError, Compiler, ShapeMismatch, is_signature_scalar
+from ..compiler import ROWS, Banked, CompileError, Compiler, ShapeMismatch, is_signature_scalar
 from ..model import Model
 from ..program import Misfit, ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
@@ -214,6 +214,54 @@ class StreamPrograms:
         self._states[key] = program.new_state()
 
 
+class GroupPrograms:
+    """One stream group's compiled programs, one per call signature (members stepped, their
+    inputs' shapes) and bank shapes, the `limit` most recent.  The members' state stays in the
+    group's banks; each program gathers its call's rows from them in C and scatters the new state
+    back.  A count of members not seen before costs one compilation (1-10 ms)."""
+
+    limit = 64
+
+    def __init__(self, backend, outputs: list):
+        self._backend, self._outputs = backend, outputs
+        self._states: OrderedDict = OrderedDict()
+
+    def step(self, feed: dict, banks: dict, banked: Banked):
+        """The outputs of one group call (feed: batched inputs and ROWS), the banks updated in
+        place; None where the call does not compile (the caller then runs it the long way)."""
+        key = (self._backend.signature(feed), banked)
+        state = self._states.get(key)
+        if state is None:
+            state = self._learn(key, feed, banks, banked)
+        else:
+            self._states.move_to_end(key)
+        if state is False:
+            return None
+        keep = state.bind(feed)
+        state.bind_banks(banks)
+        try:
+            results = state.execute()
+        except Misfit:      # before the scatters: the banks are untouched
+            return None
+        del keep
+        return results
+
+    def _learn(self, key, feed: dict, banks: dict, banked: Banked):
+        count = len(feed[ROWS])
+        shapes = {name: _with_axis(banks[name].shape, axis, count) for name, _, axis, _ in banked.entries}
+        states = {name: np.zeros(shape, banks[name].dtype) for name, shape in shapes.items()}
+        program = self._backend.group_program({**feed, **states}, self._outputs, banked)
+        state = False if type(program) is _Fallback else program.new_state()
+        self._states[key] = state
+        if len(self._states) > self.limit:
+            self._states.popitem(last=False)
+        return state
+
+
+def _with_axis(shape: tuple, axis: int, size: int) -> tuple:
+    return shape[:axis] + (size,) + shape[axis + 1:]
+
+
 class NativeBackend:
     name = "native"
 
@@ -241,38 +289,43 @@ class NativeBackend:
         """The Program for this feed's signature (compiled on first sight), or a _Fallback."""
         if not self.options.compiled:
             return _OFF
-        key = (self.signature(feeds), tuple(output_names))
-        entry = self._programs.get(key)
-        if entry is None:
-            with self._lock:
-                entry = self._programs.get(key)
-                if entry is None:
-                    entry = self._compile(feeds, output_names)
-                    self._programs.put(key, entry)
-        return entry
-
-    def _compile(self, feeds: dict, output_names: list, carried: dict | None = None):
-        try:
-            return Compiler(self.plan, self.options, self._packed).compile(
-                feeds, self._signature_inputs, list(output_names), carried)
-        except CompileError as e:
-            return _Fallback(str(e), isinstance(e, ShapeMismatch))
+        return self._cached((self.signature(feeds), tuple(output_names)), feeds, output_names)
 
     def stream_program(self, feeds: dict, output_names: list, pairs: dict):
         """The program of a stream's signature (feeds: streamed inputs and state), its state kept
         in the arena between calls; a _Fallback where it does not compile."""
         key = ("stream", self.signature(feeds), tuple(output_names), tuple(pairs.items()))
+        return self._cached(key, feeds, output_names, carried=pairs)
+
+    def group_program(self, feeds: dict, output_names: list, banked: Banked):
+        """The program of one stream-group call (feeds: the members' streamed inputs, batched,
+        their state's shapes and ROWS), reading and writing the state rows of banks shaped as
+        `banked` says; a _Fallback where it does not compile.  Not cached here: a group keeps
+        its own (a server's calls step any number of members, each count a program)."""
+        return self._compile(feeds, output_names, banked=banked)
+
+    def _cached(self, key, feeds: dict, output_names: list, **mode):
         entry = self._programs.get(key)
         if entry is None:
             with self._lock:
                 entry = self._programs.get(key)
                 if entry is None:
-                    entry = self._compile(feeds, output_names, pairs)
+                    entry = self._compile(feeds, output_names, **mode)
                     self._programs.put(key, entry)
         return entry
 
+    def _compile(self, feeds: dict, output_names: list, carried: dict | None = None, banked: Banked | None = None):
+        try:
+            return Compiler(self.plan, self.options, self._packed).compile(
+                feeds, self._signature_inputs, list(output_names), carried, banked)
+        except CompileError as e:
+            return _Fallback(str(e), isinstance(e, ShapeMismatch))
+
     def stream_programs(self, pairs: dict, outputs: list) -> "StreamPrograms | None":
         return StreamPrograms(self, pairs, outputs) if self.options.compiled else None
+
+    def group_programs(self, outputs: list) -> "GroupPrograms | None":
+        return GroupPrograms(self, outputs) if self.options.compiled else None
 
     def _state(self, program) -> ProgramState:
         states = getattr(self._local, "states", None)
