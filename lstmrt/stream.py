@@ -7,12 +7,12 @@ state lives where the backend keeps it (on the GPU for onnxruntime CUDA).
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from .errors import InputError, LstmrtError, StreamError
+from .locks import new_lock
 from .session import _check_value
 from .state_pairs import batch_axes, stream_pairs
 from .state_shapes import inferred_output_shapes
@@ -36,7 +36,7 @@ def _check_mapping(value, what: str) -> None:
 
 class Stream:
     def __init__(self, session, state: dict | None = None):
-        self._lock = threading.Lock()
+        self._lock = new_lock(self)
         self._session = session
         self._backend = session._backend
         model = session.model

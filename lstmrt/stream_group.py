@@ -10,12 +10,12 @@ on the native backend), so joining, leaving and stepping any subset moves no oth
 from __future__ import annotations
 
 import itertools
-import threading
 
 import numpy as np
 
 from .compiler import ROWS, Banked
 from .errors import InputError, StreamError
+from .locks import new_lock
 from .stream import Stream, _OneDimUnknown, serialised
 
 
@@ -36,7 +36,7 @@ def _capacity(members: int) -> int:
 
 class StreamGroup:
     def __init__(self, session, state: dict | None = None):
-        self._lock = threading.Lock()
+        self._lock = new_lock(self)
         self._session = session
         self._template = Stream(session, state)      # checks the model can stream; finds the pairs
         self.pairs = self._template.pairs

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 import onnx
@@ -408,3 +409,39 @@ def test_a_transpose_of_the_wrong_rank_before_a_cell_is_no_index_error():
             sess.stream()
         except lstmrt.LstmrtError:
             pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_child_forked_while_another_thread_is_in_a_stream_call_can_call_that_stream():
+    """The stream's lock, held by the parent's thread at the fork, is fresh in the child (whose
+    copy of that thread does not exist): the child's call runs instead of waiting forever."""
+    import threading
+    sess = lstmrt.InferenceSession(streaming_model("LSTM", input_size=64, hidden=256), backend="native")
+    stream, group = sess.stream(), sess.stream_group()
+    member = group.add()
+    small = {"x": np.ones((1, 2, 64), np.float32)}
+    stream.run(small)
+    group.run({member: small})
+    for steps in (4000, 16000, 64000):
+        started = threading.Event()
+        long_call = threading.Thread(target=lambda: (started.set(), stream.run({"x": np.ones((1, steps, 64), np.float32)})))
+        long_call.start()
+        started.wait()
+        time.sleep(0.02)
+        busy = long_call.is_alive()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            try:
+                stream.run(small)
+                group.run({member: small})
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(3)
+        still_busy = long_call.is_alive()
+        _, status = os.waitpid(pid, 0)
+        long_call.join()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        if busy and still_busy:     # the call held the lock across the fork: the case this is about
+            return
+    pytest.fail("no stream call lasted across the fork; the case was never exercised")

@@ -17,6 +17,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
+from ..locks import new_lock
 from ..compiler import ROWS, Banked, CompileError, Compiler, ShapeMismatch, is_signature_scalar
 from ..model import Model
 from ..program import Misfit, ProgramState
@@ -274,7 +275,7 @@ class NativeBackend:
         self._programs = ProgramCache()
         self._packed: dict = {}                # dense weights, shared by every program
         self._local = threading.local()        # per thread: a ProgramState per program
-        self._lock = threading.Lock()
+        self._lock = new_lock(self)
         self.compile_note = self._probe() if options.compiled else "compilation turned off"
 
     # -- compiled programs -------------------------------------------------------
