@@ -273,6 +273,7 @@ class NativeBackend:
                          overridable=[i.name for i in model.overridable])
         self._signature_inputs = {i.name for i in model.inputs if is_signature_scalar(i)}
         self._programs = ProgramCache()
+        self._group_programs = ProgramCache(GroupPrograms.limit)
         self._packed: dict = {}                # dense weights, shared by every program
         self._local = threading.local()        # per thread: a ProgramState per program
         self._lock = new_lock(self)
@@ -301,18 +302,21 @@ class NativeBackend:
     def group_program(self, feeds: dict, output_names: list, banked: Banked):
         """The program of one stream-group call (feeds: the members' streamed inputs, batched,
         their state's shapes and ROWS), reading and writing the state rows of banks shaped as
-        `banked` says; a _Fallback where it does not compile.  Not cached here: a group keeps
-        its own (a server's calls step any number of members, each count a program)."""
-        return self._compile(feeds, output_names, banked=banked)
+        `banked` says; a _Fallback where it does not compile.  Kept apart from the others, 64
+        of them: a server's calls step any number of members, each count a program, and its
+        groups come and go."""
+        key = (self.signature(feeds), tuple(output_names), banked)
+        return self._cached(key, feeds, output_names, self._group_programs, banked=banked)
 
-    def _cached(self, key, feeds: dict, output_names: list, **mode):
-        entry = self._programs.get(key)
+    def _cached(self, key, feeds: dict, output_names: list, cache=None, **mode):
+        cache = self._programs if cache is None else cache
+        entry = cache.get(key)
         if entry is None:
             with self._lock:
-                entry = self._programs.get(key)
+                entry = cache.get(key)
                 if entry is None:
                     entry = self._compile(feeds, output_names, **mode)
-                    self._programs.put(key, entry)
+                    cache.put(key, entry)
         return entry
 
     def _compile(self, feeds: dict, output_names: list, carried: dict | None = None, banked: Banked | None = None):
