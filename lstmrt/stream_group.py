@@ -59,7 +59,7 @@ class StreamGroup:
         key = next(self._keys)
         checked = self._checked_state(state) if state else {}
         if self._banks is None:
-            self._row_of[key] = len(self._row_of)
+            self._row_of[key] = -1         # rows are handed out when the banks are made
             if checked:
                 self._pending[key] = checked
             return key
@@ -240,6 +240,7 @@ class StreamGroup:
         capacity = _capacity(len(self._row_of))
         self._set_banks({n: np.zeros(z.shape[:self._state_axis[n]] + (capacity,) + z.shape[self._state_axis[n] + 1:],
                                      z.dtype) for n, z in zeros.items()})
+        self._row_of = {key: row for row, key in enumerate(self._row_of)}
         for key, given in self._pending.items():
             row = self._row_of[key]
             for n, value in given.items():
@@ -260,10 +261,8 @@ class StreamGroup:
         if not feeds:
             return {}
         keys = list(feeds)
-        try:
-            rows = np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
-        except (KeyError, TypeError):
-            rows = [self._row(k) for k in keys]     # names the stranger
+        for key in keys:
+            self._row(key)      # a StreamError naming a key that is not a member
         first, batched = self._gather_feeds(feeds, keys)
         streamed = [n for n in first if n in self._batch_axes]
         if not streamed:
@@ -272,6 +271,7 @@ class StreamGroup:
             raise InputError("each group member is one sequence: its inputs have batch 1")
         if self._banks is None:
             self._init_states(first)
+        rows = np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
         results = None
         if self._programs is not None:
             outs = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked)

@@ -221,3 +221,21 @@ def test_a_call_failing_inside_the_program_leaves_every_member_state_untouched()
     good = {k: {"tokens": tokens()} for k in keys}
     for k, out in group.run(good).items():
         np.testing.assert_allclose(out[0], lone[k].run(good[k])[0], atol=1e-5)
+
+
+def test_members_that_join_and_leave_before_the_first_call_get_rows_of_their_own():
+    sess = lstmrt.InferenceSession(streaming_model("GRU"), backend="native")
+    reference = lstmrt.InferenceSession(streaming_model("GRU"), backend="onnxruntime")
+    group = sess.stream_group()
+    rng = np.random.default_rng(24)
+    a = group.add()
+    b = group.add(state={"h0": rng.standard_normal((1, 1, 7)).astype(np.float32)})
+    group.remove(a)
+    c = group.add()
+    lone = {b: reference.stream(), c: reference.stream()}
+    lone[b].set_state(group.state(b))
+    for _ in range(3):
+        feeds = {k: {"x": rng.standard_normal((1, 2, 5)).astype(np.float32)} for k in (b, c)}
+        got = group.run(feeds)
+        for k in (b, c):
+            np.testing.assert_allclose(got[k][0], lone[k].run(feeds[k])[0], atol=1e-5)
