@@ -158,23 +158,33 @@ int lrt_check_gather(const lrt_program *p, const lrt_instr *ins, const lrt_opera
            holds(&o[2], ny, esize);
 }
 
-int lrt_exec_gather(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
+/* GATHER (to_data 0: rows[k, j] = data[k, idx[j]]) or SCATTER (to_data 1: the other way), every
+ * index checked before anything is written */
+static int move_rows(const run_ctx *c, const lrt_operand *o, const int64_t *ip, int to_data)
 {
-    (void)ins, (void)fp;
     const int64_t esize = ip[0], outer = ip[1], n = ip[2], inner = ip[3], count = ip[4], dt = ip[5];
-    const unsigned char *data = at(c, &o[0]), *idx = at(c, &o[1]);
-    unsigned char *y = at(c, &o[2]);
-    for (int64_t j = 0; j < count; j++) {   /* every index checked before anything is written */
+    unsigned char *data = at(c, &o[0]), *rows = at(c, &o[2]);
+    const unsigned char *idx = at(c, &o[1]);
+    for (int64_t j = 0; j < count; j++) {
         const int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
         if (i < -n || i >= n) return LRT_E_ARG;
     }
+    const size_t row_bytes = (size_t)(inner * esize);
     for (int64_t k = 0; k < outer; k++)
         for (int64_t j = 0; j < count; j++) {
             int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
             i += i < 0 ? n : 0;
-            memcpy(y + ((k * count + j) * inner) * esize, data + ((k * n + i) * inner) * esize, (size_t)(inner * esize));
+            unsigned char *in_data = data + ((k * n + i) * inner) * esize, *in_rows = rows + ((k * count + j) * inner) * esize;
+            if (to_data) memcpy(in_data, in_rows, row_bytes);
+            else memcpy(in_rows, in_data, row_bytes);
         }
     return LRT_OK;
+}
+
+int lrt_exec_gather(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
+{
+    (void)ins, (void)fp;
+    return move_rows(c, o, ip, 0);
 }
 
 /* ---- SCATTER: the inverse of GATHER, data[k, idx[j], :] = src[k, j, :] (a stream group's state
@@ -187,20 +197,7 @@ int lrt_check_scatter(const lrt_program *p, const lrt_instr *ins, const lrt_oper
 int lrt_exec_scatter(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
 {
     (void)ins, (void)fp;
-    const int64_t esize = ip[0], outer = ip[1], n = ip[2], inner = ip[3], count = ip[4], dt = ip[5];
-    unsigned char *data = at(c, &o[0]);
-    const unsigned char *idx = at(c, &o[1]), *src = at(c, &o[2]);
-    for (int64_t j = 0; j < count; j++) {   /* every index checked before anything is written */
-        const int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
-        if (i < -n || i >= n) return LRT_E_ARG;
-    }
-    for (int64_t k = 0; k < outer; k++)
-        for (int64_t j = 0; j < count; j++) {
-            int64_t i = (int64_t)load_dt(idx + j * dt_size(dt), dt);
-            i += i < 0 ? n : 0;
-            memcpy(data + ((k * n + i) * inner) * esize, src + ((k * count + j) * inner) * esize, (size_t)(inner * esize));
-        }
-    return LRT_OK;
+    return move_rows(c, o, ip, 1);
 }
 
 /* ---- INDEX: y[i] = x[table[i]], or the fill value where table[i] < 0 (any static data movement
