@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from .compiler import BOOL, I64, Val, _fail
+from .errors import InputError
 from .kernel import lib
 from .program import Instr, PyStep
 
@@ -29,7 +30,10 @@ DEFAULT_MAX_ITERATIONS = 1 << 24
 def max_iterations() -> int:
     """The cap on one loop's iterations (LSTMRT_MAX_LOOP_ITERATIONS): a trip count or condition
     from the data must fail the call, not hang it."""
-    return max(1, int(os.environ.get("LSTMRT_MAX_LOOP_ITERATIONS", DEFAULT_MAX_ITERATIONS)))
+    value = os.environ.get("LSTMRT_MAX_LOOP_ITERATIONS", str(DEFAULT_MAX_ITERATIONS))
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"LSTMRT_MAX_LOOP_ITERATIONS must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def trip_count_inputs(graph) -> set:
@@ -72,8 +76,9 @@ def counted_loop(c, step, ins) -> None:
     scans = [_scan_row(c, step, val, rows, counter, start) for val in results[1 + len(initial):]]
     _carry(c, step, results[1:1 + len(initial)], slots, slot_storages)
     end = loop.ints[0] = len(c.instrs)
-    if any(isinstance(i, PyStep) for i in c.instrs[start:]):
-        raise _fail(step, "its body holds a node without a compiled form")
+    python = [i.label for i in c.instrs[start:] if isinstance(i, PyStep)]
+    if python:
+        raise _fail(step, f"its body holds a node without a compiled form, {python[0]}")
     _keep_alive(c, start, end, body_cond)
     for name, val in zip(step.outputs, carried + scans):
         if name:

@@ -272,3 +272,24 @@ def test_a_static_loop_longer_than_unrolling_allows_runs_counted():
     del feed["M"]
     agree(trio, feed, atol=1e-4)
 
+
+
+def test_a_loop_after_a_python_step_and_a_python_step_inside_a_body():
+    """Einsum has no compiled form: before the loop it is a Python step between two C segments
+    (the loop's body counted within its own segment); inside the body it keeps the whole
+    signature on the numpy plan, saying so."""
+    einsum = helper.make_node("Einsum", ["h0"], ["h0e"], equation="ij->ij")
+    before = model([einsum, helper.make_node("Loop", ["M", "", "h0e"], ["h"], body=rnn_body())],
+                   [("M", I64, []), ("h0", F, [1, H]), ("x", F, [1, H])], [("h", F, [1, H])], [("W", W)])
+    trio = sessions(before)
+    assert "between C segments" in trio[0].backend_reason, trio[0].backend_reason
+    for n in (0, 1, 7, 100):
+        agree(trio, h_feed(n, seed=n))
+    inside = rnn_body([helper.make_node("Einsum", ["h_mid"], ["h_out"], equation="ij->ij")])
+    inside.node[5].output[0] = "h_mid"
+    data = model([helper.make_node("Loop", ["M", "", "h0"], ["h"], name="py_loop", body=inside)],
+                 [("M", I64, []), ("h0", F, [1, H]), ("x", F, [1, H])], [("h", F, [1, H])], [("W", W)])
+    trio = sessions(data)
+    assert "'py_loop' (Loop): its body holds a node without a compiled form" in trio[0].backend_reason
+    for n in (0, 7):
+        agree(trio, h_feed(n, seed=n))
