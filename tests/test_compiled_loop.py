@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
+from lstmrt.kernel import available_simd_paths
 
 H = 8
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
@@ -78,9 +79,10 @@ def h_feed(n, seed=0):
             "x": rng.standard_normal((1, H)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("opset, ir", [(13, 8), (17, 9), (18, 10)])
-def test_a_trip_count_from_a_graph_input_runs_one_compiled_program(opset, ir):
-    trio = sessions(trip_input_model(opset, ir))
+@pytest.mark.parametrize("opset, ir, simd", [(13, 8, None), (17, 9, None), (18, 10, None)] +
+                         [(17, 8, path) for path in available_simd_paths()])
+def test_a_trip_count_from_a_graph_input_runs_one_compiled_program(opset, ir, simd):
+    trio = sessions(trip_input_model(opset, ir), simd=simd)
     compiled = trio[0]
     assert "in one C call" in compiled.backend_reason, compiled.backend_reason
     programs = set()
@@ -162,8 +164,10 @@ def test_a_loop_past_its_cap_fails_naming_the_node(monkeypatch):
     np.testing.assert_allclose(sess.run(None, {**feed, "bound": np.array(3.0, np.float32)})[0], feed["x"] * 3)
 
 
-def test_a_loop_in_a_loop():
-    """The outer loop carries h through an inner loop of its own (runtime) count, and a sum."""
+@pytest.mark.parametrize("inner_trip", [None, 3], ids=["inner-counted", "inner-unrolled"])
+def test_a_loop_in_a_loop(inner_trip):
+    """The outer loop carries h through an inner loop of its own count (an input: counted too,
+    or a constant: unrolled inside the counted body), and a sum."""
     inner = helper.make_node("Loop", ["K", "", "h_in"], ["h_mid"], name="inner", body=rnn_body())
     outer_body = body([inner, helper.make_node("ReduceSum", ["h_mid"], ["s"], keepdims=0),
                        helper.make_node("Add", ["acc_in", "s"], ["acc_out"]),
@@ -171,12 +175,19 @@ def test_a_loop_in_a_loop():
                       [("j", I64, []), ("c", BOOL, []), ("h_in", F, [1, H]), ("acc_in", F, [])],
                       [("c", BOOL, []), ("h_out", F, [1, H]), ("acc_out", F, [])], name="outer_body")
     nodes = [helper.make_node("Loop", ["M", "", "h0", "zero"], ["h", "acc"], name="outer", body=outer_body)]
-    data = model(nodes, [("M", I64, []), ("K", I64, []), ("h0", F, [1, H]), ("x", F, [1, H])],
-                 [("h", F, [1, H]), ("acc", F, [])], [("W", W), ("zero", np.array(0.0, np.float32))])
-    trio = sessions(data)
+    inputs = [("M", I64, []), ("h0", F, [1, H]), ("x", F, [1, H])]
+    inits = [("W", W), ("zero", np.array(0.0, np.float32))]
+    if inner_trip is None:
+        inputs.append(("K", I64, []))
+    else:
+        inits.append(("K", np.array(inner_trip, np.int64)))
+    trio = sessions(model(nodes, inputs, [("h", F, [1, H]), ("acc", F, [])], inits))
     assert "in one C call" in trio[0].backend_reason
     for m, k in [(0, 3), (3, 0), (1, 1), (4, 7), (9, 2)]:
-        agree(trio, {**h_feed(m, seed=m + k), "K": np.array(k, np.int64)}, atol=1e-4)
+        feed = {**h_feed(m, seed=m + k), "K": np.array(k, np.int64)}
+        if inner_trip is not None:
+            del feed["K"]
+        agree(trio, feed, atol=1e-4)
 
 
 def test_an_if_decided_by_the_data_inside_a_loop_body():
@@ -200,20 +211,24 @@ def test_an_if_decided_by_the_data_inside_a_loop_body():
 
 def swap_model():
     """Carried values that trade places each iteration (a = b, b = a): the copies onto the slots
-    must not clobber what the other copy reads."""
+    must not clobber what the other copy reads; and k passed through unchanged (no slot), read
+    to grow d."""
     loop_body = body([helper.make_node("Identity", ["b_in"], ["a_out"]),
-                      helper.make_node("Identity", ["a_in"], ["b_out"])],
-                     [("i", I64, []), ("c", BOOL, []), ("a_in", F, [2]), ("b_in", F, [2])],
-                     [("c", BOOL, []), ("a_out", F, [2]), ("b_out", F, [2])])
-    return model([helper.make_node("Loop", ["M", "", "a0", "b0"], ["a", "b"], body=loop_body)],
-                 [("M", I64, []), ("a0", F, [2]), ("b0", F, [2]), ("x", F, [1])], [("a", F, [2]), ("b", F, [2])])
+                      helper.make_node("Identity", ["a_in"], ["b_out"]),
+                      helper.make_node("Add", ["d_in", "k_in"], ["d_out"])],
+                     [("i", I64, []), ("c", BOOL, []), ("a_in", F, [2]), ("b_in", F, [2]), ("k_in", F, [2]),
+                      ("d_in", F, [2])],
+                     [("c", BOOL, []), ("a_out", F, [2]), ("b_out", F, [2]), ("k_in", F, [2]), ("d_out", F, [2])])
+    return model([helper.make_node("Loop", ["M", "", "a0", "b0", "xb", "a0"], ["a", "b", "k", "d"], body=loop_body)],
+                 [("M", I64, []), ("a0", F, [2]), ("b0", F, [2]), ("x", F, [2])],
+                 [("a", F, [2]), ("b", F, [2]), ("k", F, [2]), ("d", F, [2])])
 
 
-def test_carried_values_that_read_each_other():
+def test_carried_values_that_read_each_other_or_pass_through():
     trio = sessions(swap_model())
     for n in (0, 1, 2, 5, 20):
         agree(trio, {"M": np.array(n, np.int64), "a0": np.array([1, 2], np.float32),
-                     "b0": np.array([3, -1], np.float32), "x": np.ones(1, np.float32)})
+                     "b0": np.array([3, -1], np.float32), "x": np.array([0.5, -2], np.float32)})
 
 
 def scan_model(trip=None):
