@@ -308,3 +308,19 @@ def test_a_loop_after_a_python_step_and_a_python_step_inside_a_body():
     assert "'py_loop' (Loop): its body holds a node without a compiled form" in trio[0].backend_reason
     for n in (0, 7):
         agree(trio, h_feed(n, seed=n))
+
+
+def test_a_stream_carries_its_state_through_a_counted_loop():
+    """h0 -> loop -> h as a stream's state: a different count each call, the state kept in the
+    program's arena between calls; equal to chaining sess.run, and to the reference plan."""
+    data = trip_input_model()
+    compiled, reference = (lstmrt.InferenceSession(data, backend="native", compiled=c) for c in (True, False))
+    stream = compiled.stream(state={"h0": "h"})
+    h = h_ref = np.zeros((1, H), np.float32)
+    for n in (3, 0, 5, 40, 1):
+        feed = {k: v for k, v in h_feed(n, seed=n).items() if k != "h0"}
+        assert stream.run(feed) == []
+        h = compiled.run(None, {**feed, "h0": h})[0]
+        h_ref = reference.run(None, {**feed, "h0": h_ref})[0]
+        np.testing.assert_array_equal(stream.state["h0"], h)
+        np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-6)
