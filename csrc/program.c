@@ -85,33 +85,33 @@ static int loop_ok(const lrt_program *p, int32_t i)
            o[2].loc == LRT_LOC_ARENA && o[2].nbytes >= 8 && (!has(&o[3]) || o[3].nbytes >= 1);
 }
 
-/* whether instruction j, a loop or a branch, keeps to the body of the loop at i (ending at end):
- * a loop starting inside it ends inside it; a branch inside it jumps within it (to its end at
- * most) and one outside it never jumps into it */
-static int keeps_to_body(const lrt_program *p, int32_t j, int32_t i, int64_t end)
-{
-    const lrt_instr *x = &p->instrs[j];
-    if (x->op != LRT_OP_LOOP && x->op != LRT_OP_BRANCH) return 1;
-    const int64_t target = p->ints[x->first_int];   /* a loop's end, a branch's target */
-    const int inside = j > i && j < end;
-    if (x->op == LRT_OP_LOOP) return !inside || target <= end;
-    return inside ? target <= end : !(target > i && target < end);
-}
+static int64_t loop_end(const lrt_program *p, int32_t i) { return p->ints[p->instrs[i].first_int]; }
 
-/* every loop's body properly nested with the other loops and branches, at most MAX_LOOP_DEPTH deep */
+/* every loop's body properly nested, in one pass over a stack of the open loops: a loop starting
+ * inside a body ends inside it, at most MAX_LOOP_DEPTH deep; a branch jumps within its innermost
+ * body (parent: the loop whose body holds an instruction innermost, or -1), or to that body's end.
+ * LRT_OK, LRT_E_ARG with *bad set, or LRT_E_NOMEM. */
 static int nesting_ok(const lrt_program *p, int32_t *bad)
 {
-    for (int32_t i = 0; i < p->ninstrs; i++) {
-        if (p->instrs[i].op != LRT_OP_LOOP) continue;
-        const int64_t end = p->ints[p->instrs[i].first_int];
-        int depth = 0;
-        for (int32_t j = 0; j < p->ninstrs; j++) {
-            if (!keeps_to_body(p, j, i, end)) { *bad = j; return 0; }
-            if (j < i && p->instrs[j].op == LRT_OP_LOOP && p->ints[p->instrs[j].first_int] > i) depth++;
-        }
-        if (depth >= MAX_LOOP_DEPTH) { *bad = i; return 0; }
+    int32_t *parent = malloc(sizeof *parent * (size_t)(p->ninstrs ? p->ninstrs : 1));
+    int32_t open[MAX_LOOP_DEPTH];
+    int depth = 0;
+    if (!parent) return LRT_E_NOMEM;
+    for (int32_t k = 0; k < p->ninstrs && *bad < 0; k++) {
+        while (depth && loop_end(p, open[depth - 1]) <= k) depth--;
+        parent[k] = depth ? open[depth - 1] : -1;
+        if (p->instrs[k].op != LRT_OP_LOOP) continue;
+        if (depth == MAX_LOOP_DEPTH || (depth && loop_end(p, k) > loop_end(p, open[depth - 1]))) *bad = k;
+        else open[depth++] = k;
     }
-    return 1;
+    for (int32_t k = 0; k < p->ninstrs && *bad < 0; k++) {
+        if (p->instrs[k].op != LRT_OP_BRANCH) continue;
+        const int64_t target = p->ints[p->instrs[k].first_int];
+        const int64_t end = parent[k] >= 0 ? loop_end(p, parent[k]) : p->ninstrs;
+        if (target != end && (target > end || parent[target] != parent[k])) *bad = k;
+    }
+    free(parent);
+    return *bad < 0 ? LRT_OK : LRT_E_ARG;
 }
 
 void lrt_program_free(lrt_program *p)
@@ -197,10 +197,11 @@ int lrt_program_create(const lrt_program_desc *d, lrt_program **out, int32_t *ba
         }
     }
     int32_t bad = -1;
-    if (!nesting_ok(p, &bad)) {
+    st = nesting_ok(p, &bad);
+    if (st != LRT_OK) {
         if (bad_instr) *bad_instr = bad;
         lrt_program_free(p);
-        return LRT_E_ARG;
+        return st;
     }
     *out = p;
     return LRT_OK;
