@@ -146,8 +146,9 @@ size_t lrt_dense_scratch_floats(const lrt_weights *w);
  * allowed; partial overlap is not); the compiler never plans any other overlap.
  * Every operand is checked at creation to lie inside its buffer, and each op's parameters
  * against its operands' extents; at run time the caller's arena size is checked, and the only
- * data-dependent checks (runtime Gather indices, a LOOP's cap, a SCAN_ROW's counter) fail the call
- * with LRT_E_ARG and *failed set to the instruction, before that instruction writes anything. */
+ * data-dependent checks (runtime Gather indices, a SCAN_ROW's counter) fail the call with LRT_E_ARG
+ * and *failed set to the instruction, before that instruction writes anything (a LOOP past its
+ * cap fails likewise, after the iterations it ran). */
 enum { LRT_LOC_NONE = -1, LRT_LOC_ARENA = 0, LRT_LOC_INPUT = 1, LRT_LOC_OUTPUT = 2, LRT_LOC_CONST = 3 };
 
 typedef struct {
@@ -187,8 +188,9 @@ typedef struct {
  *                        taking the next cond from body_cond (bool; NONE: true) after it; counter
  *                        holds the iterations run afterwards.  Past cap (> 0) iterations the call
  *                        fails with LRT_E_ARG at the loop; rows >= 0: the loop must run exactly rows
- *                        times (its scan outputs' length), else LRT_E_COUNT.  Bodies nest: a loop in
- *                        a body ends inside it, and a branch in a body jumps within it (or to its end).)
+ *                        times (its scan outputs' length), else LRT_E_COUNT.  Bodies nest, at most 64
+ *                        loops deep: a loop in a body ends inside it, and a branch in a body jumps
+ *                        within it (or to its end); a branch outside never jumps into one.)
  *  SCAN_ROW src,dst,counter  nbytes rows   (row `counter` of dst, rows rows of nbytes, = src; a
  *                        counter outside [0, rows) fails the call with LRT_E_ARG)
  */
