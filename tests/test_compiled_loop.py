@@ -324,3 +324,26 @@ def test_a_stream_carries_its_state_through_a_counted_loop():
         h_ref = reference.run(None, {**feed, "h0": h_ref})[0]
         np.testing.assert_array_equal(stream.state["h0"], h)
         np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_runs_of_a_counted_loop_equal_sequential_ones():
+    """Threads share the program, each with its own arena: counts differ per call."""
+    import threading
+    sess = lstmrt.InferenceSession(trip_input_model(), backend="native")
+    feeds = [h_feed(n, seed=n) for n in (0, 1, 7, 100, 33, 2)]
+    want = [sess.run(None, f)[0] for f in feeds]
+    errors = []
+
+    def work(k):
+        for _ in range(50):
+            for i in range(len(feeds)):
+                j = (i + k) % len(feeds)
+                if not np.array_equal(sess.run(None, feeds[j])[0], want[j]):
+                    errors.append(j)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
