@@ -243,7 +243,8 @@ def scan_model(trip=None):
     nodes, inits = [], [("W", W)]
     if trip is None:
         inputs.append(("steps", F, [2]))
-        nodes = [helper.make_node("ReduceMax", ["steps"], ["mx"], keepdims=0), helper.make_node("Cast", ["mx"], ["M"], to=I64)]
+        nodes = [helper.make_node("ReduceMax", ["steps"], ["mx"], keepdims=0),
+                 helper.make_node("Cast", ["mx"], ["M"], to=I64)]
     else:
         inits.append(("M", np.array(trip, np.int64)))
     nodes.append(helper.make_node("Loop", ["M", "", "h0"], ["h", "rows"], name="scan_loop", body=b))

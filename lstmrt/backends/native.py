@@ -223,7 +223,8 @@ class NativeBackend:
         self.options = options
         self.plan = Plan(model.graph, model.opset, {"native": options},
                          overridable=[i.name for i in model.overridable])
-        self._signature_inputs = {i.name for i in model.inputs if is_signature_scalar(i)} - trip_count_inputs(model.graph)
+        self._signature_inputs = ({i.name for i in model.inputs if is_signature_scalar(i)}
+                                  - trip_count_inputs(model.graph))
         self._programs = ProgramCache()
         self._packed: dict = {}                # dense weights, shared by every program
         self._local = threading.local()        # per thread: a ProgramState per program
