@@ -24,6 +24,7 @@ const char *lrt_status_string(int status)
     case LRT_E_NOMEM: return "out of memory";
     case LRT_E_SIMD: return "requested SIMD path is not available on this CPU (LSTMRT_SIMD is scalar, avx2 or avx512)";
     case LRT_E_WORKSPACE: return "workspace too small";
+    case LRT_E_COUNT: return "a loop ran another number of iterations than its scan outputs were compiled for";
     default: return "unknown error";
     }
 }

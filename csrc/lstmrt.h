@@ -23,7 +23,9 @@ enum {
     LRT_E_ARG = -1,       /* a size, pointer or value is inconsistent */
     LRT_E_NOMEM = -2,
     LRT_E_SIMD = -3,      /* requested SIMD path is not supported by this CPU/build */
-    LRT_E_WORKSPACE = -4  /* workspace smaller than lrt_workspace_floats() */
+    LRT_E_WORKSPACE = -4, /* workspace smaller than lrt_workspace_floats() */
+    LRT_E_COUNT = -5      /* a LOOP ran another number of iterations than its scan rows (lstmrt
+                             then runs that call on its reference plan) */
 };
 
 enum { LRT_RNN = 0, LRT_GRU = 1, LRT_LSTM = 2 };
@@ -144,8 +146,9 @@ size_t lrt_dense_scratch_floats(const lrt_weights *w);
  * allowed; partial overlap is not); the compiler never plans any other overlap.
  * Every operand is checked at creation to lie inside its buffer, and each op's parameters
  * against its operands' extents; at run time the caller's arena size is checked, and the only
- * data-dependent checks (runtime Gather/Scatter indices) fail the call with LRT_E_ARG and *failed set to the
- * instruction, before that instruction writes anything. */
+ * data-dependent checks (runtime Gather/Scatter indices, a SCAN_ROW's counter) fail the call with LRT_E_ARG
+ * and *failed set to the instruction, before that instruction writes anything (a LOOP past its
+ * cap fails likewise, after the iterations it ran). */
 enum { LRT_LOC_NONE = -1, LRT_LOC_ARENA = 0, LRT_LOC_INPUT = 1, LRT_LOC_OUTPUT = 2, LRT_LOC_CONST = 3 };
 
 typedef struct {
@@ -182,11 +185,23 @@ typedef struct {
  *  CONV     x,y,scratch  batch cin cout group act ih iw kh kw ph pw sh sw dh dw oh ow   (2-D;
  *                        1-D as ih = kh = 1; weights: group dense objects of K = cin/group*kh*kw,
  *                        N = cout/group; scratch oh*ow*(K + ldc) + dense scratch floats)
+ *  LOOP     trip,cond,counter,body_cond  end cap rows   (a counted sub-program: runs instructions
+ *                        [i+1, end) while count < trip (int64; NONE: no limit) and cond (bool; NONE:
+ *                        true), writing count into counter (int64, arena) before each iteration and
+ *                        taking the next cond from body_cond (bool; NONE: true) after it; counter
+ *                        holds the iterations run afterwards.  Past cap (> 0) iterations the call
+ *                        fails with LRT_E_ARG at the loop; rows >= 0: the loop must run exactly rows
+ *                        times (its scan outputs' length), else LRT_E_COUNT.  Bodies nest, at most 64
+ *                        loops deep: a loop in a body ends inside it, and a branch in a body jumps
+ *                        within it (or to its end); a branch outside never jumps into one.)
+ *  SCAN_ROW src,dst,counter  nbytes rows   (row `counter` of dst, rows rows of nbytes, = src; a
+ *                        counter outside [0, rows) fails the call with LRT_E_ARG)
  */
 enum {
     LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
     LRT_OP_DENSE, LRT_OP_MATMUL, LRT_OP_SOFTMAX, LRT_OP_REDUCE, LRT_OP_LAYERNORM, LRT_OP_GATHER,
-    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_SCATTER, LRT_OP_COUNT
+    LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_LOOP, LRT_OP_SCAN_ROW, LRT_OP_SCATTER,
+    LRT_OP_COUNT
 };
 /* UNARY kinds: the LRT_ACT_* activations, then these */
 enum {
@@ -234,7 +249,8 @@ int lrt_program_create(const lrt_program_desc *d, lrt_program **out, int32_t *ba
 void lrt_program_free(lrt_program *p);
 /* Runs every instruction.  inputs/outputs: ninputs/noutputs pointers to buffers of at least the
  * declared sizes; arena: arena_bytes or more, 64-byte aligned.  seconds: NULL, or one double per
- * instruction that the instruction's time is added to (profiling).  The GIL-free caller's
+ * instruction that the instruction's time is added to (profiling; a loop body's instructions
+ * over all its iterations, a LOOP's own entry left as it is).  The GIL-free caller's
  * arena and outputs are written; inputs are only read. */
 int lrt_program_run(const lrt_program *p, const void *const *inputs, void *const *outputs,
                     void *arena, size_t arena_bytes, double *seconds, int32_t *failed);

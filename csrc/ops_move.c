@@ -231,3 +231,21 @@ int lrt_exec_index(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o,
     return LRT_OK;
 }
 
+
+/* ---- SCAN_ROW: one row of a Loop's scan output, at the row its counter names ---- */
+int lrt_check_scan_row(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
+{
+    (void)p;
+    return ins->noperands == 3 && ins->nints == 2 && count_ok(ip[0]) && count_ok(ip[1]) &&
+           holds(&o[0], 1, ip[0]) && holds(&o[1], ip[1], ip[0]) && holds(&o[2], 1, 8);
+}
+
+int lrt_exec_scan_row(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
+{
+    (void)ins, (void)fp;
+    int64_t row;
+    memcpy(&row, at(c, &o[2]), 8);
+    if (row < 0 || row >= ip[1]) return LRT_E_ARG;   /* the counter is data: checked before writing */
+    memcpy(at(c, &o[1]) + row * ip[0], at(c, &o[0]), (size_t)ip[0]);
+    return LRT_OK;
+}

@@ -29,6 +29,8 @@ static const struct {
     {lrt_check_recurrent, lrt_exec_recurrent},   /* LRT_OP_RECURRENT */
     {lrt_check_conv, lrt_exec_conv},   /* LRT_OP_CONV */
     {NULL, NULL},                       /* LRT_OP_BRANCH: run by the loop itself */
+    {NULL, NULL},                       /* LRT_OP_LOOP: run by run_range */
+    {lrt_check_scan_row, lrt_exec_scan_row},   /* LRT_OP_SCAN_ROW */
     {lrt_check_scatter, lrt_exec_scatter},   /* LRT_OP_SCATTER */
 };
 
@@ -55,7 +57,7 @@ static int instr_ok(const lrt_program *p, const lrt_instr *ins)
         if (!p->weights[ins->first_weights + i]) return 0;
     const lrt_operand *o = p->operands + ins->first_operand;
     const int64_t *ip = p->ints + ins->first_int;
-    if (ins->op == LRT_OP_BRANCH) return 1;   /* its target is checked with its index (branch_ok) */
+    if (ins->op == LRT_OP_BRANCH || ins->op == LRT_OP_LOOP) return 1;   /* checked with their index */
     return ins->op > 0 && ins->op < LRT_OP_COUNT && OPS[ins->op].check(p, ins, o, ip);
 }
 
@@ -67,6 +69,50 @@ static int branch_ok(const lrt_program *p, int32_t i)
     if (ins->nints != 2 || ip[0] <= i || ip[0] > p->ninstrs || (ip[1] != 0 && ip[1] != 1)) return 0;
     return ip[1] ? ins->noperands == 0 : ins->noperands == 1 && has(&p->operands[ins->first_operand]) &&
                                                  p->operands[ins->first_operand].nbytes >= 1;
+}
+
+#define MAX_LOOP_DEPTH 64   /* loops inside loops: run_range recurses once per level */
+
+/* a loop at instruction i: its body [i+1, end) inside the program, a positive cap, and operands
+ * of the sizes it reads and writes (the counter in the arena: it is written) */
+static int loop_ok(const lrt_program *p, int32_t i)
+{
+    const lrt_instr *ins = &p->instrs[i];
+    const lrt_operand *o = p->operands + ins->first_operand;
+    const int64_t *ip = p->ints + ins->first_int;
+    if (ins->noperands != 4 || ins->nints != 3 || ip[0] <= i || ip[0] > p->ninstrs || ip[1] <= 0 || ip[2] < -1)
+        return 0;
+    return (!has(&o[0]) || o[0].nbytes >= 8) && (!has(&o[1]) || o[1].nbytes >= 1) &&
+           o[2].loc == LRT_LOC_ARENA && o[2].nbytes >= 8 && (!has(&o[3]) || o[3].nbytes >= 1);
+}
+
+static int64_t loop_end(const lrt_program *p, int32_t i) { return p->ints[p->instrs[i].first_int]; }
+
+/* every loop's body properly nested, in one pass over a stack of the open loops: a loop starting
+ * inside a body ends inside it, at most MAX_LOOP_DEPTH deep; a branch jumps within its innermost
+ * body (parent: the loop whose body holds an instruction innermost, or -1), or to that body's end.
+ * LRT_OK, LRT_E_ARG with *bad set, or LRT_E_NOMEM. */
+static int nesting_ok(const lrt_program *p, int32_t *bad)
+{
+    int32_t *parent = malloc(sizeof *parent * (size_t)(p->ninstrs ? p->ninstrs : 1));
+    int32_t open[MAX_LOOP_DEPTH];
+    int depth = 0;
+    if (!parent) return LRT_E_NOMEM;
+    for (int32_t k = 0; k < p->ninstrs && *bad < 0; k++) {
+        while (depth && loop_end(p, open[depth - 1]) <= k) depth--;
+        parent[k] = depth ? open[depth - 1] : -1;
+        if (p->instrs[k].op != LRT_OP_LOOP) continue;
+        if (depth == MAX_LOOP_DEPTH || (depth && loop_end(p, k) > loop_end(p, open[depth - 1]))) *bad = k;
+        else open[depth++] = k;
+    }
+    for (int32_t k = 0; k < p->ninstrs && *bad < 0; k++) {
+        if (p->instrs[k].op != LRT_OP_BRANCH) continue;
+        const int64_t target = p->ints[p->instrs[k].first_int];
+        const int64_t end = parent[k] >= 0 ? loop_end(p, parent[k]) : p->ninstrs;
+        if (target != end && (target > end || parent[target] != parent[k])) *bad = k;
+    }
+    free(parent);
+    return *bad < 0 ? LRT_OK : LRT_E_ARG;
 }
 
 void lrt_program_free(lrt_program *p)
@@ -145,11 +191,18 @@ int lrt_program_create(const lrt_program_desc *d, lrt_program **out, int32_t *ba
         const lrt_instr *ins = &p->instrs[i];
         if (!tables_ok(ins) || ins->first_int + ins->nints > d->nints ||
             ins->first_float + ins->nfloats > d->nfloats || !instr_ok(p, ins) ||
-            (ins->op == LRT_OP_BRANCH && !branch_ok(p, i))) {
+            (ins->op == LRT_OP_BRANCH && !branch_ok(p, i)) || (ins->op == LRT_OP_LOOP && !loop_ok(p, i))) {
             if (bad_instr) *bad_instr = i;
             lrt_program_free(p);
             return LRT_E_ARG;
         }
+    }
+    int32_t bad = -1;
+    st = nesting_ok(p, &bad);
+    if (st != LRT_OK) {
+        if (bad_instr) *bad_instr = bad;
+        lrt_program_free(p);
+        return st;
     }
     *out = p;
     return LRT_OK;
@@ -174,6 +227,61 @@ static int run_instr(const run_ctx *c, const lrt_instr *ins)
     return OPS[ins->op].exec(c, ins, o, ip, fp);
 }
 
+static int run_range(const run_ctx *c, int32_t first, int32_t end, double *seconds, int32_t *failed);
+
+/* the LOOP at instruction i: its body run while the trip count and the condition allow, at most
+ * its cap times (a count from the data must never hang the call) */
+static int run_loop(const run_ctx *c, int32_t i, double *seconds, int32_t *failed)
+{
+    const lrt_program *p = c->p;
+    const lrt_instr *ins = &p->instrs[i];
+    const lrt_operand *o = p->operands + ins->first_operand;
+    const int64_t *ip = p->ints + ins->first_int;
+    int64_t trip = INT64_MAX, n = 0;
+    if (has(&o[0])) memcpy(&trip, at(c, &o[0]), 8);
+    int go = !has(&o[1]) || *at(c, &o[1]);
+    unsigned char *counter = at(c, &o[2]);
+    for (; go && n < trip; n++) {
+        if (n == ip[1]) { *failed = i; return LRT_E_ARG; }
+        memcpy(counter, &n, 8);
+        const int st = run_range(c, i + 1, (int32_t)ip[0], seconds, failed);
+        if (st != LRT_OK) return st;
+        go = !has(&o[3]) || *at(c, &o[3]);
+    }
+    memcpy(counter, &n, 8);
+    if (ip[2] >= 0 && n != ip[2]) { *failed = i; return LRT_E_COUNT; }
+    return LRT_OK;
+}
+
+/* instructions [first, end): a loop runs its body and continues after it; branches stay inside
+ * the range (checked at creation) */
+static int run_range(const run_ctx *c, int32_t first, int32_t end, double *seconds, int32_t *failed)
+{
+    const lrt_program *p = c->p;
+    for (int32_t i = first; i < end; i++) {
+        const lrt_instr *ins = &p->instrs[i];
+        const int64_t *ip = p->ints + ins->first_int;
+        if (ins->op == LRT_OP_BRANCH) {   /* the next instruction, or the target (checked forward) */
+            if (ip[1] || !*at(c, &p->operands[ins->first_operand])) i = (int32_t)ip[0] - 1;
+            continue;
+        }
+        if (ins->op == LRT_OP_LOOP) {
+            const int st = run_loop(c, i, seconds, failed);
+            if (st != LRT_OK) return st;
+            i = (int32_t)ip[0] - 1;
+            continue;
+        }
+        const double t0 = seconds ? now_seconds() : 0.0;
+        const int st = run_instr(c, ins);
+        if (seconds) seconds[i] += now_seconds() - t0;
+        if (st != LRT_OK) {
+            *failed = i;
+            return st;
+        }
+    }
+    return LRT_OK;
+}
+
 int lrt_program_run(const lrt_program *p, const void *const *inputs, void *const *outputs, void *arena,
                     size_t arena_bytes, double *seconds, int32_t *failed)
 {
@@ -185,20 +293,8 @@ int lrt_program_run(const lrt_program *p, const void *const *inputs, void *const
     for (int32_t i = 0; i < p->noutputs; i++)
         if (!outputs[i] && p->output_nbytes[i]) return LRT_E_ARG;
     const run_ctx c = {p, inputs, outputs, arena};
-    for (int32_t i = 0; i < p->ninstrs; i++) {
-        const lrt_instr *ins = &p->instrs[i];
-        if (ins->op == LRT_OP_BRANCH) {   /* the next instruction, or the target (checked forward) */
-            const int64_t *ip = p->ints + ins->first_int;
-            if (ip[1] || !*at(&c, &p->operands[ins->first_operand])) i = (int32_t)ip[0] - 1;
-            continue;
-        }
-        const double t0 = seconds ? now_seconds() : 0.0;
-        const int st = run_instr(&c, &p->instrs[i]);
-        if (seconds) seconds[i] += now_seconds() - t0;
-        if (st != LRT_OK) {
-            if (failed) *failed = i;
-            return st;
-        }
-    }
-    return LRT_OK;
+    int32_t where = -1;
+    const int st = run_range(&c, 0, p->ninstrs, seconds, &where);
+    if (failed) *failed = where;
+    return st;
 }

@@ -401,7 +401,7 @@ class Compiler:
         if step.op_type == "If":
             return self.inline_if(plan, step, ins)
         if step.op_type == "Loop":
-            return self.unroll_loop(step, ins)
+            return self.loop(step, ins)
         if all(v is None or v.static for v in ins) or step.op_type in SHAPE_ONLY:
             return self.fold(step, ins)
         if any(v is not None and not v.static and v.size == 0 for v in ins):
@@ -540,6 +540,20 @@ class Compiler:
                 raise _fail(step, f"its branches give {list(val.shape)} and {list(out.shape)} for output '{name}'; "
                                   "compiled branches must agree")
             self.copy_contiguous(val, self.ref(out), f"'{step.name}' (If)")
+
+    def loop(self, step, ins):
+        """A Loop: unrolled when its iterations are known for the signature and few (short
+        loops run faster so), else one LOOP instruction running its body (compile_loop.py)."""
+        from .compile_loop import counted_loop
+        marks = len(self.instrs), len(self.storages), set(self.skipped)
+        try:
+            return self.unroll_loop(step, ins)
+        except ShapeMismatch:
+            raise
+        except CompileError:      # a count or condition from the data, or too many iterations
+            del self.instrs[marks[0]:], self.storages[marks[1]:]
+            self.skipped = marks[2]
+        return counted_loop(self, step, ins)
 
     def unroll_loop(self, step, ins):
         """A Loop whose trip count and condition are known for the signature (tf2onnx's loop over

@@ -121,10 +121,10 @@ class Program:
 
 
 def _local(instrs: list, start: int) -> list:
-    """A segment's instructions, branch targets counted from its first (the compiler keeps
-    branches inside one segment)."""
-    return [Instr(i.op, i.operands, [i.ints[0] - start, i.ints[1]], i.floats, i.weights, i.label)
-            if i.op == lib.LRT_OP_BRANCH else i for i in instrs]
+    """A segment's instructions, branch targets and loop ends counted from its first (the
+    compiler keeps branches and loop bodies inside one segment)."""
+    return [Instr(i.op, i.operands, [i.ints[0] - start, *i.ints[1:]], i.floats, i.weights, i.label)
+            if i.op in (lib.LRT_OP_BRANCH, lib.LRT_OP_LOOP) else i for i in instrs]
 
 
 def _create(instrs, consts, input_nbytes, output_nbytes, arena_bytes, simd, threads):
@@ -297,6 +297,11 @@ class ProgramState:
     def _raise(self, status, first: int = 0):
         i = self._failed[0] + first if self._failed[0] >= 0 else -1
         label = self.program.labels[i] if 0 <= i < len(self.program.labels) else "?"
+        if status == lib.LRT_E_COUNT:
+            raise Misfit(f"node {label} ran another number of iterations than its scan outputs were compiled for")
+        if status == lib.LRT_E_ARG and label.endswith("(Loop)"):
+            raise InputError(f"node {label}: its trip count and condition ask for more than "
+                             f"{self.program.instrs[i].ints[1]} iterations, the cap (LSTMRT_MAX_LOOP_ITERATIONS)")
         if status == lib.LRT_E_ARG and "(Gather)" in label:
             raise InputError(f"node {label}: an index is out of range for the gathered axis")
         if status == lib.LRT_E_ARG and label.endswith(("(LSTM)", "(GRU)", "(RNN)")):

@@ -141,3 +141,89 @@ def test_a_scatter_into_a_constant_or_an_input_is_refused_at_creation():
     for loc in (lib.LRT_LOC_CONST, lib.LRT_LOC_INPUT):
         with pytest.raises(Exception, match="instruction 0"):
             Program([scatter_into_bank(loc)], [np.zeros(30, np.float32)], ["rows"], [120], [], 0, None, 1, [])
+
+
+# ---- LOOP: a counted sub-program over the instructions after it ----
+I64_IN = Operand(lib.LRT_LOC_INPUT, 0, 0, 8)
+
+
+def loop(end, trip=I64_IN, counter=None, cap=100, rows=-1, cond=NONE, body_cond=NONE):
+    return Instr(lib.LRT_OP_LOOP, [trip, cond, counter or arena(0, 8), body_cond], [end, cap, rows], [], [],
+                 "'l' (Loop)")
+
+
+def scan_row(rows=10):
+    """Row `counter` of an int64 [rows] at arena 64 = the counter itself."""
+    return Instr(lib.LRT_OP_SCAN_ROW, [arena(0, 8), arena(64, 8 * rows), arena(0, 8)], [8, rows], [], [],
+                 "'l' (Loop scan)")
+
+
+def loop_program(instrs, outputs=(("rows", (10,), np.int64, 64), ("count", (), np.int64, 0))):
+    return Program(list(instrs), [], ["trip"], [8], list(outputs), 192, None, 1, [])
+
+
+def test_a_loop_runs_its_body_trip_count_times_writing_its_counter():
+    state = loop_program([loop(2), scan_row()]).new_state()
+    for n in (0, 4, 10):
+        state.arena[:] = 0
+        rows, count = state.run({"trip": np.array(n, np.int64)})
+        np.testing.assert_array_equal(rows, np.r_[np.arange(n), np.zeros(10 - n)])
+        assert count == n
+    with pytest.raises(Exception, match="Loop scan"):     # a counter past the rows: refused, not written
+        state.run({"trip": np.array(11, np.int64)})
+
+
+def test_a_loop_past_its_cap_or_off_its_rows_fails_the_call():
+    from lstmrt.errors import InputError
+    from lstmrt.program import Misfit
+    state = loop_program([loop(2, cap=5), scan_row()]).new_state()
+    state.run({"trip": np.array(5, np.int64)})
+    with pytest.raises(InputError, match="more than 5 iterations"):
+        state.run({"trip": np.array(6, np.int64)})
+    state = loop_program([loop(2, rows=4), scan_row()]).new_state()
+    state.run({"trip": np.array(4, np.int64)})
+    with pytest.raises(Misfit):
+        state.run({"trip": np.array(3, np.int64)})
+
+
+def test_a_loop_stops_when_its_body_condition_turns_false():
+    """The body's condition: counter < 2 as a byte (the counter's low byte compared by BINARY)."""
+    less = Instr(lib.LRT_OP_BINARY, [arena(0, 8), Operand(lib.LRT_LOC_CONST, 0, 0, 8), arena(128, 1)],
+                 [lib.LRT_BIN_LESS, lib.LRT_DT_I64, 1, 1, 1, 0], [], [], "less")
+    program = Program([loop(3, body_cond=arena(128, 1)), scan_row(), less], [np.array([2], np.int64)], ["trip"], [8],
+                      [("count", (), np.int64, 0)], 192, None, 1, [])
+    assert program.new_state().run({"trip": np.array(50, np.int64)})[0] == 3
+
+
+@pytest.mark.parametrize("instrs, bad", [
+    ([loop(3), scan_row()], 0),                                   # its body past the end
+    ([loop(0), scan_row()], 0),                                   # a body before itself
+    ([loop(2, cap=0), scan_row()], 0),                            # no iterations allowed
+    ([loop(2, rows=-2), scan_row()], 0),
+    ([loop(2, trip=Operand(lib.LRT_LOC_INPUT, 0, 0, 4)), scan_row()], 0),    # a trip count of 4 bytes
+    ([loop(2, counter=arena(0, 4)), scan_row()], 0),
+    ([loop(2, counter=I64_IN), scan_row()], 0),                   # a counter it cannot write
+    ([loop(3), loop(4), scan_row(), scan_row()], 1),              # overlapping bodies
+    ([loop(3), Instr(lib.LRT_OP_BRANCH, [], [4, 1], [], [], "b"), scan_row(), scan_row()], 1),   # out of a body
+    ([Instr(lib.LRT_OP_BRANCH, [], [2, 1], [], [], "b"), loop(3), scan_row(), scan_row()], 0),   # into a body
+])
+def test_a_badly_formed_loop_is_refused_at_creation(instrs, bad):
+    with pytest.raises(Exception, match=f"at instruction {bad} "):
+        loop_program(instrs)
+
+
+def test_loops_and_branches_that_nest_are_accepted():
+    """A loop in a loop's body ending with it, a branch to the end of a body (skipping its scan
+    row), then a scan row after both loops (row 3, the outer count)."""
+    program = loop_program([loop(4), loop(4, counter=arena(8, 8)), Instr(lib.LRT_OP_BRANCH, [], [4, 1], [], [], "b"),
+                            scan_row(), scan_row()])
+    rows, count = program.new_state().run({"trip": np.array(3, np.int64)})
+    assert count == 3
+    np.testing.assert_array_equal(rows, [0, 0, 0, 3, 0, 0, 0, 0, 0, 0])
+
+
+def test_loops_nested_too_deep_are_refused():
+    deep = [loop(70, counter=arena(0, 8)) for _ in range(70)]
+    with pytest.raises(Exception, match="building the compiled program"):
+        loop_program(deep)
+    loop_program(deep[:60] + [scan_row()] * 10)

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
 from ..locks import new_lock
+from ..compile_loop import trip_count_inputs
 from ..compiler import ROWS, Banked, CompileError, Compiler, ShapeMismatch, is_signature_scalar
 from ..model import Model
 from ..program import Misfit, ProgramState
@@ -271,7 +272,8 @@ class NativeBackend:
         self.options = options
         self.plan = Plan(model.graph, model.opset, {"native": options},
                          overridable=[i.name for i in model.overridable])
-        self._signature_inputs = {i.name for i in model.inputs if is_signature_scalar(i)}
+        self._signature_inputs = ({i.name for i in model.inputs if is_signature_scalar(i)}
+                                  - trip_count_inputs(model.graph))
         self._programs = ProgramCache()
         self._group_programs = ProgramCache(GroupPrograms.limit)
         self._packed: dict = {}                # dense weights, shared by every program
@@ -388,8 +390,8 @@ class NativeBackend:
     def _probe(self) -> str:
         """Whether the model compiles: '' when it does, else why not.  Compiles a signature with
         every unknown dim set to each of PROBE_SIZES in turn (scalar inputs zero) until one fits
-        the model (a 512-sample audio chunk does not fit in one sample); if none fits, only a
-        Loop (never compiled) counts against it."""
+        the model (a 512-sample audio chunk does not fit in one sample); if none fits, nothing
+        is known against it."""
         outputs = [o.name for o in self.model.outputs]
         for size in self.PROBE_SIZES:
             feeds = self._probe_feed(size)
@@ -403,8 +405,7 @@ class NativeBackend:
                 return self._segments_note(entry)
             if not entry.shapes_misfit:
                 return entry.reason
-        loops = [n.name or n.op_type for n in _all_nodes(self.model.graph) if n.op_type == "Loop"]
-        return f"node '{loops[0]}' (Loop): Loop has no compiled form" if loops else ""
+        return ""
 
     @staticmethod
     def _segments_note(program) -> str:

@@ -12,9 +12,10 @@ def markdown() -> str:
              "inputs such as a sample rate) is compiled into one C program: what can be computed from",
              "constants, shapes and those values is folded; the rest runs as the instructions below.",
              "A node without a compiled form runs its numpy kernel between two C segments of the",
-             "program; an If or Loop decided by the data makes the signature run on the numpy plan",
-             "(the reference the compiled programs are tested against). Either way `auto` prefers",
-             "onnxruntime, and `lstmrt inspect` and `sess.backend_reason` name the node.", "",
+             "program; a node without a compiled form inside an If or Loop decided by the data",
+             "makes the signature run on the numpy plan (the reference the compiled programs are",
+             "tested against). Either way `auto` prefers onnxruntime, and `lstmrt inspect` and",
+             "`sess.backend_reason` name the node.", "",
              f"{len(ops)} ops, default ONNX domain:", "",
              "| op | compiled as |", "| --- | --- |"]
     lines += [f"| `{op}` | {compiled_form(op)} |" for op in ops]
@@ -31,7 +32,9 @@ def compiled_form(op: str) -> str:
         movement = "a view, a strided copy or a lookup table (its parameters constant per signature)"
         return movement + "; with computed indices, a gather" if op == "Gather" else movement
     if op == "Loop":
-        return "unrolled when its trip count and condition are known per signature"
+        return ("unrolled when its trip count and condition are known per signature (up to 1024 iterations); "
+                "else a counted sub-program in C (any trip count, at most LSTMRT_MAX_LOOP_ITERATIONS); "
+                "scan outputs compile for a constant trip count")
     if op in SHAPE_ONLY or op not in EMITTERS:
         return "folded when its inputs are known per signature; a Python step otherwise"
     return "compiled"

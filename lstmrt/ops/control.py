@@ -79,8 +79,17 @@ class _Loop(_ControlKernel):
             for acc, value in zip(scans, results[1 + n_carried:]):
                 acc.append(value)
             i += 1
-        stacked = [np.stack(acc) if acc else np.zeros((0,), np.float32) for acc in scans]
+        stacked = [np.stack(acc) if acc else self._no_rows(1 + n_carried + k) for k, acc in enumerate(scans)]
         return carried + stacked
+
+    def _no_rows(self, k: int) -> np.ndarray:
+        """Scan output k of no iterations: empty, each row of the shape and type the body
+        declares (when it declares them)."""
+        from onnx.helper import tensor_dtype_to_np_dtype
+        t = self.body.output[k].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim] if t.HasField("shape") else [-1]
+        dtype = tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else np.float32
+        return np.zeros((0, *dims) if min(dims, default=0) >= 0 else (0,), dtype)
 
 
 @op("If")
