@@ -24,7 +24,7 @@ from .kernel import lib
 from .program import ALIGN, NONE, Instr, Operand, Program, PyStep
 
 MAX_ND = 8
-MAX_UNROLL = 1024  # iterations of a Loop unrolled into a program (compiling costs ~2 ms each)
+MAX_UNROLL = 64  # iterations of a Loop unrolled (~1 ms of compiling each); longer ones run counted
 
 
 def max_arena_bytes() -> int:

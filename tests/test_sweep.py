@@ -236,6 +236,15 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 # the sweeps
 # ---------------------------------------------------------------------------
 
+def onnxruntime_diverges(spec) -> bool:
+    """Found by this sweep (onnxruntime 1.31): a bidirectional LSTM whose reverse direction gates
+    through Softplus, with peepholes and clip, grows its cell state apart from the spec after a
+    few steps (Y_c 7.08 where the float64 model, and lstmrt, give 89.1); the same reverse
+    direction run alone agrees.  Such examples are held to the float64 model instead."""
+    return spec.cell == "LSTM" and spec.direction == "bidirectional" and bool(spec.activations) and \
+        spec.activations[3] == "Softplus"
+
+
 def check_against_oracles(ex: Example):
     weights, feed = ex.build()
     peak = state_peak(ex, weights, feed)
@@ -245,6 +254,9 @@ def check_against_oracles(ex: Example):
         # onnxruntime itself overflowed (seen: Softplus gates in onnxruntime-gpu 1.31) on an example
         # whose float64 spec reference stays bounded: that reference is the oracle here
         event("onnxruntime overflowed; checked against the float64 reference")
+        expected = [r.astype(np.float32) for r in numpy_reference(ex.spec, weights, feed)]
+    elif onnxruntime_diverges(ex.spec):
+        event("onnxruntime's bidirectional Softplus gates diverge; checked against the float64 reference")
         expected = [r.astype(np.float32) for r in numpy_reference(ex.spec, weights, feed)]
     assert_outputs_close(ex, got, expected, "lstmrt vs onnxruntime", peak, weights, feed)
     if reference_applies(ex):

@@ -23,7 +23,7 @@ def markdown() -> str:
 
 
 def compiled_form(op: str) -> str:
-    from ..compiler import EMITTERS, MOVEMENT, SHAPE_ONLY
+    from ..compiler import EMITTERS, MAX_UNROLL, MOVEMENT, SHAPE_ONLY
     if op == "If":
         return "the taken branch inlined when the condition is known per signature, else both behind a branch"
     if op in ("LSTM", "GRU", "RNN"):
@@ -32,7 +32,7 @@ def compiled_form(op: str) -> str:
         movement = "a view, a strided copy or a lookup table (its parameters constant per signature)"
         return movement + "; with computed indices, a gather" if op == "Gather" else movement
     if op == "Loop":
-        return ("unrolled when its trip count and condition are known per signature (up to 1024 iterations); "
+        return (f"unrolled when its trip count and condition are known per signature (up to {MAX_UNROLL} iterations); "
                 "else a counted sub-program in C (any trip count, at most LSTMRT_MAX_LOOP_ITERATIONS); "
                 "scan outputs compile for a constant trip count")
     if op in SHAPE_ONLY or op not in EMITTERS:
