@@ -7,7 +7,7 @@
 #include <time.h>
 #include "program_internal.h"
 
-/* by op code: the op families' checks and runs (ops_move.c, ops_math.c, ops_nn.c) */
+/* by op code: the op families' checks and runs (ops_move.c, ops_math.c, ops_nn.c, ops_fused.c) */
 static const struct {
     int (*check)(const lrt_program *, const lrt_instr *, const lrt_operand *, const int64_t *);
     int (*exec)(const run_ctx *, const lrt_instr *, const lrt_operand *, const int64_t *, const float *);
@@ -29,6 +29,7 @@ static const struct {
     {lrt_check_recurrent, lrt_exec_recurrent},   /* LRT_OP_RECURRENT */
     {lrt_check_conv, lrt_exec_conv},   /* LRT_OP_CONV */
     {NULL, NULL},                       /* LRT_OP_BRANCH: run by the loop itself */
+    {lrt_check_fused, lrt_exec_fused},   /* LRT_OP_FUSED */
 };
 
 /* ---- the program ---- */

@@ -151,5 +151,7 @@ int lrt_check_recurrent(const lrt_program *p, const lrt_instr *ins, const lrt_op
 int lrt_exec_recurrent(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 int lrt_check_conv(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
 int lrt_exec_conv(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
+int lrt_check_fused(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
+int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 
 #endif

@@ -1,0 +1,175 @@
+/* ops_fused.c — LRT_OP_FUSED: a group of float32 elementwise ops run block by block over their
+ * common output, each block's intermediates kept in small buffers (L1) instead of the arena.
+ * Each step calls the SIMD path's own unary/binary loop, so a fused group gives the bits the
+ * separate UNARY/BINARY instructions give; blocks are a multiple of every vector length, so a
+ * loop's vector body and scalar tail fall on the same elements as in one whole-output call. */
+#include <string.h>
+#include "program_internal.h"
+
+/* the parameter layout (lstmrt.h), read from the ints */
+typedef struct {
+    int nin, nout, ntemp, nsteps, nd;
+    int64_t block;
+    const int64_t *dims, *strides, *steps, *out_regs;   /* strides: nin rows of nd */
+} fused_layout;
+
+static fused_layout layout_of(const int64_t *ip)
+{
+    fused_layout L = {(int)ip[0], (int)ip[1], (int)ip[2], (int)ip[3], (int)ip[5], ip[4], NULL, NULL, NULL, NULL};
+    L.dims = ip + 6;
+    L.strides = L.dims + L.nd;
+    L.steps = L.strides + (int64_t)L.nin * L.nd;
+    L.out_regs = L.steps + 5 * (int64_t)L.nsteps;
+    return L;
+}
+
+static int unary_kind_ok(int64_t k)
+{
+    return (k >= 0 && k < LRT_ACT_COUNT) || (k >= LRT_UN_EXP && k < LRT_UN_END && k != LRT_UN_NOT);
+}
+
+/* every step reads registers defined before it and writes a temporary; every output register
+ * is a defined temporary; *nunary counts the steps that take an alpha/beta pair */
+static int steps_ok(const fused_layout *L, int *nunary)
+{
+    unsigned char defined[LRT_FUSED_MAX_REGS] = {0};
+    const int nregs = L->nin + L->ntemp;
+    memset(defined, 1, (size_t)L->nin);
+    *nunary = 0;
+    for (int s = 0; s < L->nsteps; s++) {
+        const int64_t *st = L->steps + 5 * s, dst = st[2], a = st[3], b = st[4];
+        const int unary = st[0] == LRT_FUSED_UNARY;
+        if (unary ? !unary_kind_ok(st[1]) || b != 0
+                  : st[0] != LRT_FUSED_BINARY || st[1] < LRT_BIN_ADD || st[1] > LRT_BIN_MIN) return 0;
+        if (dst < L->nin || dst >= nregs || a < 0 || a >= nregs || !defined[a] || b < 0 || b >= nregs || !defined[b])
+            return 0;
+        defined[dst] = 1;
+        *nunary += unary;
+    }
+    for (int k = 0; k < L->nout; k++)
+        if (L->out_regs[k] < L->nin || L->out_regs[k] >= nregs || !defined[L->out_regs[k]]) return 0;
+    return 1;
+}
+
+static int disjoint(const lrt_operand *a, const lrt_operand *b)
+{
+    return a->loc != b->loc || a->index != b->index || a->offset + a->nbytes <= b->offset ||
+           b->offset + b->nbytes <= a->offset;
+}
+
+/* inputs reach within their operands; outputs hold the whole output and overlap nothing */
+static int operands_ok(const fused_layout *L, const lrt_operand *o)
+{
+    int64_t n, reach;
+    if (!product_ok(L->nd, L->dims, &n)) return 0;
+    for (int i = 0; i < L->nin; i++)
+        if (!reach_ok(L->nd, L->dims, L->strides + (int64_t)i * L->nd, &reach) || !holds(&o[i], reach, 4)) return 0;
+    for (int k = L->nin; k < L->nin + L->nout; k++) {
+        if (!holds(&o[k], n, 4)) return 0;
+        for (int j = 0; j < L->nin + L->nout; j++)
+            if (j != k && !disjoint(&o[k], &o[j])) return 0;
+    }
+    return 1;
+}
+
+int lrt_check_fused(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
+{
+    (void)p;
+    if (ins->nints < 6) return 0;
+    const fused_layout L = layout_of(ip);
+    if (ip[0] < 0 || ip[1] < 1 || ip[2] < 1 || ip[0] + ip[2] > LRT_FUSED_MAX_REGS || ip[1] > LRT_FUSED_MAX_REGS ||
+        ip[3] < 1 || ip[3] > LRT_FUSED_MAX_STEPS || ip[5] < 1 || ip[5] > MAX_ND || ip[4] < 16 ||
+        ip[4] > LRT_FUSED_MAX_BLOCK || ip[4] % 16)
+        return 0;
+    int nunary;
+    return ins->nints == 6 + L.nd + (int64_t)L.nin * L.nd + 5 * (int64_t)L.nsteps + L.nout &&
+           ins->noperands == L.nin + L.nout && steps_ok(&L, &nunary) && ins->nfloats == 2 * (int64_t)nunary &&
+           operands_ok(&L, o);
+}
+
+/* dst[0..len) = the input at flattened output positions start.., one run along the last dim at
+ * a time (a broadcast row, a strided column) */
+static void gather(float *dst, const float *src, int nd, const int64_t *dims, const int64_t *strides, int64_t start,
+                   int64_t len)
+{
+    int64_t idx[MAX_ND], off = 0, rem = start;
+    for (int d = nd - 1; d >= 0; d--) {
+        idx[d] = rem % dims[d];
+        rem /= dims[d];
+        off += idx[d] * strides[d];
+    }
+    const int64_t inner = dims[nd - 1], is = strides[nd - 1];
+    while (len > 0) {
+        const int64_t run = inner - idx[nd - 1] < len ? inner - idx[nd - 1] : len;
+        if (is == 1) memcpy(dst, src + off, (size_t)run * sizeof(float));
+        else for (int64_t k = 0; k < run; k++) dst[k] = src[off + k * is];
+        dst += run;
+        len -= run;
+        idx[nd - 1] += run;
+        off += run * is;
+        for (int d = nd - 1; d > 0 && idx[d] == dims[d]; d--) {   /* carry into the outer dims */
+            idx[d] = 0;
+            off += strides[d - 1] - dims[d] * strides[d];
+            idx[d - 1]++;
+        }
+    }
+}
+
+/* how a call reads input i: straight from its buffer (contiguous), from a register filled once
+ * (one element broadcast everywhere), or gathered block by block */
+enum { READ_DIRECT, READ_ONCE, READ_GATHER };
+
+static int read_mode(const fused_layout *L, const int64_t *strides)
+{
+    int64_t contiguous = 1;
+    int direct = 1, once = 1;
+    for (int d = L->nd - 1; d >= 0; d--) {
+        direct &= L->dims[d] == 1 || strides[d] == contiguous;
+        once &= L->dims[d] == 1 || strides[d] == 0;
+        contiguous *= L->dims[d];
+    }
+    return direct ? READ_DIRECT : once ? READ_ONCE : READ_GATHER;
+}
+
+int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
+{
+    (void)ins;
+    const fused_layout L = layout_of(ip);
+    const lrt_vops *v = c->p->v;
+    const int64_t B = L.block;
+    int64_t n = 0;
+    if (!product_ok(L.nd, L.dims, &n) || n == 0) return LRT_OK;
+    float buf[LRT_FUSED_MAX_REGS * LRT_FUSED_MAX_BLOCK];
+    const float *src[LRT_FUSED_MAX_REGS], *rd[LRT_FUSED_MAX_REGS];   /* rd: each register's block */
+    float *wr[LRT_FUSED_MAX_REGS];
+    int mode[LRT_FUSED_MAX_REGS];
+    for (int r = 0; r < L.nin + L.ntemp; r++) wr[r] = buf + r * B;
+    for (int i = 0; i < L.nin; i++) {
+        src[i] = (const float *)(const void *)at(c, &o[i]);
+        mode[i] = read_mode(&L, L.strides + (int64_t)i * L.nd);
+        if (mode[i] == READ_ONCE)
+            for (int64_t k = 0; k < B; k++) wr[i][k] = src[i][0];
+        rd[i] = wr[i];
+    }
+    for (int t = L.nin; t < L.nin + L.ntemp; t++) rd[t] = wr[t];
+    for (int64_t start = 0; start < n; start += B) {
+        const int64_t len = n - start < B ? n - start : B;
+        for (int i = 0; i < L.nin; i++) {
+            if (mode[i] == READ_DIRECT) rd[i] = src[i] + start;
+            else if (mode[i] == READ_GATHER) gather(wr[i], src[i], L.nd, L.dims, L.strides + (int64_t)i * L.nd, start, len);
+        }
+        const float *alpha_beta = fp;
+        for (int s = 0; s < L.nsteps; s++) {
+            const int64_t *st = L.steps + 5 * s;
+            if (st[0] == LRT_FUSED_UNARY) {
+                v->unary((int32_t)st[1], rd[st[3]], wr[st[2]], (size_t)len, alpha_beta[0], alpha_beta[1]);
+                alpha_beta += 2;
+            } else {
+                v->binary((int32_t)st[1], rd[st[3]], 1, rd[st[4]], 1, wr[st[2]], (size_t)len);
+            }
+        }
+        for (int k = 0; k < L.nout; k++)
+            memcpy((float *)(void *)at(c, &o[L.nin + k]) + start, rd[L.out_regs[k]], (size_t)len * sizeof(float));
+    }
+    return LRT_OK;
+}
