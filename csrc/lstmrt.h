@@ -192,8 +192,8 @@ typedef struct {
  *                        prod(dims) floats) receives temporary out_regs[k].  Each step computes what the
  *                        UNARY/BINARY op would, with the same vector loops, so results are bit-identical.
  *                        Limits: nin >= 0, nout >= 1, ntemp >= 1, nin + ntemp <= LRT_FUSED_MAX_REGS,
- *                        1 <= nsteps <= LRT_FUSED_MAX_STEPS, 1 <= nd <= 8, block a multiple of 16 in
- *                        [16, LRT_FUSED_MAX_BLOCK].  Aliasing: an output shares no byte with an input
+ *                        1 <= nsteps <= LRT_FUSED_MAX_STEPS, 1 <= nd <= 8, block a multiple of 16 (every
+ *                        vector length) with block * (nin + ntemp) <= LRT_FUSED_MAX_FLOATS.  Aliasing: an output shares no byte with an input
  *                        or another output (inputs may overlap each other).
  */
 enum {
@@ -202,7 +202,7 @@ enum {
     LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_FUSED, LRT_OP_COUNT
 };
 /* FUSED steps and limits */
-enum { LRT_FUSED_UNARY = 0, LRT_FUSED_BINARY = 1, LRT_FUSED_MAX_REGS = 32, LRT_FUSED_MAX_BLOCK = 256,
+enum { LRT_FUSED_UNARY = 0, LRT_FUSED_BINARY = 1, LRT_FUSED_MAX_REGS = 32, LRT_FUSED_MAX_FLOATS = 8192,
        LRT_FUSED_MAX_STEPS = 1024 };
 /* UNARY kinds: the LRT_ACT_* activations, then these */
 enum {

@@ -78,8 +78,8 @@ int lrt_check_fused(const lrt_program *p, const lrt_instr *ins, const lrt_operan
     if (ins->nints < 6) return 0;
     const fused_layout L = layout_of(ip);
     if (ip[0] < 0 || ip[1] < 1 || ip[2] < 1 || ip[0] + ip[2] > LRT_FUSED_MAX_REGS || ip[1] > LRT_FUSED_MAX_REGS ||
-        ip[3] < 1 || ip[3] > LRT_FUSED_MAX_STEPS || ip[5] < 1 || ip[5] > MAX_ND || ip[4] < 16 ||
-        ip[4] > LRT_FUSED_MAX_BLOCK || ip[4] % 16)
+        ip[3] < 1 || ip[3] > LRT_FUSED_MAX_STEPS || ip[5] < 1 || ip[5] > MAX_ND || ip[4] < 16 || ip[4] % 16 ||
+        ip[4] * (ip[0] + ip[2]) > LRT_FUSED_MAX_FLOATS)
         return 0;
     int nunary;
     return ins->nints == 6 + L.nd + (int64_t)L.nin * L.nd + 5 * (int64_t)L.nsteps + L.nout &&
@@ -131,32 +131,65 @@ static int read_mode(const fused_layout *L, const int64_t *strides)
     return direct ? READ_DIRECT : once ? READ_ONCE : READ_GATHER;
 }
 
+/* whether a unary step reads register r (a unary loop has no stride-0 operand) */
+static int unary_reads(const fused_layout *L, int64_t r)
+{
+    for (int s = 0; s < L->nsteps; s++)
+        if (L->steps[5 * s] == LRT_FUSED_UNARY && L->steps[5 * s + 3] == r) return 1;
+    return 0;
+}
+
 int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
 {
     (void)ins;
     const fused_layout L = layout_of(ip);
     const lrt_vops *v = c->p->v;
-    const int64_t B = L.block;
-    int64_t n = 0;
-    if (!product_ok(L.nd, L.dims, &n) || n == 0) return LRT_OK;
-    float buf[LRT_FUSED_MAX_REGS * LRT_FUSED_MAX_BLOCK];
-    const float *src[LRT_FUSED_MAX_REGS], *rd[LRT_FUSED_MAX_REGS];   /* rd: each register's block */
+    int64_t n = 1;
+    for (int d = 0; d < L.nd; d++) n *= L.dims[d];   /* checked at creation */
+    if (n == 0) return LRT_OK;
+    /* 64-byte aligned blocks: a vector load never straddles two cache lines */
+    float raw[LRT_FUSED_MAX_FLOATS + 16];
+    float *buf = (float *)(void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    /* each register's block: an input read straight from its buffer (moved along each block), one
+     * broadcast element as a stride-0 operand, or gathered into buf; a temporary in buf, or, for an
+     * output's, straight in the output (moved along; no copy at the block's end) */
+    const float *rd[LRT_FUSED_MAX_REGS];
     float *wr[LRT_FUSED_MAX_REGS];
-    int mode[LRT_FUSED_MAX_REGS];
-    for (int r = 0; r < L.nin + L.ntemp; r++) wr[r] = buf + r * B;
-    for (int i = 0; i < L.nin; i++) {
-        src[i] = (const float *)(const void *)at(c, &o[i]);
-        mode[i] = read_mode(&L, L.strides + (int64_t)i * L.nd);
-        if (mode[i] == READ_ONCE)
-            for (int64_t k = 0; k < B; k++) wr[i][k] = src[i][0];
-        rd[i] = wr[i];
+    int stride[LRT_FUSED_MAX_REGS], is_out[LRT_FUSED_MAX_REGS], moving[LRT_FUSED_MAX_REGS], gathered[LRT_FUSED_MAX_REGS];
+    int nmoving = 0, ngathered = 0;
+    for (int r = 0; r < L.nin + L.ntemp; r++) {
+        rd[r] = wr[r] = buf + r * L.block;
+        stride[r] = 1;
+        is_out[r] = 0;
     }
-    for (int t = L.nin; t < L.nin + L.ntemp; t++) rd[t] = wr[t];
-    for (int64_t start = 0; start < n; start += B) {
-        const int64_t len = n - start < B ? n - start : B;
-        for (int i = 0; i < L.nin; i++) {
-            if (mode[i] == READ_DIRECT) rd[i] = src[i] + start;
-            else if (mode[i] == READ_GATHER) gather(wr[i], src[i], L.nd, L.dims, L.strides + (int64_t)i * L.nd, start, len);
+    for (int i = 0; i < L.nin; i++) {
+        const float *src = (const float *)(const void *)at(c, &o[i]);
+        const int mode = read_mode(&L, L.strides + (int64_t)i * L.nd);
+        if (mode == READ_DIRECT) {
+            rd[i] = src;
+            moving[nmoving++] = i;
+        } else if (mode == READ_GATHER) {
+            gathered[ngathered++] = i;
+        } else if (unary_reads(&L, i)) {
+            for (int64_t k = 0; k < L.block && k < n; k++) wr[i][k] = src[0];
+        } else {
+            rd[i] = src;
+            stride[i] = 0;
+        }
+    }
+    for (int k = 0; k < L.nout; k++) {
+        const int64_t r = L.out_regs[k];
+        if (is_out[r]) continue;   /* the second output of one temporary: copied below */
+        rd[r] = wr[r] = (float *)(void *)at(c, &o[L.nin + k]);
+        is_out[r] = 1;
+        moving[nmoving++] = (int)r;
+    }
+    for (int64_t start = 0; start < n; start += L.block) {
+        const int64_t len = n - start < L.block ? n - start : L.block;
+        for (int g = 0; g < ngathered; g++) {
+            const int i = gathered[g];
+            gather(wr[i], (const float *)(const void *)at(c, &o[i]), L.nd, L.dims, L.strides + (int64_t)i * L.nd,
+                   start, len);
         }
         const float *alpha_beta = fp;
         for (int s = 0; s < L.nsteps; s++) {
@@ -165,11 +198,17 @@ int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o,
                 v->unary((int32_t)st[1], rd[st[3]], wr[st[2]], (size_t)len, alpha_beta[0], alpha_beta[1]);
                 alpha_beta += 2;
             } else {
-                v->binary((int32_t)st[1], rd[st[3]], 1, rd[st[4]], 1, wr[st[2]], (size_t)len);
+                v->binary((int32_t)st[1], rd[st[3]], stride[st[3]], rd[st[4]], stride[st[4]], wr[st[2]], (size_t)len);
             }
         }
-        for (int k = 0; k < L.nout; k++)
-            memcpy((float *)(void *)at(c, &o[L.nin + k]) + start, rd[L.out_regs[k]], (size_t)len * sizeof(float));
+        for (int k = 0; k < L.nout; k++) {   /* a second output of one temporary: a copy */
+            float *y = (float *)(void *)at(c, &o[L.nin + k]) + start;
+            if (y != wr[L.out_regs[k]]) memcpy(y, rd[L.out_regs[k]], (size_t)len * sizeof(float));
+        }
+        for (int m = 0; m < nmoving; m++) {
+            rd[moving[m]] += len;
+            if (moving[m] >= L.nin) wr[moving[m]] += len;
+        }
     }
     return LRT_OK;
 }
