@@ -94,6 +94,10 @@ def fuse_elementwise(instrs: list, storages: list) -> list:
     storages[:] = [s for s in storages if s not in internal]
     for s in storages:
         s.first, s.last = (_renumber(x, where, len(instrs), len(new)) for x in (s.first, s.last))
+    for index, instr in enumerate(new):   # an input whose last reader was before the group's end
+        if isinstance(instr, Instr) and instr.op == lib.LRT_OP_FUSED:
+            for op in instr.operands[:instr.ints[0]]:
+                op.storage.last = max(op.storage.last, index)
     return new
 
 
