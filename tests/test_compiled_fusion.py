@@ -45,7 +45,7 @@ def model_of(nodes, inputs: dict, consts: dict, outputs: list) -> bytes:
 def elementwise_graphs(draw):
     """(model bytes, feed): ops over an output shape, each reading earlier values (a graph input
     of the whole shape, broadcast rows/columns, constants, earlier results: a value may be read
-    twice, or by one op twice), some intermediates also graph outputs, maybe a Softmax between."""
+    twice, or by one op twice), some intermediates also graph outputs, maybe a Where between."""
     rank = draw(st.integers(1, 3))
     shape = draw(st.lists(st.integers(1, 9), min_size=rank - 1, max_size=rank - 1)) + [draw(st.integers(1, 700))]
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
@@ -65,11 +65,13 @@ def elementwise_graphs(draw):
 
     def recent():          # mostly the latest whole value: chains, with a DAG's shared reads
         return whole[-1] if draw(st.integers(0, 3)) else draw(st.sampled_from(whole))
-    softmax_at = draw(st.integers(0, 24))
+    barrier_at = draw(st.integers(0, 24))
     for k in range(draw(st.integers(3, 14))):
         out = f"v{k}"
-        if k == softmax_at:       # not fusable: a group ends before it
-            nodes.append(helper.make_node("Softmax", [recent()], [out], name=f"n{k}", axis=-1))
+        if k == barrier_at:       # max(a, x) as Greater and Where, neither fusable: a group ends before them
+            a = recent()
+            nodes += [helper.make_node("Greater", [a, "x"], [f"g{k}"], name=f"g{k}"),
+                      helper.make_node("Where", [f"g{k}", a, "x"], [out], name=f"n{k}")]
         elif draw(st.booleans()):
             op = draw(st.sampled_from(UNARY))
             src = recent() if draw(st.integers(0, 3)) else draw(st.sampled_from(whole + partial))
@@ -81,7 +83,7 @@ def elementwise_graphs(draw):
             a = recent()
             b = {"Div": "pos", "Pow": "two"}.get(op) or draw(st.sampled_from(whole + partial))
             nodes.append(helper.make_node(op, [a, b], [out], name=f"n{k}"))
-        (whole if nodes[-1].input[0] in whole else partial).append(out)
+        (whole if nodes[-1].input[0] in whole or nodes[-1].op_type == "Where" else partial).append(out)
         made.append(out)
     outputs = list(dict.fromkeys([made[-1]] + draw(st.lists(st.sampled_from(made), max_size=2))))
     return model_of(nodes, inputs, consts, outputs), inputs
