@@ -72,18 +72,23 @@ static int operands_ok(const fused_layout *L, const lrt_operand *o)
     return 1;
 }
 
+/* the counts, each in its own range before any is combined with another */
+static int header_ok(const int64_t *ip)
+{
+    const int64_t nin = ip[0], nout = ip[1], ntemp = ip[2], nsteps = ip[3], block = ip[4], nd = ip[5];
+    return nin >= 0 && nin <= LRT_FUSED_MAX_REGS && ntemp >= 1 && ntemp <= LRT_FUSED_MAX_REGS &&
+           nin + ntemp <= LRT_FUSED_MAX_REGS && nout >= 1 && nout <= LRT_FUSED_MAX_REGS && nsteps >= 1 &&
+           nsteps <= LRT_FUSED_MAX_STEPS && nd >= 1 && nd <= MAX_ND && block >= 16 && block % 16 == 0 &&
+           block <= LRT_FUSED_MAX_FLOATS && block * (nin + ntemp) <= LRT_FUSED_MAX_FLOATS;
+}
+
 int lrt_check_fused(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip)
 {
     (void)p;
-    if (ins->nints < 6) return 0;
+    if (ins->nints < 6 || !header_ok(ip) || ins->nints != 6 + ip[5] + ip[0] * ip[5] + 5 * ip[3] + ip[1]) return 0;
     const fused_layout L = layout_of(ip);
-    if (ip[0] < 0 || ip[1] < 1 || ip[2] < 1 || ip[0] + ip[2] > LRT_FUSED_MAX_REGS || ip[1] > LRT_FUSED_MAX_REGS ||
-        ip[3] < 1 || ip[3] > LRT_FUSED_MAX_STEPS || ip[5] < 1 || ip[5] > MAX_ND || ip[4] < 16 || ip[4] % 16 ||
-        ip[4] * (ip[0] + ip[2]) > LRT_FUSED_MAX_FLOATS)
-        return 0;
     int nunary;
-    return ins->nints == 6 + L.nd + (int64_t)L.nin * L.nd + 5 * (int64_t)L.nsteps + L.nout &&
-           ins->noperands == L.nin + L.nout && steps_ok(&L, &nunary) && ins->nfloats == 2 * (int64_t)nunary &&
+    return ins->noperands == L.nin + L.nout && steps_ok(&L, &nunary) && ins->nfloats == 2 * (int64_t)nunary &&
            operands_ok(&L, o);
 }
 

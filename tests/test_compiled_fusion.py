@@ -164,6 +164,37 @@ def test_a_non_fusable_op_splits_the_chain():
     assert after and all(f"'m{k}'" in after[0] for k in range(4)), rows
 
 
+def test_groups_stop_at_branches_and_python_steps():
+    """Chains before, inside both branches of, and after an If decided by the data, then a node
+    run in Python (Gemm transA=1) reading a value from the middle of a chain: each chain fused
+    on its own side of every branch and segment boundary."""
+    def branch(name, ops):
+        chain_nodes = [helper.make_node(op, [f"{name}{k}", f"k{name}"] if op in ("Mul", "Add") else [f"{name}{k}"],
+                                        [f"{name}{k + 1}"], name=f"{name}_{k}") for k, op in enumerate(ops)]
+        return helper.make_graph([helper.make_node("Identity", ["v3"], [f"{name}0"])] + chain_nodes, name, [],
+                                 [helper.make_tensor_value_info(f"{name}{len(ops)}", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(np.full((3,), 0.7, np.float32), f"k{name}")])
+    head, feed, consts = chain(4, (5, 3))
+    nodes = head + [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
+        helper.make_node("Greater", ["total", "zero"], ["cond"], name="gt"),
+        helper.make_node("If", ["cond"], ["r"], name="if", then_branch=branch("t", ["Sigmoid", "Mul", "Tanh", "Add"]),
+                         else_branch=branch("e", ["Tanh", "Add", "Relu", "Mul", "Sigmoid"])),
+        helper.make_node("Sigmoid", ["r"], ["a0"], name="a0"), helper.make_node("Mul", ["a0", "r"], ["a1"], name="a1"),
+        helper.make_node("Tanh", ["a1"], ["a2"], name="a2"), helper.make_node("Add", ["a2", "v1"], ["a3"], name="a3"),
+        helper.make_node("Gemm", ["v2", "w"], ["g"], transA=1, name="py"),
+        helper.make_node("Sigmoid", ["g"], ["b0"], name="b0"), helper.make_node("Mul", ["b0", "g"], ["b1"], name="b1"),
+        helper.make_node("Tanh", ["b1"], ["b2"], name="b2"), helper.make_node("Neg", ["b2"], ["b3"], name="b3")]
+    consts.update(zero=np.float32(0), w=np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32))
+    data = model_of(nodes, feed, consts, ["a3", "b3", "v3"])
+    for sign in (1, -1):
+        check_all_ways(data, {"x": np.abs(feed["x"]) * sign})
+    rows = [label for label, _ in lstmrt.InferenceSession(data, backend="native").profile(feed, calls=3)]
+    groups = [r for r in rows if r.startswith("fused")]
+    names = ["'n0'", "'t_0'", "'e_0'", "'a0'", "'b0'"]
+    assert len(groups) == 5 and all(sum(n in g for n in names) == 1 for g in groups), rows
+
+
 def test_a_short_chain_stays_unfused():
     """Two ops on a small tensor ran slower fused (lstmrt/fusion.py MIN_GROUP)."""
     nodes, feed, consts = chain(2)
@@ -247,6 +278,7 @@ def bad(**changes):
     dict(block=24),                                                          # not a multiple of 16
     dict(block=4096),                                                        # registers past the L1 budget
     dict(ntemp=40),                                                          # too many registers
+    dict(ntemp=2**62), dict(nin=2**62), dict(block=2**62),                   # counts that would overflow
     dict(dims=[3, 5, 1, 1, 1, 1, 1, 1, 1], strides=[[5, 1] + [0] * 7, [0, 1] + [0] * 7]),   # 9 dims
 ])
 def test_a_fused_instruction_that_does_not_hold_together_is_refused(case):
