@@ -150,18 +150,19 @@ def test_a_group_with_two_outputs_and_an_intermediate_graph_output():
 
 
 def test_a_non_fusable_op_splits_the_chain():
-    head, feed, consts = chain(5)
-    tail = [helper.make_node("Softmax", ["v4"], ["sm"], name="soft", axis=-1),
+    head, feed, consts = chain(6)
+    tail = [helper.make_node("Softmax", ["v5"], ["sm"], name="soft", axis=-1),
             helper.make_node("Sigmoid", ["sm"], ["t0"], name="m0"), helper.make_node("Mul", ["t0", "v2"], ["t1"], name="m1"),
-            helper.make_node("Tanh", ["t1"], ["t2"], name="m2"), helper.make_node("Add", ["t2", "row"], ["t3"], name="m3")]
-    data = model_of(head + tail, feed, consts, ["t3"])
+            helper.make_node("Tanh", ["t1"], ["t2"], name="m2"), helper.make_node("Add", ["t2", "row"], ["t3"], name="m3"),
+            helper.make_node("Abs", ["t3"], ["t4"], name="m4"), helper.make_node("Sub", ["t4", "s"], ["t5"], name="m5")]
+    data = model_of(head + tail, feed, consts, ["t5"])
     check_all_ways(data, feed)
     rows = [label for label, _ in lstmrt.InferenceSession(data, backend="native").profile(feed, calls=3)]
     assert len(rows) == 3, rows
     before = [r for r in rows if "'n0'" in r]
     after = [r for r in rows if "'m0'" in r]
-    assert before and all(f"'n{k}'" in before[0] for k in range(5)) and "'m0'" not in before[0], rows
-    assert after and all(f"'m{k}'" in after[0] for k in range(4)), rows
+    assert before and all(f"'n{k}'" in before[0] for k in range(6)) and "'m0'" not in before[0], rows
+    assert after and all(f"'m{k}'" in after[0] for k in range(6)), rows
 
 
 def test_groups_stop_at_branches_and_python_steps():
@@ -174,19 +175,23 @@ def test_groups_stop_at_branches_and_python_steps():
         return helper.make_graph([helper.make_node("Identity", ["v3"], [f"{name}0"])] + chain_nodes, name, [],
                                  [helper.make_tensor_value_info(f"{name}{len(ops)}", TensorProto.FLOAT, None)],
                                  [numpy_helper.from_array(np.full((3,), 0.7, np.float32), f"k{name}")])
-    head, feed, consts = chain(4, (5, 3))
+    head, feed, consts = chain(6, (5, 3))
+
+    def tail(prefix, first, other):       # six ops on `first`, one of them reading `other`
+        ops = [("Sigmoid", [first]), ("Mul", ["0", first]), ("Tanh", ["1"]), ("Add", ["2", other]), ("Abs", ["3"]),
+               ("Neg", ["4"])]
+        return [helper.make_node(op, [a if a in (first, other) else f"{prefix}{a}" for a in args], [f"{prefix}{k}"],
+                                 name=f"{prefix}{k}") for k, (op, args) in enumerate(ops)]
     nodes = head + [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
         helper.make_node("Greater", ["total", "zero"], ["cond"], name="gt"),
-        helper.make_node("If", ["cond"], ["r"], name="if", then_branch=branch("t", ["Sigmoid", "Mul", "Tanh", "Add"]),
-                         else_branch=branch("e", ["Tanh", "Add", "Relu", "Mul", "Sigmoid"])),
-        helper.make_node("Sigmoid", ["r"], ["a0"], name="a0"), helper.make_node("Mul", ["a0", "r"], ["a1"], name="a1"),
-        helper.make_node("Tanh", ["a1"], ["a2"], name="a2"), helper.make_node("Add", ["a2", "v1"], ["a3"], name="a3"),
+        helper.make_node("If", ["cond"], ["r"], name="if", then_branch=branch("t", ["Sigmoid", "Mul", "Tanh", "Add", "Relu"]),
+                         else_branch=branch("e", ["Tanh", "Add", "Relu", "Mul", "Sigmoid", "Neg"])),
+        *tail("a", "r", "v1"),
         helper.make_node("Gemm", ["v2", "w"], ["g"], transA=1, name="py"),
-        helper.make_node("Sigmoid", ["g"], ["b0"], name="b0"), helper.make_node("Mul", ["b0", "g"], ["b1"], name="b1"),
-        helper.make_node("Tanh", ["b1"], ["b2"], name="b2"), helper.make_node("Neg", ["b2"], ["b3"], name="b3")]
+        *tail("b", "g", "g")]
     consts.update(zero=np.float32(0), w=np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32))
-    data = model_of(nodes, feed, consts, ["a3", "b3", "v3"])
+    data = model_of(nodes, feed, consts, ["a5", "b5", "v3"])
     for sign in (1, -1):
         check_all_ways(data, {"x": np.abs(feed["x"]) * sign})
     rows = [label for label, _ in lstmrt.InferenceSession(data, backend="native").profile(feed, calls=3)]
