@@ -182,10 +182,17 @@ int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o,
             stride[i] = 0;
         }
     }
+    float *copy_to[LRT_FUSED_MAX_REGS];
+    int copy_from[LRT_FUSED_MAX_REGS], ncopies = 0;
     for (int k = 0; k < L.nout; k++) {
         const int64_t r = L.out_regs[k];
-        if (is_out[r]) continue;   /* the second output of one temporary: copied below */
-        rd[r] = wr[r] = (float *)(void *)at(c, &o[L.nin + k]);
+        float *y = (float *)(void *)at(c, &o[L.nin + k]);
+        if (is_out[r]) {   /* the second output of one temporary: a copy */
+            copy_to[ncopies] = y;
+            copy_from[ncopies++] = (int)r;
+            continue;
+        }
+        rd[r] = wr[r] = y;
         is_out[r] = 1;
         moving[nmoving++] = (int)r;
     }
@@ -206,10 +213,8 @@ int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o,
                 v->binary((int32_t)st[1], rd[st[3]], stride[st[3]], rd[st[4]], stride[st[4]], wr[st[2]], (size_t)len);
             }
         }
-        for (int k = 0; k < L.nout; k++) {   /* a second output of one temporary: a copy */
-            float *y = (float *)(void *)at(c, &o[L.nin + k]) + start;
-            if (y != wr[L.out_regs[k]]) memcpy(y, rd[L.out_regs[k]], (size_t)len * sizeof(float));
-        }
+        for (int k = 0; k < ncopies; k++) memcpy(copy_to[k] + start, rd[copy_from[k]], (size_t)len * sizeof(float));
+        if (start + len == n) break;
         for (int m = 0; m < nmoving; m++) {
             rd[moving[m]] += len;
             if (moving[m] >= L.nin) wr[moving[m]] += len;
