@@ -62,6 +62,7 @@ class Group:
     reads: set = field(default_factory=set)       # storages members read
     writes: dict = field(default_factory=dict)    # storage -> the member writing it
     external_reads: int = 0                       # bounds the input registers
+    inputs: set = field(default_factory=set)      # (storage, offset) of the values read from outside
 
     def registers_bound(self) -> int:
         return self.external_reads + len(self.members)
@@ -70,7 +71,7 @@ class Group:
 def fuse_elementwise(instrs: list, storages: list) -> list:
     """The instruction list with every group of MIN_GROUP or more fusable instructions replaced
     by one FUSED instruction; `storages` renumbered in place (internal values removed)."""
-    groups = [g for g in find_groups(instrs) if len(g.members) >= MIN_GROUP]
+    groups = [g for g in find_groups(instrs) if worth_fusing(g)]
     if not groups:
         return instrs
     member_of = {m.index: g for g in groups for m in g.members}
@@ -100,6 +101,13 @@ def fuse_elementwise(instrs: list, storages: list) -> list:
             for op in instr.operands[:instr.ints[0]]:
                 op.storage.last = max(op.storage.last, index)
     return new
+
+
+def worth_fusing(group: Group) -> bool:
+    """Enough members, and more members than inputs: each input costs the FUSED instruction about
+    what one more plain instruction would (measured: a group of as many inputs as ops, e.g. 6 ops
+    on 6 matmul results of 8 floats, was no faster fused)."""
+    return len(group.members) >= MIN_GROUP and len(group.members) > len(group.inputs)
 
 
 def _renumber(index: int, where: dict, old_count: int, new_count: int) -> int:
@@ -173,6 +181,7 @@ def can_join(group: Group, m: Member) -> bool:
 
 def join(group: Group, m: Member) -> None:
     group.external_reads += sum(op.storage not in group.writes for op in m.reads)
+    group.inputs |= {(op.storage, op.offset) for op in m.reads if op.storage not in group.writes}
     group.bounds |= _bounds(m.dims)
     group.members.append(m)
     group.reads |= {op.storage for op in m.reads}

@@ -66,7 +66,7 @@ def elementwise_graphs(draw):
     def recent():          # mostly the latest whole value: chains, with a DAG's shared reads
         return whole[-1] if draw(st.integers(0, 3)) else draw(st.sampled_from(whole))
     barrier_at = draw(st.integers(0, 24))
-    for k in range(draw(st.integers(3, 14))):
+    for k in range(draw(st.integers(4, 20))):
         out = f"v{k}"
         if k == barrier_at:       # max(a, x) as Greater and Where, neither fusable: a group ends before them
             a = recent()
