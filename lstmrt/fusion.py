@@ -69,11 +69,28 @@ class Group:
 
 
 def fuse_elementwise(instrs: list, storages: list) -> list:
-    """The instruction list with every group of MIN_GROUP or more fusable instructions replaced
-    by one FUSED instruction; `storages` renumbered in place (internal values removed)."""
+    """The instruction list with every group worth fusing replaced by one FUSED instruction;
+    `storages` renumbered in place (the values kept in registers removed)."""
     groups = [g for g in find_groups(instrs) if worth_fusing(g)]
     if not groups:
         return instrs
+    new, where, before, internal = _replace_groups(instrs, groups)
+    for instr in new:                     # no group straddles a branch target
+        if isinstance(instr, Instr) and instr.op == lib.LRT_OP_BRANCH:
+            instr.ints[0] = before[instr.ints[0]]
+    storages[:] = [s for s in storages if s not in internal]
+    for s in storages:
+        s.first, s.last = (_renumber(x, where, len(instrs), len(new)) for x in (s.first, s.last))
+    for index, instr in enumerate(new):   # an input whose last other reader came before the group's end
+        if isinstance(instr, Instr) and instr.op == lib.LRT_OP_FUSED:
+            for op in instr.operands[:instr.ints[0]]:
+                op.storage.last = max(op.storage.last, index)
+    return new
+
+
+def _replace_groups(instrs: list, groups: list):
+    """(the new list; old index -> new index, a member's being its group's; per old index, the
+    new instructions before it; the storages of values kept in registers)."""
     member_of = {m.index: g for g in groups for m in g.members}
     new, where, before, internal = [], {}, [], set()
     for i, instr in enumerate(instrs):
@@ -90,17 +107,7 @@ def fuse_elementwise(instrs: list, storages: list) -> list:
             if fused is not None:
                 new.append(fused)
     before.append(len(new))
-    for instr in new:
-        if isinstance(instr, Instr) and instr.op == lib.LRT_OP_BRANCH:
-            instr.ints[0] = before[instr.ints[0]]
-    storages[:] = [s for s in storages if s not in internal]
-    for s in storages:
-        s.first, s.last = (_renumber(x, where, len(instrs), len(new)) for x in (s.first, s.last))
-    for index, instr in enumerate(new):   # an input whose last reader was before the group's end
-        if isinstance(instr, Instr) and instr.op == lib.LRT_OP_FUSED:
-            for op in instr.operands[:instr.ints[0]]:
-                op.storage.last = max(op.storage.last, index)
-    return new
+    return new, where, before, internal
 
 
 def worth_fusing(group: Group) -> bool:
@@ -164,7 +171,7 @@ def as_member(index: int, instr: Instr) -> Member | None:
 def can_join(group: Group, m: Member) -> bool:
     """m may run inside the group: it writes a fresh storage, its dims share a refinement with
     the group's, a value of the group it reads it reads whole, and the registers fit."""
-    out = m.out
+    out = m.out     # a storage no earlier instruction touched, written whole
     if out.storage.first != m.index or out.offset or out.nbytes != out.storage.nbytes or \
             out.storage in group.reads or out.storage in group.writes:
         return False
@@ -236,7 +243,7 @@ def fused_instr(group: Group):
     dims = [hi // lo for lo, hi in zip(chain, chain[1:])][::-1] or [1]
     inputs, in_strides, sources = _input_registers(group, chain, len(dims))
     steps, floats, out_regs, ntemp = _micro_program(group, inputs, sources, outputs)
-    from .compiler import _collapse
+    from .compiler import _collapse       # (the compiler imports this module)
     dims, strides = _collapse(dims, *in_strides, _contiguous(dims))
     nregs = len(inputs) + ntemp
     block = max(16, min(lib.LRT_FUSED_MAX_FLOATS // nregs // 16 * 16, -(-group.size // 16) * 16))
@@ -263,13 +270,8 @@ def _input_registers(group: Group, chain: list, nd: int):
                 inputs[key] = len(inputs)
                 in_strides.append(fine)
             sources[m, k] = ("in", inputs[key])
-    return [key_op(key) for key in inputs], in_strides, sources
-
-
-def key_op(key):
-    from .compiler import SymOperand
-    storage, offset, nbytes, _ = key
-    return SymOperand(storage, offset, nbytes)
+    from .compiler import SymOperand      # (the compiler imports this module)
+    return [SymOperand(storage, offset, nbytes) for storage, offset, nbytes, _ in inputs], in_strides, sources
 
 
 def _refine(dims, strides, chain) -> list:
@@ -283,8 +285,8 @@ def _refine(dims, strides, chain) -> list:
 
 
 def _micro_program(group: Group, inputs: list, sources: dict, outputs: list):
-    """Steps over registers (inputs first, then temporaries reused after a value's last read;
-    a step may write over its own source), each unary's alpha/beta, the outputs' registers."""
+    """Steps over registers (inputs first, then temporaries reused after a value's last read; an
+    output's never), each unary's alpha/beta, the outputs' registers, the temporaries' count."""
     nin = len(inputs)
     last_read = {}
     for (m, _), (kind, writer) in sources.items():
@@ -294,8 +296,9 @@ def _micro_program(group: Group, inputs: list, sources: dict, outputs: list):
     free, ntemp, holder = [], 0, {}
     steps, floats = [], []
     for m in group.members:
-        srcs = [reg if kind == "in" else holder[reg] for kind, reg in (sources[m, k] for k in range(len(m.reads)))]
-        for kind, reg in (sources[m, k] for k in range(len(m.reads))):
+        reads = [sources[m, k] for k in range(len(m.reads))]
+        srcs = [reg if kind == "in" else holder[reg] for kind, reg in reads]
+        for kind, reg in reads:   # freed before dst is chosen: a step may write over its source
             if kind == "value" and last_read[reg] == m.index and reg not in kept and holder[reg] not in free:
                 free.append(holder[reg])
         if free:

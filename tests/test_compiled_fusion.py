@@ -151,10 +151,10 @@ def test_a_group_with_two_outputs_and_an_intermediate_graph_output():
 
 def test_a_non_fusable_op_splits_the_chain():
     head, feed, consts = chain(6)
-    tail = [helper.make_node("Softmax", ["v5"], ["sm"], name="soft", axis=-1),
-            helper.make_node("Sigmoid", ["sm"], ["t0"], name="m0"), helper.make_node("Mul", ["t0", "v2"], ["t1"], name="m1"),
-            helper.make_node("Tanh", ["t1"], ["t2"], name="m2"), helper.make_node("Add", ["t2", "row"], ["t3"], name="m3"),
-            helper.make_node("Abs", ["t3"], ["t4"], name="m4"), helper.make_node("Sub", ["t4", "s"], ["t5"], name="m5")]
+    tail = [helper.make_node("Softmax", ["v5"], ["sm"], name="soft", axis=-1)] + [
+        helper.make_node(op, ins, [f"t{k}"], name=f"m{k}") for k, (op, ins) in enumerate(
+            [("Sigmoid", ["sm"]), ("Mul", ["t0", "v2"]), ("Tanh", ["t1"]), ("Add", ["t2", "row"]), ("Abs", ["t3"]),
+             ("Sub", ["t4", "s"])])]
     data = model_of(head + tail, feed, consts, ["t5"])
     check_all_ways(data, feed)
     rows = [label for label, _ in lstmrt.InferenceSession(data, backend="native").profile(feed, calls=3)]
@@ -185,7 +185,8 @@ def test_groups_stop_at_branches_and_python_steps():
     nodes = head + [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
         helper.make_node("Greater", ["total", "zero"], ["cond"], name="gt"),
-        helper.make_node("If", ["cond"], ["r"], name="if", then_branch=branch("t", ["Sigmoid", "Mul", "Tanh", "Add", "Relu"]),
+        helper.make_node("If", ["cond"], ["r"], name="if",
+                         then_branch=branch("t", ["Sigmoid", "Mul", "Tanh", "Add", "Relu"]),
                          else_branch=branch("e", ["Tanh", "Add", "Relu", "Mul", "Sigmoid", "Neg"])),
         *tail("a", "r", "v1"),
         helper.make_node("Gemm", ["v2", "w"], ["g"], transA=1, name="py"),
@@ -264,11 +265,6 @@ def test_a_fused_instruction_computes_its_steps():
     np.testing.assert_allclose(y, np.tanh(x * row) + x, rtol=1e-6)
 
 
-def bad(**changes):
-    args = {**GOOD, **changes}
-    return args
-
-
 @pytest.mark.parametrize("case", [
     dict(steps=[[B, lib.LRT_BIN_MUL, 2, 0, 9]] + GOOD["steps"][1:]),        # a register out of range
     dict(steps=[[B, lib.LRT_BIN_MUL, 2, 0, 3]] + GOOD["steps"][1:]),        # read before it is written
@@ -288,7 +284,7 @@ def bad(**changes):
 ])
 def test_a_fused_instruction_that_does_not_hold_together_is_refused(case):
     with pytest.raises(Exception, match="instruction 0"):
-        build(fused(good_operands(), **bad(**case)))
+        build(fused(good_operands(), **{**GOOD, **case}))
 
 
 def test_fused_counts_and_aliasing_are_checked():
@@ -298,7 +294,7 @@ def test_fused_counts_and_aliasing_are_checked():
         Instr(good.op, good.operands, good.ints, good.floats + [1.0], [], "extra float"),
         Instr(good.op, good.operands, good.ints[:-1], good.floats, [], "short ints"),
         Instr(good.op, good.operands[:2], good.ints, good.floats, [], "no output operand"),
-        Instr(good.op, [arena(0, 60), good.operands[1], arena(32, 60)], good.ints, good.floats, [], "output over input"),
+        Instr(good.op, [arena(0, 60), good.operands[1], arena(32, 60)], good.ints, good.floats, [], "over an input"),
         Instr(good.op, good.operands[:2] + [arena(64, 56)], good.ints, good.floats, [], "short output"),
         Instr(good.op, good.operands, good.ints[:5], [], [], "truncated"),
     ]
