@@ -1,5 +1,7 @@
 /* ops_fused.c — LRT_OP_FUSED: a group of float32 elementwise ops run block by block over their
- * common output, each block's intermediates kept in small buffers (L1) instead of the arena.
+ * common output, each block's intermediates kept in small buffers (L1) instead of the arena, the
+ * inputs read where they lie (or gathered, when broadcast along some dims) and the outputs
+ * written where they go.
  * Each step calls the SIMD path's own unary/binary loop, so a fused group gives the bits the
  * separate UNARY/BINARY instructions give; blocks are a multiple of every vector length, so a
  * loop's vector body and scalar tail fall on the same elements as in one whole-output call. */
@@ -120,8 +122,9 @@ static void gather(float *dst, const float *src, int nd, const int64_t *dims, co
     }
 }
 
-/* how a call reads input i: straight from its buffer (contiguous), from a register filled once
- * (one element broadcast everywhere), or gathered block by block */
+/* how a call reads input i: straight from its buffer (contiguous); one element broadcast
+ * everywhere, a stride-0 operand of the binary loop (a buffer filled once for a unary step); or
+ * gathered into its buffer block by block */
 enum { READ_DIRECT, READ_ONCE, READ_GATHER };
 
 static int read_mode(const fused_layout *L, const int64_t *strides)
@@ -144,80 +147,95 @@ static int unary_reads(const fused_layout *L, int64_t r)
     return 0;
 }
 
+/* each register's block: where it is read (rd, with its stride) and written (wr) */
+typedef struct {
+    const float *rd[LRT_FUSED_MAX_REGS];
+    float *wr[LRT_FUSED_MAX_REGS];
+    int stride[LRT_FUSED_MAX_REGS], is_out[LRT_FUSED_MAX_REGS];
+    int moving[LRT_FUSED_MAX_REGS], nmoving;          /* read or written in place: moved along each block */
+    int gathered[LRT_FUSED_MAX_REGS], ngathered;
+    float *copy_to[LRT_FUSED_MAX_REGS];               /* the second output of one temporary: a copy */
+    int copy_from[LRT_FUSED_MAX_REGS], ncopies;
+} fused_regs;
+
+static void bind_registers(fused_regs *g, const run_ctx *c, const fused_layout *L, const lrt_operand *o, float *buf,
+                           int64_t n)
+{
+    g->nmoving = g->ngathered = g->ncopies = 0;
+    for (int r = 0; r < L->nin + L->ntemp; r++) {
+        g->rd[r] = g->wr[r] = buf + r * L->block;
+        g->stride[r] = 1;
+        g->is_out[r] = 0;
+    }
+    for (int i = 0; i < L->nin; i++) {
+        const float *src = (const float *)(const void *)at(c, &o[i]);
+        const int mode = read_mode(L, L->strides + (int64_t)i * L->nd);
+        if (mode == READ_DIRECT) {
+            g->rd[i] = src;
+            g->moving[g->nmoving++] = i;
+        } else if (mode == READ_GATHER) {
+            g->gathered[g->ngathered++] = i;
+        } else if (unary_reads(L, i)) {
+            for (int64_t k = 0; k < L->block && k < n; k++) g->wr[i][k] = src[0];
+        } else {
+            g->rd[i] = src;
+            g->stride[i] = 0;
+        }
+    }
+    for (int k = 0; k < L->nout; k++) {
+        const int64_t r = L->out_regs[k];
+        float *y = (float *)(void *)at(c, &o[L->nin + k]);
+        if (g->is_out[r]) {
+            g->copy_to[g->ncopies] = y;
+            g->copy_from[g->ncopies++] = (int)r;
+            continue;
+        }
+        g->rd[r] = g->wr[r] = y;
+        g->is_out[r] = 1;
+        g->moving[g->nmoving++] = (int)r;
+    }
+}
+
+static void run_steps(const lrt_vops *v, const fused_layout *L, const fused_regs *g, const float *alpha_beta,
+                      size_t len)
+{
+    for (int s = 0; s < L->nsteps; s++) {
+        const int64_t *st = L->steps + 5 * s;
+        if (st[0] == LRT_FUSED_UNARY) {
+            v->unary((int32_t)st[1], g->rd[st[3]], g->wr[st[2]], len, alpha_beta[0], alpha_beta[1]);
+            alpha_beta += 2;
+        } else {
+            v->binary((int32_t)st[1], g->rd[st[3]], g->stride[st[3]], g->rd[st[4]], g->stride[st[4]], g->wr[st[2]], len);
+        }
+    }
+}
+
 int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp)
 {
     (void)ins;
     const fused_layout L = layout_of(ip);
-    const lrt_vops *v = c->p->v;
     int64_t n = 1;
     for (int d = 0; d < L.nd; d++) n *= L.dims[d];   /* checked at creation */
     if (n == 0) return LRT_OK;
     /* 64-byte aligned blocks: a vector load never straddles two cache lines */
     float raw[LRT_FUSED_MAX_FLOATS + 16];
     float *buf = (float *)(void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    /* each register's block: an input read straight from its buffer (moved along each block), one
-     * broadcast element as a stride-0 operand, or gathered into buf; a temporary in buf, or, for an
-     * output's, straight in the output (moved along; no copy at the block's end) */
-    const float *rd[LRT_FUSED_MAX_REGS];
-    float *wr[LRT_FUSED_MAX_REGS];
-    int stride[LRT_FUSED_MAX_REGS], is_out[LRT_FUSED_MAX_REGS], moving[LRT_FUSED_MAX_REGS], gathered[LRT_FUSED_MAX_REGS];
-    int nmoving = 0, ngathered = 0;
-    for (int r = 0; r < L.nin + L.ntemp; r++) {
-        rd[r] = wr[r] = buf + r * L.block;
-        stride[r] = 1;
-        is_out[r] = 0;
-    }
-    for (int i = 0; i < L.nin; i++) {
-        const float *src = (const float *)(const void *)at(c, &o[i]);
-        const int mode = read_mode(&L, L.strides + (int64_t)i * L.nd);
-        if (mode == READ_DIRECT) {
-            rd[i] = src;
-            moving[nmoving++] = i;
-        } else if (mode == READ_GATHER) {
-            gathered[ngathered++] = i;
-        } else if (unary_reads(&L, i)) {
-            for (int64_t k = 0; k < L.block && k < n; k++) wr[i][k] = src[0];
-        } else {
-            rd[i] = src;
-            stride[i] = 0;
-        }
-    }
-    float *copy_to[LRT_FUSED_MAX_REGS];
-    int copy_from[LRT_FUSED_MAX_REGS], ncopies = 0;
-    for (int k = 0; k < L.nout; k++) {
-        const int64_t r = L.out_regs[k];
-        float *y = (float *)(void *)at(c, &o[L.nin + k]);
-        if (is_out[r]) {   /* the second output of one temporary: a copy */
-            copy_to[ncopies] = y;
-            copy_from[ncopies++] = (int)r;
-            continue;
-        }
-        rd[r] = wr[r] = y;
-        is_out[r] = 1;
-        moving[nmoving++] = (int)r;
-    }
+    fused_regs g;
+    bind_registers(&g, c, &L, o, buf, n);
     for (int64_t start = 0; start < n; start += L.block) {
         const int64_t len = n - start < L.block ? n - start : L.block;
-        for (int g = 0; g < ngathered; g++) {
-            const int i = gathered[g];
-            gather(wr[i], (const float *)(const void *)at(c, &o[i]), L.nd, L.dims, L.strides + (int64_t)i * L.nd,
+        for (int k = 0; k < g.ngathered; k++) {
+            const int i = g.gathered[k];
+            gather(g.wr[i], (const float *)(const void *)at(c, &o[i]), L.nd, L.dims, L.strides + (int64_t)i * L.nd,
                    start, len);
         }
-        const float *alpha_beta = fp;
-        for (int s = 0; s < L.nsteps; s++) {
-            const int64_t *st = L.steps + 5 * s;
-            if (st[0] == LRT_FUSED_UNARY) {
-                v->unary((int32_t)st[1], rd[st[3]], wr[st[2]], (size_t)len, alpha_beta[0], alpha_beta[1]);
-                alpha_beta += 2;
-            } else {
-                v->binary((int32_t)st[1], rd[st[3]], stride[st[3]], rd[st[4]], stride[st[4]], wr[st[2]], (size_t)len);
-            }
-        }
-        for (int k = 0; k < ncopies; k++) memcpy(copy_to[k] + start, rd[copy_from[k]], (size_t)len * sizeof(float));
+        run_steps(c->p->v, &L, &g, fp, (size_t)len);
+        for (int k = 0; k < g.ncopies; k++)
+            memcpy(g.copy_to[k] + start, g.rd[g.copy_from[k]], (size_t)len * sizeof(float));
         if (start + len == n) break;
-        for (int m = 0; m < nmoving; m++) {
-            rd[moving[m]] += len;
-            if (moving[m] >= L.nin) wr[moving[m]] += len;
+        for (int m = 0; m < g.nmoving; m++) {
+            g.rd[g.moving[m]] += len;
+            if (g.moving[m] >= L.nin) g.wr[g.moving[m]] += len;
         }
     }
     return LRT_OK;
