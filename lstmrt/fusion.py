@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from .kernel import lib
 from .program import Instr, PyStep
 
-# members a group needs to be fused: per call, starting a FUSED instruction costs ~12 ns more than
-# a plain one and each member it absorbs saves ~3 ns of dispatch (the unary/binary loops dominate
-# below L1 sizes); measured on AVX-512, groups of 2-4 ran 1-5% slower, 5 broke even, 6+ gained
-MIN_GROUP = 5
+# members a group needs to be fused: each member absorbed saves a plain instruction's dispatch
+# (a few ns), starting a FUSED instruction costs about two of them (measured on AVX-512: groups of
+# 2 ops were no faster below 4096 floats, 3-4 broke even, 5+ gained; large outputs gain at any size)
+MIN_GROUP = 3
 MAX_REGS = lib.LRT_FUSED_MAX_REGS
 # ops whose last operand is the only one written (others: every operand may be written)
 LAST_WRITTEN = {lib.LRT_OP_UNARY, lib.LRT_OP_BINARY, lib.LRT_OP_COPY, lib.LRT_OP_CAST, lib.LRT_OP_WHERE,

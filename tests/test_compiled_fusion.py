@@ -202,7 +202,7 @@ def test_groups_stop_at_branches_and_python_steps():
 
 
 def test_a_short_chain_stays_unfused():
-    """Two ops on a small tensor ran slower fused (lstmrt/fusion.py MIN_GROUP)."""
+    """Two ops on a small tensor are no faster fused (lstmrt/fusion.py MIN_GROUP): left as they are."""
     nodes, feed, consts = chain(2)
     rows = lstmrt.InferenceSession(model_of(nodes, feed, consts, ["v1"]), backend="native").profile(feed, calls=3)
     assert len(rows) == 2, rows

@@ -15,7 +15,7 @@ def markdown() -> str:
              "program; an If or Loop decided by the data makes the signature run on the numpy plan",
              "(the reference the compiled programs are tested against). Either way `auto` prefers",
              "onnxruntime, and `lstmrt inspect` and `sess.backend_reason` name the node.", "",
-             "Float32 elementwise ops marked *fused* below, five or more over one output shape (and",
+             "Float32 elementwise ops marked *fused* below, three or more over one output shape (and",
              "more ops than inputs), run as one instruction that walks the output in L1-sized blocks,",
              "the group's intermediate values never written out (`LSTMRT_FUSE=0` turns it off); the",
              "profile (`sess.profile`, `lstmrt bench --profile`) names a fused group's nodes on one row.", "",
