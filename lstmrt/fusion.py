@@ -27,6 +27,9 @@ MAX_REGS = lib.LRT_FUSED_MAX_REGS
 # ops whose last operand is the only one written (others: every operand may be written)
 LAST_WRITTEN = {lib.LRT_OP_UNARY, lib.LRT_OP_BINARY, lib.LRT_OP_COPY, lib.LRT_OP_CAST, lib.LRT_OP_WHERE,
                 lib.LRT_OP_INDEX, lib.LRT_OP_GATHER, lib.LRT_OP_FILL}
+# the ops this pass knows how to move instructions around (BRANCH: its target renumbered); a
+# program holding any other (control flow added later) is left unfused
+KNOWN_OPS = set(range(lib.LRT_OP_COPY, lib.LRT_OP_BRANCH + 1)) | {lib.LRT_OP_FUSED}
 
 
 def fusion_enabled() -> bool:
@@ -71,6 +74,8 @@ class Group:
 def fuse_elementwise(instrs: list, storages: list) -> list:
     """The instruction list with every group worth fusing replaced by one FUSED instruction;
     `storages` renumbered in place (the values kept in registers removed)."""
+    if any(isinstance(i, Instr) and i.op not in KNOWN_OPS for i in instrs):
+        return instrs
     groups = [g for g in find_groups(instrs) if worth_fusing(g)]
     if not groups:
         return instrs
