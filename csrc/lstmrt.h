@@ -192,10 +192,10 @@ typedef struct {
  *                        prod(dims) floats) receives temporary out_regs[k].  Each step computes what the
  *                        UNARY/BINARY op would, with the same vector loops, so results are bit-identical.
  *                        Limits: nin >= 0, 1 <= nout <= LRT_FUSED_MAX_REGS, ntemp >= 1, nin + ntemp <=
- *                        LRT_FUSED_MAX_REGS,
- *                        1 <= nsteps <= LRT_FUSED_MAX_STEPS, 1 <= nd <= 8, block a multiple of 16 (every
- *                        vector length) with block * (nin + ntemp) <= LRT_FUSED_MAX_FLOATS.  Aliasing: an output shares no byte with an input
- *                        or another output (inputs may overlap each other).
+ *                        LRT_FUSED_MAX_REGS, 1 <= nsteps <= LRT_FUSED_MAX_STEPS, 1 <= nd <= 8, block a
+ *                        multiple of 16 (every vector length) with block * (nin + ntemp) <=
+ *                        LRT_FUSED_MAX_FLOATS.  Aliasing: an output shares no byte with an input or
+ *                        another output (inputs may overlap each other).
  */
 enum {
     LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
