@@ -10,7 +10,7 @@ pair is first checked numerically (max difference < 1e-4).  Prints microseconds 
 ratio (onnxruntime / lstmrt: above 1 is faster), which backend `auto` chose, and the geometric
 mean.  `--profile` also prints each compiled program's slowest instructions.
 
-    python benchmarks/bench_models.py [--quick] [--profile]
+    python benchmarks/bench_models.py [--quick] [--profile] [--only NAME ...]
 """
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
     parser.add_argument("--profile", action="store_true", help="the compiled programs' slowest instructions")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only the models whose file name contains a NAME")
     args = parser.parse_args()
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -98,6 +99,8 @@ def main():
     print(f"{'model':32} {'call':6} {'backend':12} {'ort us':>8} {'lstmrt us':>9} {'ratio':>6} {'max diff':>9}")
     ratios = []
     for path in model_paths():
+        if args.only and not any(name in path.name for name in args.only):
+            continue
         ort_session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         kind, mine, theirs, sess, feed, diff = case(path, ort_session)
         assert diff < 1e-4, f"{path.name}: lstmrt differs from onnxruntime by {diff}"

@@ -143,7 +143,7 @@ size_t lrt_dense_scratch_floats(const lrt_weights *w);
  * program itself is immutable, so threads may run it at once, each with its own arena.
  * Aliasing: an instruction's operands may overlap only where its op says so (LRT_OP_COPY
  * and LRT_OP_UNARY/BINARY read each element before writing the same element: in == out is
- * allowed; partial overlap is not); the compiler never plans any other overlap.
+ * allowed; partial overlap is not; LRT_OP_FUSED: none, checked); the compiler never plans any other overlap.
  * Every operand is checked at creation to lie inside its buffer, and each op's parameters
  * against its operands' extents; at run time the caller's arena size is checked, and the only
  * data-dependent checks (runtime Gather/Scatter indices, a SCAN_ROW's counter) fail the call with LRT_E_ARG
@@ -196,13 +196,33 @@ typedef struct {
  *                        within it (or to its end); a branch outside never jumps into one.)
  *  SCAN_ROW src,dst,counter  nbytes rows   (row `counter` of dst, rows rows of nbytes, = src; a
  *                        counter outside [0, rows) fails the call with LRT_E_ARG)
+ *  FUSED    in[nin],out[nout]  nin nout ntemp nsteps block nd dims[nd] strides[nin][nd]
+ *                        steps[nsteps][5] out_regs[nout]     floats: alpha beta per UNARY step
+ *                        A group of float32 elementwise ops over one output shape `dims`, run block by
+ *                        block (`block` elements of the flattened output at a time), its intermediates
+ *                        never leaving the block.  Registers 0..nin-1 are the inputs, input i read with
+ *                        its own element strides[i] onto dims (0 along a broadcast dim);
+ *                        nin..nin+ntemp-1 are block temporaries.  A step is (LRT_FUSED_UNARY, kind, dst,
+ *                        src, 0) with kind as UNARY's (not LRT_UN_NOT), or (LRT_FUSED_BINARY, kind, dst, a,
+ *                        b) with kind LRT_BIN_ADD..LRT_BIN_MIN; dst is a temporary, each source an input or a
+ *                        temporary an earlier step wrote.  At the end of each block, output k (contiguous,
+ *                        prod(dims) floats) receives temporary out_regs[k].  Each step computes what the
+ *                        UNARY/BINARY op would, with the same vector loops, so results are bit-identical.
+ *                        Limits: nin >= 0, 1 <= nout <= LRT_FUSED_MAX_REGS, ntemp >= 1, nin + ntemp <=
+ *                        LRT_FUSED_MAX_REGS, 1 <= nsteps <= LRT_FUSED_MAX_STEPS, 1 <= nd <= 8, block a
+ *                        multiple of 16 (every vector length) with block * (nin + ntemp) <=
+ *                        LRT_FUSED_MAX_FLOATS.  Aliasing: an output shares no byte with an input or
+ *                        another output (inputs may overlap each other).
  */
 enum {
     LRT_OP_COPY = 1, LRT_OP_FILL, LRT_OP_UNARY, LRT_OP_BINARY, LRT_OP_WHERE, LRT_OP_CAST,
     LRT_OP_DENSE, LRT_OP_MATMUL, LRT_OP_SOFTMAX, LRT_OP_REDUCE, LRT_OP_LAYERNORM, LRT_OP_GATHER,
     LRT_OP_INDEX, LRT_OP_RECURRENT, LRT_OP_CONV, LRT_OP_BRANCH, LRT_OP_LOOP, LRT_OP_SCAN_ROW, LRT_OP_SCATTER,
-    LRT_OP_COUNT
+    LRT_OP_FUSED, LRT_OP_COUNT
 };
+/* FUSED steps and limits */
+enum { LRT_FUSED_UNARY = 0, LRT_FUSED_BINARY = 1, LRT_FUSED_MAX_REGS = 32, LRT_FUSED_MAX_FLOATS = 8192,
+       LRT_FUSED_MAX_STEPS = 1024 };
 /* UNARY kinds: the LRT_ACT_* activations, then these */
 enum {
     LRT_UN_EXP = 32, LRT_UN_LOG, LRT_UN_NEG, LRT_UN_ABS, LRT_UN_SQRT, LRT_UN_RECIPROCAL,

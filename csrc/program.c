@@ -7,7 +7,7 @@
 #include <time.h>
 #include "program_internal.h"
 
-/* by op code: the op families' checks and runs (ops_move.c, ops_math.c, ops_nn.c) */
+/* by op code: the op families' checks and runs (ops_move.c, ops_math.c, ops_nn.c, ops_fused.c) */
 static const struct {
     int (*check)(const lrt_program *, const lrt_instr *, const lrt_operand *, const int64_t *);
     int (*exec)(const run_ctx *, const lrt_instr *, const lrt_operand *, const int64_t *, const float *);
@@ -32,6 +32,7 @@ static const struct {
     {NULL, NULL},                       /* LRT_OP_LOOP: run by run_range */
     {lrt_check_scan_row, lrt_exec_scan_row},   /* LRT_OP_SCAN_ROW */
     {lrt_check_scatter, lrt_exec_scatter},   /* LRT_OP_SCATTER */
+    {lrt_check_fused, lrt_exec_fused},   /* LRT_OP_FUSED */
 };
 
 /* ---- the program ---- */

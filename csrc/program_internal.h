@@ -155,5 +155,7 @@ int lrt_check_conv(const lrt_program *p, const lrt_instr *ins, const lrt_operand
 int lrt_exec_conv(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 int lrt_check_scan_row(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
 int lrt_exec_scan_row(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
+int lrt_check_fused(const lrt_program *p, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip);
+int lrt_exec_fused(const run_ctx *c, const lrt_instr *ins, const lrt_operand *o, const int64_t *ip, const float *fp);
 
 #endif

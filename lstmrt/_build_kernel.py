@@ -12,7 +12,7 @@ from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = ["cpu.c", "pack.c", "threads.c", "lstmrt.c", "int8_ref.c", "program.c", "ops_move.c", "ops_math.c",
-           "ops_nn.c", "kernel_scalar.c", "kernel_avx2.c", "kernel_avx512.c"]
+           "ops_nn.c", "ops_fused.c", "kernel_scalar.c", "kernel_avx2.c", "kernel_avx512.c"]
 
 
 def _public_declarations() -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, LstmrtError, UnsupportedModelError
+from .fusion import fuse_elementwise, fusion_enabled
 from .kernel import lib
 from .program import ALIGN, NONE, Instr, Operand, Program, PyStep
 
@@ -301,6 +302,8 @@ class Compiler:
             outputs.append((name, val))
         self.carry_state(carried, state_storage)
         self.scatter_rows(banks, banked)
+        if fusion_enabled():
+            self.instrs = fuse_elementwise(self.instrs, self.storages)
         arena = self.plan_arena()
         if arena > max_arena_bytes():
             biggest = max((s for s in self.storages if s.loc == lib.LRT_LOC_ARENA), key=lambda s: s.nbytes)

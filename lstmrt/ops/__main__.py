@@ -16,6 +16,10 @@ def markdown() -> str:
              "makes the signature run on the numpy plan (the reference the compiled programs are",
              "tested against). Either way `auto` prefers onnxruntime, and `lstmrt inspect` and",
              "`sess.backend_reason` name the node.", "",
+             "Float32 elementwise ops marked *fused* below, three or more over one output shape (and",
+             "more ops than inputs), run as one instruction that walks the output in L1-sized blocks,",
+             "the group's intermediate values never written out (`LSTMRT_FUSE=0` turns it off); the",
+             "profile (`sess.profile`, `lstmrt bench --profile`) names a fused group's nodes on one row.", "",
              f"{len(ops)} ops, default ONNX domain:", "",
              "| op | compiled as |", "| --- | --- |"]
     lines += [f"| `{op}` | {compiled_form(op)} |" for op in ops]
@@ -37,7 +41,14 @@ def compiled_form(op: str) -> str:
                 "scan outputs compile for a constant trip count")
     if op in SHAPE_ONLY or op not in EMITTERS:
         return "folded when its inputs are known per signature; a Python step otherwise"
-    return "compiled"
+    return "compiled; *fused* (float32)" if op in _fusable_ops() else "compiled"
+
+
+def _fusable_ops() -> set:
+    """Ops compiled as float32 UNARY/BINARY instructions, which lstmrt/fusion.py groups."""
+    from ..compiler import ARITHMETIC, UNARY, UNARY_WITH_ATTRS
+    return {*UNARY, *UNARY_WITH_ATTRS, "Clip", "Gelu", *ARITHMETIC, "Sum", "Mean", "BatchNormalization"}
+
 
 
 if __name__ == "__main__":
