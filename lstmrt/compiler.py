@@ -22,7 +22,7 @@ import numpy as np
 from .errors import InputError, LstmrtError, UnsupportedModelError
 from .fusion import fuse_elementwise, fusion_enabled
 from .kernel import lib
-from .program import ALIGN, NONE, Instr, Operand, Program, PyStep
+from .program import ALIGN, NONE, Instr, Operand, Program, PyStep, contiguous_strides
 
 MAX_ND = 8
 MAX_UNROLL = 64  # iterations of a Loop unrolled (~1 ms of compiling each); longer ones run counted
@@ -123,18 +123,10 @@ MOVEMENT = {"Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
 SHAPE_ONLY = {"Shape", "Size"}
 
 
-def _contiguous_strides(shape) -> list:
-    strides, s = [], 1
-    for d in reversed(shape):
-        strides.append(s)
-        s *= d
-    return strides[::-1]
-
-
 def _broadcast_strides(shape, out_shape) -> list:
     """Element strides of a contiguous `shape` broadcast to out_shape (0 along broadcast dims)."""
     shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    return [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, _contiguous_strides(shape))]
+    return [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape, contiguous_strides(shape))]
 
 
 def _collapse(dims, *stride_lists):
@@ -727,10 +719,10 @@ def _moved(c: Compiler, x: Val, table: np.ndarray, ref, fill, label) -> Val:
     esize = x.dtype.itemsize
     if fit is not None:
         base, strides = fit
-        if [s for s, n in zip(strides, shape) if n > 1] == [s for s, n in zip(_contiguous_strides(shape), shape) if n > 1]:
+        if [s for s, n in zip(strides, shape) if n > 1] == [s for s, n in zip(contiguous_strides(shape), shape) if n > 1]:
             return Val(shape, x.dtype, storage=x.storage, offset=x.offset + base * esize,
                        sample=np.zeros(shape, x.dtype))         # a view: no instruction
-        dims, (src, dst) = _collapse(list(shape), strides, _contiguous_strides(shape))
+        dims, (src, dst) = _collapse(list(shape), strides, contiguous_strides(shape))
         if len(dims) <= MAX_ND:
             out = c.new_val(shape, x.dtype)
             c.emit(lib.LRT_OP_COPY, [c.ref(x, base * esize), c.ref(out)], [esize, len(dims), *dims, *src, *dst],
@@ -763,13 +755,13 @@ def _concat(c: Compiler, step, ins, outs, label):
     ref = outs[0]
     out = c.new_val(ref.shape, ref.dtype)
     axis = step.attrs["axis"] % ref.ndim
-    out_strides = _contiguous_strides(ref.shape)
+    out_strides = contiguous_strides(ref.shape)
     at = 0
     for v in ins:
         if v is None or v.size == 0:
             at += 0 if v is None else v.shape[axis]
             continue
-        dims, (src, dst) = _collapse(list(v.shape), _contiguous_strides(v.shape), out_strides)
+        dims, (src, dst) = _collapse(list(v.shape), contiguous_strides(v.shape), out_strides)
         c.emit(lib.LRT_OP_COPY, [c.ref(v), c.ref(out, at * out_strides[axis] * ref.dtype.itemsize)],
                [ref.dtype.itemsize, len(dims), *dims, *src, *dst], label=label)
         at += v.shape[axis]
@@ -1005,7 +997,7 @@ def _unary(c: Compiler, step, ins, outs, label):
 def _broadcast(c: Compiler, op, vals, out: Val, head: list, label: str):
     """An elementwise instruction over `vals` broadcast to out's shape (collapsed dims)."""
     stride_lists = [_broadcast_strides(v.shape, out.shape) for v in vals]
-    dims, strides = _collapse(list(out.shape), *stride_lists, _contiguous_strides(out.shape))
+    dims, strides = _collapse(list(out.shape), *stride_lists, contiguous_strides(out.shape))
     if len(dims) > MAX_ND:
         raise CompileError(f"node {label}: broadcasting over more than {MAX_ND} dims")
     c.emit(op, [c.ref(v) for v in vals] + [c.ref(out)], head + [len(dims), *dims, *[s for ss in strides[:-1] for s in ss]],
@@ -1220,8 +1212,8 @@ def _transposed(c: Compiler, val: Val | None, perm: list, label: str) -> Val | N
     if val is None:
         return None
     shape = [val.shape[p] for p in perm]
-    strides = _contiguous_strides(val.shape)
-    dims, (src, dst) = _collapse(shape, [strides[p] for p in perm], _contiguous_strides(shape))
+    strides = contiguous_strides(val.shape)
+    dims, (src, dst) = _collapse(shape, [strides[p] for p in perm], contiguous_strides(shape))
     out = c.new_val(tuple(shape), val.dtype)
     c.emit(lib.LRT_OP_COPY, [c.ref(val), c.ref(out)], [val.dtype.itemsize, len(dims), *dims, *src, *dst], label=label)
     return out

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from .kernel import lib
-from .program import Instr, PyStep
+from .program import Instr, PyStep, contiguous_strides
 
 # members a group needs to be fused: each member absorbed saves a plain instruction's dispatch
 # (a few ns), starting a FUSED instruction costs about two of them (measured on AVX-512: groups of
@@ -190,7 +190,7 @@ def can_join(group: Group, m: Member) -> bool:
     for op, strides in zip(m.reads, m.strides):
         writer = group.writes.get(op.storage)
         if writer is not None and (op.offset != writer.out.offset or op.nbytes != writer.out.nbytes or
-                                   list(strides) != _contiguous(m.dims)):
+                                   list(strides) != contiguous_strides(m.dims)):
             return False
     external = sum(op.storage not in group.writes for op in m.reads)
     return group.registers_bound() + external + 1 <= MAX_REGS and len(group.members) < lib.LRT_FUSED_MAX_STEPS
@@ -232,14 +232,6 @@ def _chain(bounds: set) -> bool:
     return all(b % a == 0 for a, b in zip(ordered, ordered[1:]))
 
 
-def _contiguous(dims) -> list:
-    strides, s = [], 1
-    for d in reversed(dims):
-        strides.append(s)
-        s *= d
-    return strides[::-1]
-
-
 # ---- building the FUSED instruction -----------------------------------------------------------
 def fused_instr(group: Group):
     """(the FUSED instruction, or None when nothing the group writes is read after it; the
@@ -254,7 +246,7 @@ def fused_instr(group: Group):
     inputs, in_strides, sources = _input_registers(group, chain, len(dims))
     steps, floats, out_regs, ntemp = _micro_program(group, inputs, sources, outputs)
     from .compiler import _collapse       # (the compiler imports this module)
-    dims, strides = _collapse(dims, *in_strides, _contiguous(dims))
+    dims, strides = _collapse(dims, *in_strides, contiguous_strides(dims))
     nregs = len(inputs) + ntemp
     block = max(16, min(lib.LRT_FUSED_MAX_FLOATS // nregs // 16 * 16, -(-group.size // 16) * 16))
     ints = [len(inputs), len(outputs), ntemp, len(steps), block, len(dims), *dims,

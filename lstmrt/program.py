@@ -40,6 +40,15 @@ class Instr:
     label: str        # node name and op, for errors and the profiler
 
 
+def contiguous_strides(shape) -> list:
+    """Element strides of a C-contiguous array of `shape`."""
+    strides, s = [], 1
+    for d in reversed(shape):
+        strides.append(s)
+        s *= d
+    return strides[::-1]
+
+
 class Misfit(Exception):
     """A Python step's result came out another shape than the signature's compilation saw (an
     op whose output shape depends on the data): the call is run again on the numpy plan."""
