@@ -30,7 +30,7 @@ def _split(array: np.ndarray, axis: int) -> list:
 
 def _capacity(members: int) -> int:
     """Rows of a bank for this many members: a power of two, so that programs (compiled per bank
-    shape) change only when the group doubles or halves."""
+    shape) change only when the group outgrows its banks or shrinks to a quarter of them."""
     return 1 << max(2, (members - 1).bit_length())
 
 
@@ -65,11 +65,19 @@ class StreamGroup:
             return key
         if not self._free:
             self._resize(_capacity(len(self._row_of) + 1))
-        row = self._row_of[key] = self._free.pop()
+        self._put_row(self._free[-1], checked)
+        self._row_of[key] = self._free.pop()
+        return key
+
+    def _put_row(self, row: int, state: dict) -> None:
+        """A member's row of every bank: its state where given, else zeros."""
         for name, bank in self._banks.items():
             part = bank[_rows(self._state_axis[name], slice(row, row + 1))]
-            part[...] = checked[name] if name in checked else 0
-        return key
+            value = state.get(name)
+            if value is not None and value.shape != part.shape:
+                raise StreamError(f"state '{name}' of a group member is {list(part.shape)} (one sequence); "
+                                  f"got {list(value.shape)}")
+            part[...] = 0 if value is None else value
 
     @serialised
     def remove(self, key: int) -> None:
@@ -241,13 +249,10 @@ class StreamGroup:
         self._set_banks({n: np.zeros(z.shape[:self._state_axis[n]] + (capacity,) + z.shape[self._state_axis[n] + 1:],
                                      z.dtype) for n, z in zeros.items()})
         self._row_of = {key: row for row, key in enumerate(self._row_of)}
-        for key, given in self._pending.items():
-            row = self._row_of[key]
-            for n, value in given.items():
-                self._banks[n][_rows(self._state_axis[n], slice(row, row + 1))] = value
         self._free = list(range(capacity - 1, len(self._row_of) - 1, -1))
-        self._pending = {}
-
+        pending, self._pending = self._pending, {}
+        for key, given in pending.items():
+            self._put_row(self._row_of[key], given)
 
     def run(self, feeds: dict) -> dict:
         """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all.
@@ -290,6 +295,10 @@ class StreamGroup:
             batched[n] = np.take(bank, rows, axis=self._state_axis[n])
         names = self._outputs + list(self.pairs.values())
         results = dict(zip(names, self._session.run(names, batched)))
+        for inp, out in self.pairs.items():     # all checked before any row is written
+            if results[out].shape != batched[inp].shape:
+                raise StreamError(f"state output '{out}' came out {list(results[out].shape)} but state input "
+                                  f"'{inp}' is {list(batched[inp].shape)}; they cannot be carried across calls")
         for inp, out in self.pairs.items():
             self._banks[inp][_rows(self._state_axis[inp], rows)] = results[out]
         return results

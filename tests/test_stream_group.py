@@ -239,3 +239,18 @@ def test_members_that_join_and_leave_before_the_first_call_get_rows_of_their_own
         got = group.run(feeds)
         for k in (b, c):
             np.testing.assert_allclose(got[k][0], lone[k].run(feeds[k])[0], atol=1e-5)
+
+
+def test_a_member_state_of_another_batch_is_refused_and_nothing_moves():
+    sess = lstmrt.InferenceSession(streaming_model("LSTM"), backend="native")
+    group = sess.stream_group()
+    a = group.add()
+    x = np.random.default_rng(25).standard_normal((1, 3, 5)).astype(np.float32)
+    group.run({a: {"x": x}})
+    before = group.state(a)
+    two_rows = {name: np.concatenate([value, value], axis=1) for name, value in before.items()}
+    with pytest.raises(lstmrt.StreamError, match="one sequence"):
+        group.add(state=two_rows)
+    assert len(group) == 1
+    for name, value in group.state(a).items():
+        np.testing.assert_array_equal(value, before[name])
