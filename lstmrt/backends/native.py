@@ -17,9 +17,9 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, LstmrtError, UnsupportedModelError
-from ..locks import new_lock
 from ..compile_loop import trip_count_inputs
 from ..compiler import ROWS, Banked, CompileError, Compiler, ShapeMismatch, is_signature_scalar
+from ..locks import new_lock
 from ..model import Model
 from ..program import Misfit, ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
