@@ -313,8 +313,6 @@ class Compiler:
     def gather_rows(self, feed: dict, banks: dict, banked: Banked | None) -> None:
         """A group program's first instructions: each state's rows for this call's members,
         gathered from the group's bank by the ROWS input."""
-        if not banks:
-            return
         for name, bank in banks.items():
             _, axis, shape = banked.states[name]
             array = feed[name]
