@@ -266,7 +266,7 @@ class StreamGroup:
         if not feeds:
             return {}
         keys = list(feeds)
-        for key in keys:
+        for key in feeds.keys() - self._row_of.keys():
             self._row(key)      # a StreamError naming a key that is not a member
         first, batched = self._gather_feeds(feeds, keys)
         streamed = [n for n in first if n in self._batch_axes]
