@@ -61,11 +61,19 @@ def _run_batch(kind: str, start: int, count: int, timeout_s: float = BATCH_TIMEO
             break
         # the process died (or hung) on case `reached`
         what = "hung" if hung else f"died (exit {code})"
-        tail = "" if hung else (proc.stderr or "")[-1500:]
+        tail = "" if hung else _crash_report(proc.stderr or "")
         failures.append(f"{kind} case {reached}: the process {what}\n    replay: {_replay(kind, reached)}\n{tail}")
         done += 1
         start = reached + 1
     return done, failures
+
+
+def _crash_report(stderr: str) -> str:
+    """What a dead process said: a sanitizer's report from its first line (the faulting frames
+    come first; its tail is only where the thread started), else the last of stderr."""
+    start = stderr.find("ERROR: AddressSanitizer")
+    start = stderr.find("WARNING: ThreadSanitizer") if start < 0 else start
+    return stderr[start:start + 4000] if start >= 0 else stderr[-1500:]
 
 
 @pytest.mark.parametrize("kind", KINDS)
