@@ -15,7 +15,7 @@ import numpy as np
 
 from .compiler import ROWS, Banked
 from .errors import InputError, StreamError
-from .locks import new_lock
+from .locks import lock_of, new_lock
 from .stream import Stream, _OneDimUnknown, serialised
 
 
@@ -257,7 +257,7 @@ class StreamGroup:
     def run(self, feeds: dict) -> dict:
         """{member key: {input: array}} -> {member key: [non-state outputs]}, one model call for all.
         Calls from several threads take turns."""
-        with self._lock:
+        with lock_of(self):
             return self._run(feeds)
 
     def _run(self, feeds: dict) -> dict:

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..errors import InputError, LstmrtError, UnsupportedModelError
 from ..compile_loop import trip_count_inputs
 from ..compiler import ROWS, Banked, CompileError, Compiler, ShapeMismatch, is_signature_scalar
-from ..locks import new_lock
+from ..locks import lock_of, new_lock
 from ..model import Model
 from ..program import Misfit, ProgramState
 from ..ops import Kernel, NodeInfo, make_kernel
@@ -314,7 +314,7 @@ class NativeBackend:
         cache = self._programs if cache is None else cache
         entry = cache.get(key)
         if entry is None:
-            with self._lock:
+            with lock_of(self):
                 entry = cache.get(key)
                 if entry is None:
                     entry = self._compile(feeds, output_names, **mode)
