@@ -37,6 +37,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 
 
+# sessions made before a fork and dropped in the child: kept there, never destroyed (onnxruntime's
+# destructor joins its pool's threads, which the child does not have: measured under ASan, a
+# session collected in a child hung 4 times in 5 and crashed in pthread_join once)
+_INHERITED: list = []
+
+
 def _forked() -> LstmrtError:
     return LstmrtError("this session's onnxruntime backend was created before fork(), and onnxruntime cannot run "
                        "a session inherited by a forked process (it may hang): create the InferenceSession after "
@@ -75,6 +81,10 @@ class OnnxruntimeBackend:
         self.device = "cuda" if CUDA in self.providers else "cpu"
         self.bind_state = self.device == "cuda"   # stream state as OrtValues, kept on the device
         self._ort = ort
+
+    def __del__(self):
+        if getattr(self, "_generation", _FORKS[0]) != _FORKS[0] and hasattr(self, "session"):
+            _INHERITED.append(self.session)
 
     def describe(self) -> str:
         return f"onnxruntime {'CUDA' if self.device == 'cuda' else 'CPU'}"
