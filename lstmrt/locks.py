@@ -29,16 +29,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
 
 
-def new_lock(owner) -> threading.Lock:
-    """A lock for owner._lock; take it with lock_of(owner)."""
-    owner._lock_forks = _forks
-    return threading.Lock()
+def new_lock(owner, kind=threading.Lock):
+    """A lock (or an RLock: `kind`) for owner._lock; take it with lock_of(owner)."""
+    owner._lock_forks, owner._lock_kind = _forks, kind
+    return kind()
 
 
-def lock_of(owner) -> threading.Lock:
+def lock_of(owner):
     """owner._lock, replaced first in a child forked since it was made."""
     if owner._lock_forks != _forks:
         with _renewing:
             if owner._lock_forks != _forks:
-                owner._lock, owner._lock_forks = threading.Lock(), _forks
+                owner._lock, owner._lock_forks = owner._lock_kind(), _forks
     return owner._lock

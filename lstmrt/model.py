@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
@@ -14,6 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from .errors import InputError, ModelError
+from .locks import new_lock
 
 
 def _memory_bytes() -> int:
@@ -149,6 +151,9 @@ class Model:
     """A checked ONNX model: its graph, constants and interface."""
 
     def __init__(self, source):
+        # held while the proto is walked after loading (streams made in threads): protobuf's
+        # C extension crashed on threads reading one message at once (a wrapper freed twice)
+        self._lock = new_lock(self, threading.RLock)
         self.proto, self.origin = _read(source)
         _check(self.proto, self.origin)
         graph = self.proto.graph

@@ -12,6 +12,7 @@ import weakref
 import onnx
 from onnx import shape_inference
 
+from .locks import lock_of
 from .model import Model
 
 _CACHE: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
@@ -46,7 +47,8 @@ def inferred_output_shapes(model: Model, input_shapes: dict | None = None) -> di
     if key in cached:
         return cached[key]
     proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    with lock_of(model):      # the proto, read by one thread at a time (model.py)
+        proto.CopyFrom(model.proto)
     for value in proto.graph.input:
         if input_shapes and value.name in input_shapes:
             _set_dims(value, input_shapes[value.name])

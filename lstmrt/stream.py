@@ -40,13 +40,14 @@ class Stream:
         self._session = session
         self._backend = session._backend
         model = session.model
-        refuse_if_not_streamable(model)   # an exporter's recorded reason (a layer that looks ahead)
-        self._chunk_rule = chunk_rule(model)
-        self.pairing = stream_pairs(model, state)    # StatePair each: input, output, found_by, detail
+        with lock_of(model):     # the proto, walked by one thread at a time (model.py)
+            refuse_if_not_streamable(model)   # an exporter's recorded reason (a layer that looks ahead)
+            self._chunk_rule = chunk_rule(model)
+            self.pairing = stream_pairs(model, state)    # StatePair each: input, output, found_by, detail
+            self._batch_axes = batch_axes(model)
         self.pairs = {p.input: p.output for p in self.pairing}
         self._state: dict = {}
         self._outputs = [o.name for o in model.outputs if o.name not in self.pairs.values()]
-        self._batch_axes = batch_axes(model)
         # native: a signature this stream ran before steps on its compiled program, the state
         # kept in that program's arena between calls
         programs = getattr(self._backend, "stream_programs", None)
