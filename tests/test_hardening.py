@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
 from lstmrt.kernel import MAX_THREADS, Activation, CellSpec, CellWeights
+from forking import fork_once_threads_sleep
 from models import bare_cell, streaming_model
 
 CELLS = ("LSTM", "GRU", "RNN")
@@ -380,7 +381,7 @@ def test_onnxruntime_session_refuses_to_run_in_a_forked_child():
     sess = lstmrt.InferenceSession(streaming_model("GRU"), backend="onnxruntime")
     feed = {"x": np.ones((1, 2, 5), np.float32), **_state("GRU", 1)}
     sess.run(None, feed)
-    pid = os.fork()
+    pid = fork_once_threads_sleep()
     if pid == 0:
         signal.alarm(20)
         try:
@@ -465,7 +466,7 @@ def test_an_onnxruntime_session_collected_in_a_forked_child_is_not_destroyed_the
             holder = Holder()
             holder.me, holder.sess = holder, sess
         del sess, holder
-        pid = os.fork()
+        pid = fork_once_threads_sleep()
         if pid == 0:
             signal.alarm(20)
             gc.collect()

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import lstmrt  # noqa: E402
+from forking import fork_once_threads_sleep  # noqa: E402
 from models import bare_cell, streaming_model  # noqa: E402
 
 KINDS = ("model", "feed", "stream", "threads", "fork")
@@ -495,7 +496,7 @@ def case_fork(rng) -> None:
     stream = sess.stream()
     for c in chunks[:split]:
         stream.run(c)
-    pid = os.fork()
+    pid = fork_once_threads_sleep()   # not inside onnxruntime's thread start-up: see forking.py
     if pid == 0:   # the child: finish the sequence, exit 0 if it matches; SIGALRM kills a hang
         signal.alarm(30)
         try:
