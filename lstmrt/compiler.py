@@ -318,7 +318,7 @@ class Compiler:
             array = feed[name]
             val = self.env[name] = self.new_val(array.shape, array.dtype)
             self.emit(lib.LRT_OP_GATHER, [SymOperand(bank, 0, bank.nbytes), self.ref(self.env[ROWS]), self.ref(val)],
-                      self._row_params(shape, axis, array), label=f"state '{name}' (member rows)")
+                      self._row_params(shape, axis, array), label=f"state '{name}': the members' rows gathered")
 
     def scatter_rows(self, banks: dict, banked: Banked | None) -> None:
         """A group program's last instructions: each state output written back into its
@@ -331,7 +331,7 @@ class Compiler:
                 raise ShapeMismatch(f"state output '{out}' comes out {list(val.shape)} {val.dtype} but state input "
                                     f"'{name}' is {list(slot.shape)} {slot.dtype}")
             self.emit(lib.LRT_OP_SCATTER, [SymOperand(bank, 0, bank.nbytes), self.ref(self.env[ROWS]), self.ref(val)],
-                      self._row_params(shape, axis, slot), label=f"state '{out}' (member rows)")
+                      self._row_params(shape, axis, slot), label=f"state '{out}': the members' rows scattered")
 
     @staticmethod
     def _row_params(bank_shape, axis: int, part) -> list:

@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 
 from .compiler import ROWS, Banked
-from .errors import InputError, StreamError
+from .errors import InputError, StreamError, UnsupportedModelError
 from .locks import lock_of, new_lock
 from .stream import Stream, _OneDimUnknown, serialised
 
@@ -260,11 +260,40 @@ class StreamGroup:
         with lock_of(self):
             return self._run(feeds)
 
+    def profile(self, feeds: dict, calls: int = 100) -> list:
+        """[(instruction, seconds per call)], slowest first: where the compiled program of a call
+        with these members and feeds spends its time (native backend), its gathering and
+        scattering of the members' state rows included.  The calls run on copies of the state:
+        the members' state is left as it was."""
+        with lock_of(self):
+            if self._programs is None:
+                raise UnsupportedModelError("profiling a group needs the native backend with compiled programs; "
+                                            f"this group's session runs on {self._session.backend}")
+            if not isinstance(feeds, dict) or not feeds:
+                raise InputError("group.profile() takes a non-empty dict of member key -> feed dict")
+            keys, batched, rows = self._prepared(feeds)
+            return self._programs.profile({**batched, ROWS: rows}, self._banks, self._banked, calls)
+
     def _run(self, feeds: dict) -> dict:
         if not isinstance(feeds, dict):
             raise InputError(f"group.run() takes a dict of member key -> feed dict, got {type(feeds).__name__}")
         if not feeds:
             return {}
+        keys, batched, rows = self._prepared(feeds)
+        results = None
+        if self._programs is not None:
+            outs = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked)
+            results = None if outs is None else dict(zip(self._outputs, outs))
+        if results is None:
+            results = self._run_batched(batched, rows)
+        model, count = self._session.model, len(keys)
+        pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
+                  for n in self._outputs]
+        return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
+
+    def _prepared(self, feeds: dict) -> tuple[list, dict, np.ndarray]:
+        """(member keys, their inputs joined along the batch axes, their rows in the banks), the
+        feeds checked and the banks made on the first call."""
         keys = list(feeds)
         for key in feeds.keys() - self._row_of.keys():
             self._row(key)      # a StreamError naming a key that is not a member
@@ -276,17 +305,7 @@ class StreamGroup:
             raise InputError("each group member is one sequence: its inputs have batch 1")
         if self._banks is None:
             self._init_states(first)
-        rows = np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
-        results = None
-        if self._programs is not None:
-            outs = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked)
-            results = None if outs is None else dict(zip(self._outputs, outs))
-        if results is None:
-            results = self._run_batched(batched, rows)
-        model, count = self._session.model, len(keys)
-        pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
-                  for n in self._outputs]
-        return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
+        return keys, batched, np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
 
     def _run_batched(self, batched: dict, rows: np.ndarray) -> dict:
         """The call on the session (a backend with no group programs, or a call that does not

@@ -116,7 +116,7 @@ def scatter_into_bank(bank_loc):
     """A group's state write-back: rows of a [2, 5, 3] bank (rows on axis 1) from a [2, 2, 3] value."""
     return Instr(lib.LRT_OP_SCATTER, [Operand(bank_loc, 0, 0, 120), Operand(lib.LRT_LOC_INPUT, 0, 0, 16),
                                       Operand(lib.LRT_LOC_CONST, 0, 0, 48)], [4, 2, 5, 3, 2, lib.LRT_DT_I64], [], [],
-                 "state (member rows)")
+                 "state: the members' rows scattered")
 
 
 def test_a_scatter_writes_the_rows_it_is_given_into_a_bank_and_checks_them_first():

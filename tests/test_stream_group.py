@@ -254,3 +254,45 @@ def test_a_member_state_of_another_batch_is_refused_and_nothing_moves():
     assert len(group) == 1
     for name, value in group.state(a).items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_a_group_profile_times_the_compiled_call_in_c_and_leaves_every_member_state_alone():
+    """group.profile() times the program a call with these members runs, its gathering and
+    scattering of the members' state rows included; the members' state and their next calls
+    are as if it had never run."""
+    path = str(MODELS / "torch_vad_op18.onnx")
+    sess = lstmrt.InferenceSession(path, backend="native")
+    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
+    group = sess.stream_group()
+    rng = np.random.default_rng(23)
+    keys = [group.add() for _ in range(3)]
+    lone = {k: reference.stream() for k in keys}
+    sr = np.array(16000, np.int64)
+
+    def chunk():
+        return {"input": rng.standard_normal((1, 512)).astype(np.float32), "sr": sr}
+    feeds = {k: chunk() for k in keys}
+    group.run(feeds)
+    for k in keys:
+        lone[k].run(feeds[k])
+    before = {k: group.state(k)["state"].copy() for k in keys}
+    rows = group.profile({k: chunk() for k in keys[:2]}, calls=10)
+    labels = [label for label, _ in rows]
+    assert any("'state'" in label and "gathered" in label for label in labels), labels
+    assert any("scattered" in label for label in labels), labels
+    assert all(np.isfinite(seconds) and seconds >= 0 for _, seconds in rows)
+    for k in keys:
+        np.testing.assert_array_equal(group.state(k)["state"], before[k])
+    feeds = {k: chunk() for k in keys[::-1]}
+    got = group.run(feeds)
+    for k in keys:
+        np.testing.assert_allclose(got[k][0], lone[k].run(feeds[k])[0], atol=1e-5)
+        np.testing.assert_allclose(group.state(k)["state"], lone[k].state["state"], atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"backend": "onnxruntime"}, {"backend": "native", "compiled": False}])
+def test_a_group_profile_without_compiled_programs_says_so(options):
+    group = lstmrt.InferenceSession(streaming_model("GRU"), **options).stream_group()
+    key = group.add()
+    with pytest.raises(lstmrt.UnsupportedModelError, match="native backend with compiled programs"):
+        group.profile({key: {"x": np.zeros((1, 1, 5), np.float32)}})

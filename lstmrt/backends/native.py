@@ -231,13 +231,8 @@ class GroupPrograms:
     def step(self, feed: dict, banks: dict, banked: Banked):
         """The outputs of one group call (feed: batched inputs and ROWS), the banks updated in
         place; None where the call does not compile (the caller then runs it the long way)."""
-        key = (self._backend.signature(feed), banked)
-        state = self._states.get(key)
-        if state is None:
-            state = self._learn(key, feed, banks, banked)
-        else:
-            self._states.move_to_end(key)
-        if state is False:
+        state = self._state_for(feed, banks, banked)
+        if type(state) is _Fallback:
             return None
         keep = state.bind(feed)
         state.bind_banks(banks)
@@ -248,12 +243,31 @@ class GroupPrograms:
         del keep
         return results
 
+    def profile(self, feed: dict, banks: dict, banked: Banked, calls: int) -> list:
+        """[(instruction label, seconds per call)] of this call's program, slowest first; its
+        calls read and write copies of the banks, so the members' state stays as it was."""
+        state = self._state_for(feed, banks, banked)
+        if type(state) is _Fallback:
+            raise UnsupportedModelError(f"nothing to profile: this group call does not compile ({state.reason})")
+        state.bind_banks({name: bank.copy() for name, bank in banks.items()})
+        return state.program.profile(state, feed, calls)   # the next step binds the real banks again
+
+    def _state_for(self, feed: dict, banks: dict, banked: Banked):
+        """The ProgramState of this call's signature (compiled on first sight), or its _Fallback."""
+        key = (self._backend.signature(feed), banked)
+        state = self._states.get(key)
+        if state is None:
+            state = self._learn(key, feed, banks, banked)
+        else:
+            self._states.move_to_end(key)
+        return state
+
     def _learn(self, key, feed: dict, banks: dict, banked: Banked):
         count = len(feed[ROWS])
         shapes = {name: _with_axis(banks[name].shape, axis, count) for name, _, axis, _ in banked.entries}
         states = {name: np.zeros(shape, banks[name].dtype) for name, shape in shapes.items()}
         program = self._backend.group_program({**feed, **states}, self._outputs, banked)
-        state = False if type(program) is _Fallback else program.new_state()
+        state = program if type(program) is _Fallback else program.new_state()
         self._states[key] = state
         if len(self._states) > self.limit:
             self._states.popitem(last=False)
