@@ -175,6 +175,11 @@ class Stream:
         wanted = self._outputs if output_names is None else self._session._output_names(output_names)
         if guessed:
             return self._run_trying_sizes(streamed, state, guessed, wanted)
+        learnable = programs is not None and output_names is None and not (feed.keys() & self.pairs.keys())
+        if learnable:
+            done = self._step_new_signature(programs, feed, streamed, state)
+            if done is not None:
+                return done
         try:
             results, new_state = self._backend.run_stateful(streamed, state, self.pairs, wanted)
         except LstmrtError as e:
@@ -185,8 +190,20 @@ class Stream:
                 raise StreamError(f"state output '{out}' came out {list(after)} but state input "
                                   f"'{inp}' is {list(before)}; they cannot be carried across calls")
         self._state = new_state
-        if programs is not None and output_names is None and not (feed.keys() & self.pairs.keys()):
-            programs.learn(streamed, new_state)
+        return results
+
+    def _step_new_signature(self, programs, feed: dict, streamed: dict, state: dict):
+        """A signature this stream has not run: its stream program compiled and run, as every
+        later call of it will be (None where it does not compile: the long path runs it and names
+        any mistake)."""
+        try:
+            programs.learn(streamed, state)
+            done = programs.step(streamed, state)
+        except LstmrtError as e:
+            raise self._batch_change(feed, state) or e
+        if done is None:
+            return None
+        results, self._state = done
         return results
 
     def _run_trying_sizes(self, streamed: dict, state: dict, guessed: list, wanted: list) -> list:

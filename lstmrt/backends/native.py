@@ -204,7 +204,8 @@ class StreamPrograms:
         return results, views
 
     def learn(self, feed: dict, state: dict) -> None:
-        """After a checked call of a new signature: compiles its stream program, if it compiles."""
+        """A checked feed of a new signature: compiles its stream program, if it compiles (state:
+        the arrays it starts from, for their shapes and dtypes)."""
         key = self._backend.signature(feed)
         if key in self._states:
             return
