@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 import lstmrt
-from lstmrt.bench import time_interleaved
+from lstmrt.bench import cpu_flags, time_interleaved
 from lstmrt.errors import StreamError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,9 +93,7 @@ def main():
     args = parser.parse_args()
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags")
-                    for f in line.split()[2:] if f.startswith(("avx", "fma", "amx"))}) if Path("/proc/cpuinfo").exists() else []
-    print(f"# {platform.machine()}, onnxruntime {ort.__version__}, CPU flags: {' '.join(flags)}")
+    print(f"# {platform.machine()}, onnxruntime {ort.__version__}, CPU flags: {' '.join(cpu_flags())}")
     print(f"{'model':32} {'call':6} {'backend':12} {'ort us':>8} {'lstmrt us':>9} {'ratio':>6} {'max diff':>9}")
     ratios = []
     for path in model_paths():

@@ -35,7 +35,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import lstmrt
-from lstmrt.bench import time_interleaved, time_per_call
+from lstmrt.bench import cpu_flags, time_interleaved, time_per_call
 from lstmrt.kernel import Activation, CellSpec, CellWeights
 
 WORKLOADS = [  # (label, hidden, batch, steps)
@@ -137,12 +137,10 @@ def main():
         return group_throughput(budget)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()[2:]
-                    if f.startswith(("avx512", "amx", "avx_vnni", "fma", "avx2"))}) if os.path.exists("/proc/cpuinfo") else []
     sgemm = sgemm_gflops(budget)
     print(f"# {platform.processor() or platform.machine()}, lstmrt SIMD paths: {lstmrt.available_simd_paths()}, "
           f"onnxruntime {ort.__version__}")
-    print(f"# CPU flags: {' '.join(flags)}")
+    print(f"# CPU flags: {' '.join(cpu_flags())}")
     print(f"# single-core sgemm (numpy.matmul, OpenBLAS 1 thread, 2048x256x1024): {sgemm:.1f} GFLOP/s")
     print(f"{'cell':5} {'workload':8} {'H':>4} {'B':>3} {'T':>3} {'ort us':>8} {'run us':>8} {'strm us':>8} "
           f"{'rnr us':>8} {'run x':>6} {'strm x':>6} {'rnr x':>6} {'GFLOP/s':>7} {'%sgemm':>6} "

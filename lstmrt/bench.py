@@ -1,6 +1,7 @@
 """`lstmrt bench`: per-call time of any model on each backend, side by side, in one process."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,15 @@ from .session import InferenceSession
 from .state_pairs import RECURRENT_OPS
 from .state_pairs import batch_axes, time_axes
 from .verify import random_feed
+
+
+def cpu_flags() -> list:
+    """The CPU's vector-extension flags (AVX, FMA, AMX), for a benchmark's header line."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return []
+    with open("/proc/cpuinfo") as f:
+        return sorted({flag for line in f if line.startswith("flags") for flag in line.split()[2:]
+                       if flag.startswith(("avx", "fma", "amx"))})
 
 
 @dataclass
