@@ -309,6 +309,11 @@ def test_conv(rank, seed, data):
     rng = np.random.default_rng(seed)
     x, w, b = randn(rng, [2, cin] + spatial), randn(rng, [cout, cin // group] + kernel), randn(rng, [cout])
     attrs = {"group": group, "strides": strides, "dilations": dilations, "pads": pads, "kernel_shape": kernel}
+    auto_pad = data.draw(st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    if auto_pad != "NOTSET":
+        attrs["auto_pad"] = attrs.pop("pads") and auto_pad
+    if auto_pad.startswith("SAME"):
+        attrs["dilations"] = [1] * rank      # onnxruntime refuses dilations with SAME padding
     check(op_model("Conv", {"x": x}, {"w": w, "b": b}, attrs, inputs_order=["x", "w", "b"]), {"x": x}, atol=1e-5)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 from operator import itemgetter
 
 import numpy as np
@@ -36,6 +37,7 @@ class Step:
     inputs: list
     outputs: list
     attrs: dict
+    output_shapes: Callable | None = None   # input shapes -> output shapes, where the op says
 
 
 def _instruction(step: Step) -> tuple:
@@ -70,7 +72,7 @@ class Plan:
             kernel = make_kernel(info)
             # control-flow bodies read enclosing-scope values: they arrive as extra inputs
             step = Step(info.name, node.op_type, kernel, info.inputs + getattr(kernel, "outer_inputs", []),
-                        list(info.outputs), info.attrs)
+                        list(info.outputs), info.attrs, getattr(kernel, "output_shapes", None))
             if node.op_type not in NEVER_FOLDED and all(not n or n in self.constants for n in step.inputs):
                 self.constants.update(zip(step.outputs, self._execute(step, self.constants)))
             else:

@@ -168,7 +168,21 @@ def _softmax(node):
 
 @op("MatMul")
 def _matmul(node):
-    return lambda inputs: [np.matmul(inputs[0], inputs[1])]
+    def run(inputs):
+        return [np.matmul(inputs[0], inputs[1])]
+
+    def output_shapes(shapes):
+        """run's output shape without running it (None for vectors, or shapes run would refuse)."""
+        a, b = shapes[0], shapes[1]
+        if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
+            return None
+        try:
+            batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+        except ValueError:
+            return None
+        return [(*batch, a[-2], b[-1])]
+    run.output_shapes = output_shapes
+    return run
 
 
 @op("Gemm")

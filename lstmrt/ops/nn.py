@@ -50,6 +50,21 @@ def _conv(node: NodeInfo):
         if b is not None:
             y = y + b.reshape(1, -1, *([1] * rank))
         return [y.astype(inputs[0].dtype, copy=False)]
+
+    def output_shapes(shapes):
+        """run's output shape without running it (None where run would refuse the shapes)."""
+        x, w = shapes[0], shapes[1]
+        rank = len(x) - 2
+        if rank < 1 or len(w) != len(x) or x[1] != w[1] * group or w[0] % group or \
+                (len(shapes) > 2 and shapes[2] is not None and tuple(shapes[2]) != (w[0],)):
+            return None
+        strides = node.attrs.get("strides", [1] * rank)
+        dilations = node.attrs.get("dilations", [1] * rank)
+        pads = _conv_pads(node, x[2:], w[2:], strides, dilations)
+        out = [(size + lo + hi - (k - 1) * d - 1) // s + 1
+               for size, (lo, hi), k, d, s in zip(x[2:], pads, w[2:], dilations, strides)]
+        return [(x[0], w[0], *out)] if all(o > 0 for o in out) else None
+    run.output_shapes = output_shapes
     return run
 
 
