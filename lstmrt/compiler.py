@@ -15,6 +15,8 @@ that signature on the numpy plan.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +52,11 @@ class ShapeMismatch(CompileError):
     model (the numpy plan then names the node to the caller)."""
 
 
+def _count(shape) -> int:
+    """Elements of a shape, in Python ints (numpy's int64 product would wrap on a huge one)."""
+    return math.prod(int(d) for d in shape)
+
+
 @dataclass(eq=False)
 class Storage:
     nbytes: int
@@ -76,7 +83,7 @@ class Val:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return _count(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -184,7 +191,7 @@ class Banked:
         return {name: (out, axis, shape) for name, out, axis, shape in self.entries}
 
     def bank_nbytes(self, name: str, dtype) -> int:
-        return int(np.prod(self.states[name][2], dtype=np.int64)) * np.dtype(dtype).itemsize
+        return _count(self.states[name][2]) * np.dtype(dtype).itemsize
 
 
 def is_signature_scalar(info) -> bool:
@@ -192,7 +199,7 @@ def is_signature_scalar(info) -> bool:
     if info.dtype.kind not in "iu" or info.shape is None:
         return False
     fixed = [d for d in info.shape if isinstance(d, int) and d > 0]
-    return len(fixed) == len(info.shape) and int(np.prod(fixed, dtype=np.int64)) <= SMALL_SCALAR
+    return len(fixed) == len(info.shape) and _count(fixed) <= SMALL_SCALAR
 
 
 class Compiler:
@@ -217,7 +224,7 @@ class Compiler:
 
     def new_val(self, shape, dtype) -> Val:
         dtype = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = _count(shape)
         storage = Storage(max(size * dtype.itemsize, 1), len(self.instrs), len(self.instrs))
         self.storages.append(storage)
         return Val(tuple(shape), dtype, storage=storage, sample=np.zeros(shape, dtype))
@@ -336,8 +343,8 @@ class Compiler:
     @staticmethod
     def _row_params(bank_shape, axis: int, part) -> list:
         """GATHER/SCATTER's parameters between a bank and `part`, its rows for one call."""
-        outer = int(np.prod(bank_shape[:axis], dtype=np.int64))
-        inner = int(np.prod(bank_shape[axis + 1:], dtype=np.int64))
+        outer = _count(bank_shape[:axis])
+        inner = _count(bank_shape[axis + 1:])
         return [part.dtype.itemsize, outer, bank_shape[axis], inner, part.shape[axis], lib.LRT_DT_I64]
 
     def carry_state(self, carried: dict, state_storage: dict) -> None:
@@ -729,8 +736,8 @@ def _gather(c: Compiler, step, ins, outs, label) -> Val:
     if idx.dtype not in (np.dtype(np.int64), np.dtype(np.int32)):
         raise _fail(step, f"indices of type {idx.dtype}")
     out = c.new_val(outs[0].shape, data.dtype)
-    outer = int(np.prod(data.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(data.shape[axis + 1:], dtype=np.int64))
+    outer = _count(data.shape[:axis])
+    inner = _count(data.shape[axis + 1:])
     c.emit(lib.LRT_OP_GATHER, [c.ref(data), c.ref(idx), c.ref(out)],
            [data.dtype.itemsize, outer, data.shape[axis], inner, idx.size, DTYPE_CODES[idx.dtype]], label=label)
     return out
@@ -795,19 +802,25 @@ def _foldable_batch_norm(c: Compiler, name: str, channels: int):
 
 
 def _dense_weights(c: Compiler, key, W_nk: np.ndarray, bias):
-    """Packed once per node and contents: the key digests the weights and bias, since a constant
-    folded per signature may differ from one signature to the next."""
-    import hashlib
-
+    """Packed once per node and contents: a constant folded per signature may differ from one
+    signature to the next, so the weights packed before are reused only for the same values
+    (the same memory, for the plan's own constants: no comparison)."""
     from .kernel import DenseWeights
-    digest = hashlib.blake2b(np.ascontiguousarray(W_nk, np.float32).tobytes(), digest_size=16)
-    if bias is not None:
-        digest.update(np.ascontiguousarray(bias, np.float32).tobytes())
-    key = (key, W_nk.shape, bias is not None, digest.digest())
-    weights = c.packed.get(key)
-    if weights is None:
-        weights = c.packed[key] = DenseWeights(W_nk, bias, c.options.simd, c.options.precision)
+    seen = c.packed.setdefault((key, W_nk.shape, bias is not None), [])
+    for w, b, weights in seen:
+        if _same_values(w, W_nk) and (bias is None or _same_values(b, bias)):
+            return weights
+    weights = DenseWeights(W_nk, bias, c.options.simd, c.options.precision)
+    seen.append((W_nk, bias, weights))      # W_nk kept: its memory cannot be reused for other values
     return weights
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal arrays: one view of the same (never written) memory, else equal contents."""
+    if a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype and \
+            a.__array_interface__["data"][0] == b.__array_interface__["data"][0]:
+        return True
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def _emit_dense(c: Compiler, step, a: Val, W_nk: np.ndarray, bias, label, key):
@@ -845,11 +858,11 @@ def _matmul(c: Compiler, step, ins, outs, label):
         raise _fail(step, "this MatMul form (a constant left operand or a vector) has no compiled form")
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = ref.shape[:-2]
-    count = int(np.prod(batch, dtype=np.int64))
+    count = _count(batch)
     strides = []
     for v in (a, b):
         vb = v.shape[:-2]
-        if int(np.prod(vb, dtype=np.int64)) == 1:
+        if _count(vb) == 1:
             strides.append(0)
         elif tuple(vb) == tuple(batch):
             strides.append(v.shape[-2] * v.shape[-1])
@@ -1041,7 +1054,7 @@ def _global_pool(c: Compiler, step, ins, outs, label):
     kind = lib.LRT_RED_MEAN if step.op_type == "GlobalAveragePool" else lib.LRT_RED_MAX
     out = c.new_val(outs[0].shape, F32)
     c.emit(lib.LRT_OP_REDUCE, [c.ref(x), c.ref(out)],
-           [kind, x.shape[0] * x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)), 1], label=label)
+           [kind, x.shape[0] * x.shape[1], _count(x.shape[2:]), 1], label=label)
     return [out]
 
 
@@ -1066,7 +1079,7 @@ def _pool(c: Compiler, step, ins, outs, label):
     index = np.pad(np.arange(1, x.size + 1, dtype=np.int64).reshape(x.shape), pads)   # 0: padding
     windows = sliding_window_view(index, span, axis=axes)[picks]
     ref = outs[0]
-    taps = int(np.prod(kernel))
+    taps = _count(kernel)
     table = np.ascontiguousarray(windows.reshape(-1), dtype=np.int64) - 1
     is_max = step.op_type == "MaxPool"
     fill = np.float32(-np.inf if is_max else 0.0)
@@ -1118,11 +1131,11 @@ def _softmax(c: Compiler, step, ins, outs, label):
     nd = len(x.shape)
     legacy = c.plan.opset < 13
     axis = step.attrs.get("axis", 1 if legacy else -1) % max(nd, 1)
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    outer = _count(x.shape[:axis])
     if legacy:
-        n, inner = int(np.prod(x.shape[axis:], dtype=np.int64)), 1
+        n, inner = _count(x.shape[axis:]), 1
     else:
-        n, inner = x.shape[axis], int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+        n, inner = x.shape[axis], _count(x.shape[axis + 1:])
     out = c.new_val(x.shape, F32)
     c.emit(lib.LRT_OP_SOFTMAX, [c.ref(x), c.ref(out)], [outer, n, inner, step.op_type == "LogSoftmax"], label=label)
     return [out]
@@ -1146,9 +1159,9 @@ def _reduce(c: Compiler, step, ins, outs, label):
     axes = sorted(int(a) % nd for a in np.asarray(axes).reshape(-1))
     if axes != list(range(axes[0], axes[-1] + 1)):
         raise _fail(step, f"reducing over axes {axes}, not one run of neighbours")
-    outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
-    r = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
-    inner = int(np.prod(x.shape[axes[-1] + 1:], dtype=np.int64))
+    outer = _count(x.shape[:axes[0]])
+    r = _count(x.shape[axes[0]:axes[-1] + 1])
+    inner = _count(x.shape[axes[-1] + 1:])
     out = c.new_val(outs[0].shape, F32)
     c.emit(lib.LRT_OP_REDUCE, [c.ref(x), c.ref(out)], [REDUCTIONS[step.op_type], outer, r, inner], label=label)
     return [out]
@@ -1162,7 +1175,7 @@ def _layer_norm(c: Compiler, step, ins, outs, label):
     if any(o for o in step.outputs[1:]):
         raise _fail(step, "the Mean and InvStdDev outputs have no compiled form")
     axis = step.attrs.get("axis", -1) % len(x.shape)
-    n = int(np.prod(x.shape[axis:], dtype=np.int64))
+    n = _count(x.shape[axis:])
     for v in (scale, bias):
         if v is not None and v.size != n:
             raise _fail(step, "a scale or bias that broadcasts")
