@@ -107,6 +107,11 @@ class Program:
     def new_state(self) -> "ProgramState":
         return ProgramState(self)
 
+    def output_shapes(self) -> list:
+        """The shapes of the outputs asked for, in order."""
+        shapes = {name: shape for name, shape, _, _ in self.outputs}
+        return [tuple(shapes[n]) if n in shapes else self.static_outputs[n].shape for n in self.output_names]
+
     def assemble(self, results: list) -> list:
         """The requested outputs, in order: the arrays a call returned, and copies of the static ones."""
         if not self.static_outputs:
@@ -242,14 +247,15 @@ class ProgramState:
         self._bank_arrays = arrays     # what keeps them alive
 
     def execute(self, seconds=None) -> list:
-        """Runs the bound call; the outputs, as copies of the arena's."""
+        """Runs the bound call; the outputs asked for, in order: copies of the arena's, and of
+        those this signature fixed (a Shape of the feed, a constant)."""
         if self._call is not None:
             status = self._call(ffi.NULL if seconds is None else seconds, self._failed)
             if status:
                 self._raise(status, 0)
         else:
             self._run_segments(seconds)
-        return [copy() for copy in self._copiers]
+        return self.program.assemble([copy() for copy in self._copiers])
 
     def _run_segments(self, seconds) -> None:
         for kind, item, first in self._segments:

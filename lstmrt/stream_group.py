@@ -16,15 +16,20 @@ import numpy as np
 from .compiler import ROWS, Banked
 from .errors import InputError, StreamError, UnsupportedModelError
 from .locks import lock_of, new_lock
+from .state_shapes import inferred_output_shapes
 from .stream import Stream, _OneDimUnknown, serialised
+from .stream_limits import check_chunk
 
 
 def _rows(axis: int, index) -> tuple:
     return (slice(None),) * axis + (index,)
 
 
-def _split(array: np.ndarray, axis: int) -> list:
-    """Views of each index along `axis`, that axis kept with size 1 (numpy iterates, not Python)."""
+def _split(array: np.ndarray, axis: int | None, count: int) -> list:
+    """Views of each index along `axis`, that axis kept with size 1 (numpy iterates, not Python);
+    axis None: one member, the whole array."""
+    if axis is None:
+        return [array] * count
     return list(np.moveaxis(np.expand_dims(array, axis), axis + 1, 0))
 
 
@@ -49,6 +54,7 @@ class StreamGroup:
         self._banks: dict | None = None       # state input -> array, one row per member (or free)
         self._free: list[int] = []            # rows of the banks no member holds
         self._state_axis: dict = {}
+        self._split_axes: dict = {}           # (output shapes, members) -> each output's batch axis
         programs = getattr(session._backend, "group_programs", None)
         self._programs = programs(self._outputs) if programs is not None else None
 
@@ -56,8 +62,8 @@ class StreamGroup:
     @serialised
     def add(self, state: dict | None = None) -> int:
         """A new member, starting from zeros (or from `state`, as a lone stream's .state gives it)."""
-        key = next(self._keys)
         checked = self._checked_state(state) if state else {}
+        key = next(self._keys)
         if self._banks is None:
             self._row_of[key] = -1         # rows are handed out when the banks are made
             if checked:
@@ -135,7 +141,14 @@ class StreamGroup:
     def _checked_state(self, state: dict) -> dict:
         probe = Stream(self._session, self.pairs)
         probe.set_state(state)               # the checks a lone stream makes
-        return probe.state
+        checked = probe.state
+        for name, value in checked.items():  # one sequence, where the declared batch dim says where
+            declared = self._session.model.input(name).shape
+            if self._batch_dim is not None and declared and len(declared) == value.ndim and \
+                    self._batch_dim in declared and value.shape[list(declared).index(self._batch_dim)] != 1:
+                raise StreamError(f"state '{name}' of a group member is one sequence (batch 1 on axis "
+                                  f"{list(declared).index(self._batch_dim)}); got {list(value.shape)}")
+        return checked
 
     # -- batch axes ------------------------------------------------------------------
     def _batch_dim_name(self):
@@ -196,26 +209,38 @@ class StreamGroup:
             if n not in axes and not self._same_everywhere(feeds, keys, n, first[n]):
                 raise InputError(f"input '{n}' has no batch axis (a setting such as a sample rate): every member "
                                  "of one group call must give it the same value")
+        joined = self._joined(feeds, keys, first)
+        if joined is None:     # a member's feed differs, or needs converting (byte order): check each
+            checked = {k: self._session.check_feed(feeds[k], optional=self.pairs) for k in keys}
+            joined = self._joined(checked, keys, first)
+            if joined is None:
+                bad = next(k for k in keys if checked[k].keys() != first.keys() or any(
+                    checked[k][n].shape != v.shape or checked[k][n].dtype != v.dtype for n, v in first.items()))
+                raise InputError(f"member {bad}'s feed differs from member {keys[0]}'s in names, dtypes or "
+                                 "shapes; a group steps its members together, in chunks of one length")
+        return first, joined
+
+    def _joined(self, feeds: dict, keys: list, first: dict) -> dict | None:
+        """{input: the members' arrays joined along its batch axis (C order)}, or None where a
+        member's feed has other names, shapes or dtypes than `first`."""
+        axes = self._batch_axes
         try:
             if {len(feed) for feed in feeds.values()} != {len(first)}:
-                raise KeyError
-            batched = {}
+                return None
+            joined = {}
             for n, value in first.items():
+                if n not in axes:
+                    joined[n] = value
+                    continue
                 arrays = [feeds[k][n] for k in keys]
                 if {a.shape for a in arrays} != {value.shape}:
-                    raise ValueError
+                    return None
                 # casting="no": a member of another dtype fails here instead of being converted
-                batched[n] = np.concatenate(arrays, axis=axes[n], dtype=value.dtype, casting="no") if n in axes \
-                    else value
-            return first, batched
+                joined[n] = np.ascontiguousarray(np.concatenate(arrays, axis=axes[n], dtype=value.dtype,
+                                                                casting="no"))
+            return joined
         except (KeyError, TypeError, AttributeError, ValueError):
-            pass
-        bad = next((k for k in keys if not isinstance(feeds[k], dict) or feeds[k].keys() != first.keys() or any(
-            not isinstance(feeds[k][n], np.ndarray) or feeds[k][n].shape != v.shape or feeds[k][n].dtype != v.dtype
-            for n, v in first.items())), keys[0])
-        self._session.check_feed(feeds[bad], optional=self.pairs)   # names a plain mistake first
-        raise InputError(f"member {bad}'s feed differs from member {keys[0]}'s in names, dtypes or shapes; "
-                         "a group steps its members together, in chunks of one length")
+            return None
 
     def _member_zeros(self, name: str, first: dict) -> np.ndarray:
         """A member's zero state: as a lone stream's, a dim nothing tells being the member's batch
@@ -245,6 +270,12 @@ class StreamGroup:
         for n, z in zeros.items():
             if z.shape[self._state_axis[n]] != 1:
                 raise StreamError(f"group members are single sequences; state '{n}' came out {list(z.shape)}")
+        for key, given in self._pending.items():     # all checked before anything changes
+            for name, value in given.items():
+                if value.shape != zeros[name].shape:
+                    raise StreamError(f"state '{name}' given to member {key} is {list(value.shape)}, but a group "
+                                      f"member is one sequence, {list(zeros[name].shape)} with this feed; remove "
+                                      "the member and add it again with such a state")
         capacity = _capacity(len(self._row_of))
         self._set_banks({n: np.zeros(z.shape[:self._state_axis[n]] + (capacity,) + z.shape[self._state_axis[n] + 1:],
                                      z.dtype) for n, z in zeros.items()})
@@ -280,15 +311,16 @@ class StreamGroup:
         if not feeds:
             return {}
         keys, batched, rows = self._prepared(feeds)
+        axes: list = []
+
+        def split_axes(shapes):     # called before the call writes any member's state
+            axes[:] = self._output_axes(shapes, batched, len(keys))
         results = None
         if self._programs is not None:
-            outs = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked)
-            results = None if outs is None else dict(zip(self._outputs, outs))
+            results = self._programs.step({**batched, ROWS: rows}, self._banks, self._banked, split_axes)
         if results is None:
-            results = self._run_batched(batched, rows)
-        model, count = self._session.model, len(keys)
-        pieces = [_split(results[n], self._axis(n, results[n].shape, model.output(n).shape, count))
-                  for n in self._outputs]
+            results = self._run_batched(batched, rows, split_axes)
+        pieces = [_split(r, axis, len(keys)) for r, axis in zip(results, axes)]
         return dict(zip(keys, map(list, zip(*pieces)))) if pieces else {k: [] for k in keys}
 
     def _prepared(self, feeds: dict) -> tuple[list, dict, np.ndarray]:
@@ -298,6 +330,8 @@ class StreamGroup:
         for key in feeds.keys() - self._row_of.keys():
             self._row(key)      # a StreamError naming a key that is not a member
         first, batched = self._gather_feeds(feeds, keys)
+        if self._template._chunk_rule is not None:
+            check_chunk(self._template._chunk_rule, first)   # members share shapes: one check holds for all
         streamed = [n for n in first if n in self._batch_axes]
         if not streamed:
             raise StreamError("no streamed input with a traceable batch axis; a group needs one")
@@ -307,7 +341,7 @@ class StreamGroup:
             self._init_states(first)
         return keys, batched, np.fromiter(map(self._row_of.__getitem__, keys), np.int64, len(keys))
 
-    def _run_batched(self, batched: dict, rows: np.ndarray) -> dict:
+    def _run_batched(self, batched: dict, rows: np.ndarray, split_axes) -> list:
         """The call on the session (a backend with no group programs, or a call that does not
         compile): the rows gathered and scattered here, the scatter after the call succeeded."""
         for n, bank in self._banks.items():
@@ -318,6 +352,54 @@ class StreamGroup:
             if results[out].shape != batched[inp].shape:
                 raise StreamError(f"state output '{out}' came out {list(results[out].shape)} but state input "
                                   f"'{inp}' is {list(batched[inp].shape)}; they cannot be carried across calls")
+        split_axes([results[n].shape for n in self._outputs])
         for inp, out in self.pairs.items():
             self._banks[inp][_rows(self._state_axis[inp], rows)] = results[out]
-        return results
+        return [results[n] for n in self._outputs]
+
+    # -- splitting the outputs ----------------------------------------------------------
+    def _output_axes(self, shapes: list, batched: dict, count: int) -> list:
+        """Each output's batch axis in a call of `count` members whose outputs come out `shapes`
+        (None: one member, whose output is all of it)."""
+        key = (tuple(tuple(s) for s in shapes), count)
+        axes = self._split_axes.get(key)
+        if axes is None:
+            axes = [self._output_axis(n, tuple(s), batched, count) for n, s in zip(self._outputs, shapes)]
+            if len(self._split_axes) >= 64:
+                self._split_axes.clear()
+            self._split_axes[key] = axes
+        return axes
+
+    def _output_axis(self, name: str, shape: tuple, batched: dict, count: int):
+        """The batch dim's name where declared; else the one dynamic axis of `count` rows; else,
+        among several, the one shape inference carries the members' batch to."""
+        declared = self._session.model.output(name).shape
+        declared = declared if declared and len(declared) == len(shape) else [None] * len(shape)
+        if self._batch_dim is not None and self._batch_dim in declared:
+            return list(declared).index(self._batch_dim)
+        candidates = [a for a, d in enumerate(declared) if not (isinstance(d, int) and d > 0) and shape[a] == count]
+        if len(candidates) > 1:
+            traced = self._traced_axis(name, batched)
+            candidates = [traced] if traced in candidates else candidates
+        if len(candidates) == 1:
+            return candidates[0]
+        if count == 1:
+            return None
+        raise StreamError(f"cannot tell which axis of output '{name}' (shape {list(shape)} for {count} members, "
+                          f"declared {list(declared)}) holds the members; "
+                          + ("several could" if candidates else "none has their number") +
+                          ": name its batch dimension like the streamed input's")
+
+    def _traced_axis(self, name: str, batched: dict):
+        """The axis of output `name` that onnx shape inference carries the members' batch to
+        (a symbol in place of the batch on the inputs and state), or None."""
+        symbol = "lstmrt_group_members"
+        shapes = {}
+        for n, value in batched.items():
+            shape = list(value.shape)
+            axis = self._batch_axes.get(n) if n not in self.pairs else self._state_axis[n]
+            if axis is not None:
+                shape[axis] = symbol
+            shapes[n] = shape
+        inferred = inferred_output_shapes(self._session.model, shapes).get(name) or []
+        return inferred.index(symbol) if inferred.count(symbol) == 1 else None

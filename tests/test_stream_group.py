@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 import lstmrt
 from models import bare_cell, streaming_model
@@ -296,3 +297,138 @@ def test_a_group_profile_without_compiled_programs_says_so(options):
     key = group.add()
     with pytest.raises(lstmrt.UnsupportedModelError, match="native backend with compiled programs"):
         group.profile({key: {"x": np.zeros((1, 1, 5), np.float32)}})
+
+
+def _with_outputs(extra_nodes, extra_outputs, cell="GRU"):
+    model = streaming_model(cell)
+    model.graph.node.extend(extra_nodes)
+    model.graph.output.extend(extra_outputs)
+    return model.SerializeToString()
+
+
+def _states(group, keys):
+    return {k: {n: v.copy() for n, v in group.state(k).items()} for k in keys}
+
+
+def test_an_output_fixed_by_the_signature_comes_back_in_its_place_every_call():
+    """Shape(x) is folded when a program compiles: it must still come back, in its place, from
+    the programs streams keep (their second call onwards) and from a group's."""
+    data = _with_outputs([helper.make_node("Shape", ["x"], ["xshape"])],
+                         [helper.make_tensor_value_info("xshape", TensorProto.INT64, [3])])
+    sess, reference = lstmrt.InferenceSession(data, backend="native"), lstmrt.InferenceSession(data, backend="onnxruntime")
+    rng = np.random.default_rng(31)
+    stream, lone = sess.stream(), reference.stream()
+    for steps in (4, 4, 2, 4):
+        feed = {"x": rng.standard_normal((1, steps, 5)).astype(np.float32)}
+        got, want = stream.run(feed), lone.run(feed)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+    group = sess.stream_group()
+    key = group.add()
+    feed = {"x": rng.standard_normal((1, 3, 5)).astype(np.float32)}
+    got = group.run({key: feed})[key]           # one member: its own shape, as alone
+    for g, w in zip(got, reference.stream().run(feed)):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_an_output_no_member_has_a_row_of_fails_the_call_before_any_state_moves(backend):
+    """A sum over everything: with two members no part of it is either member's, so the call
+    fails, and it fails before the new state is written."""
+    data = _with_outputs([helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
+                         [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
+    group = lstmrt.InferenceSession(data, backend=backend).stream_group()
+    keys = [group.add(), group.add()]
+    feeds = {k: {"x": np.full((1, 2, 5), 0.5, np.float32)} for k in keys}
+    group.run({keys[0]: feeds[keys[0]]})      # one member: the sum is its own
+    before = _states(group, keys)
+    with pytest.raises(lstmrt.StreamError, match="'total'"):
+        group.run(feeds)
+    for k, state in _states(group, keys).items():
+        for name, value in state.items():
+            np.testing.assert_array_equal(value, before[k][name])
+
+
+def test_an_output_with_two_axes_of_the_members_size_is_split_on_the_batch_one():
+    """y transposed to [time, batch, 3] with dims named like neither input dim (as tf2onnx's unk__N):
+    with as many steps as members, shape inference tells which axis holds the members."""
+    data = _with_outputs([helper.make_node("Transpose", ["y"], ["y_tb"], perm=[1, 0, 2])],
+                         [helper.make_tensor_value_info("y_tb", TensorProto.FLOAT, ["unk__1", "unk__2", 3])])
+    for backend in ("native", "onnxruntime"):
+        sess = lstmrt.InferenceSession(data, backend=backend)
+        reference = lstmrt.InferenceSession(data, backend="onnxruntime")
+        group = sess.stream_group()
+        keys = [group.add(), group.add()]
+        rng = np.random.default_rng(32)
+        feeds = {k: {"x": rng.standard_normal((1, 2, 5)).astype(np.float32)} for k in keys}
+        got = group.run(feeds)
+        for k in keys:
+            want = reference.stream().run(feeds[k])
+            for g, w in zip(got[k], want):
+                assert g.shape == w.shape
+                np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_a_state_of_two_sequences_is_refused_when_added():
+    group = lstmrt.InferenceSession(streaming_model("GRU"), backend="native").stream_group()
+    with pytest.raises(lstmrt.StreamError, match="one sequence"):
+        group.add(state={"h0": np.ones((1, 2, 7), np.float32)})
+    assert len(group) == 0
+
+
+def test_a_state_given_before_the_first_call_that_does_not_fit_fails_it_and_moves_nothing():
+    """tf2onnx names no dims alike, so a state's batch axis is known only at the first call: a
+    member's state of two sequences fails that call naming the member, and the others keep theirs."""
+    path = str(FIXTURES / "keras_lstm_stream.onnx")
+    sess, reference = lstmrt.InferenceSession(path, backend="native"), lstmrt.InferenceSession(path, backend="onnxruntime")
+    shapes = {i.name: i.shape for i in sess.get_inputs()}
+    states = [n for n in shapes if n != "x"]
+    rng = np.random.default_rng(33)
+    one = {n: rng.standard_normal([1 if isinstance(d, str) else d for d in shapes[n]]).astype(np.float32) for n in states}
+    two = {n: np.concatenate([v, v], axis=0) for n, v in one.items()}
+    group = sess.stream_group()
+    good, bad = group.add(state=one), group.add(state=two)
+    x = rng.standard_normal((1, 3, 4)).astype(np.float32)
+    with pytest.raises(lstmrt.StreamError, match=f"member {bad}"):
+        group.run({good: {"x": x}})
+    for n, v in group.state(good).items():
+        np.testing.assert_array_equal(v, one[n])
+    group.remove(bad)
+    got = group.run({good: {"x": x}})[good]
+    lone = reference.stream(); lone.set_state(one)
+    np.testing.assert_allclose(got[0], lone.run({"x": x})[0], atol=1e-5)
+
+
+def test_a_group_holds_its_members_to_the_models_chunk_rule():
+    """A stride-2 pooling along time: a lone stream refuses 3-step chunks, so does a group (and
+    nothing moves)."""
+    import json
+    model = streaming_model("GRU")
+    model.graph.node.extend([helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1]),
+                             helper.make_node("AveragePool", ["yt"], ["pt"], kernel_shape=[2], strides=[2], name="pool"),
+                             helper.make_node("Transpose", ["pt"], ["pooled"], perm=[0, 2, 1])])
+    model.graph.output.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", "half", 3]))
+    helper.set_model_props(model, {"lstmrt.stream_chunks": json.dumps({"multiple": 2, "inputs": {"x": 1},
+                                                                        "layers": {"pool": 2}})})
+    sess = lstmrt.InferenceSession(model.SerializeToString(), backend="native")
+    group = sess.stream_group()
+    key = group.add()
+    group.run({key: {"x": np.ones((1, 2, 5), np.float32)}})
+    before = _states(group, [key])
+    with pytest.raises(lstmrt.InputError, match="multiple of 2"):
+        group.run({key: {"x": np.ones((1, 3, 5), np.float32)}})
+    np.testing.assert_array_equal(group.state(key)["h0"], before[key]["h0"])
+
+
+@pytest.mark.parametrize("convert", [lambda x: x.astype(">f4"), np.asfortranarray])
+def test_feeds_a_lone_stream_takes_a_group_takes_too(convert):
+    """Big-endian and Fortran-ordered chunks: a lone stream converts them, a group must as well."""
+    sess = lstmrt.InferenceSession(streaming_model("GRU"), backend="native")
+    group = sess.stream_group()
+    keys = [group.add(), group.add()]
+    rng = np.random.default_rng(34)
+    xs = {k: rng.standard_normal((1, 3, 5)).astype(np.float32) for k in keys}
+    got = group.run({k: {"x": convert(x)} for k, x in xs.items()})
+    for k, x in xs.items():
+        np.testing.assert_allclose(got[k][0], sess.stream().run({"x": x})[0], atol=1e-5)

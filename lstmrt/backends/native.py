@@ -231,12 +231,15 @@ class GroupPrograms:
         self._backend, self._outputs = backend, outputs
         self._states: OrderedDict = OrderedDict()
 
-    def step(self, feed: dict, banks: dict, banked: Banked):
+    def step(self, feed: dict, banks: dict, banked: Banked, before=None):
         """The outputs of one group call (feed: batched inputs and ROWS), the banks updated in
-        place; None where the call does not compile (the caller then runs it the long way)."""
+        place; None where the call does not compile (the caller then runs it the long way).
+        before(output shapes) runs first: where it raises, nothing has moved."""
         state = self._state_for(feed, banks, banked)
         if type(state) is _Fallback:
             return None
+        if before is not None:
+            before(state.program.output_shapes())
         keep = state.bind(feed)
         state.bind_banks(banks)
         try:
@@ -368,7 +371,7 @@ class NativeBackend:
             return self.plan.run(feeds, output_names)
         state = self._state(program)
         try:
-            results = program.assemble(state.run(feeds))
+            results = state.run(feeds)
         except Misfit:     # an op whose output shape follows the data: this call on the numpy plan
             return self.plan.run(feeds, output_names)
         self._remember(feeds, output_names, program, state)
@@ -391,7 +394,7 @@ class NativeBackend:
         C-contiguous ones: anything else returns None."""
         try:
             program, state = self._local.known[(self.signature(feeds), tuple(output_names))]
-            return program.assemble(state.run(feeds))
+            return state.run(feeds)
         except (AttributeError, KeyError, TypeError, ValueError, BufferError, Misfit):
             return None
 
