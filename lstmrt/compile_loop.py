@@ -14,26 +14,15 @@ The body is walked once, its iteration number and carried values living in the a
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .compiler import BOOL, I64, Val, _fail
 from .errors import InputError
 from .kernel import lib
+from .ops.control import max_iterations
 from .program import Instr, PyStep
 
 MAX_SCAN_ROWS = 1 << 16          # rows of a scan output planned in the arena for a static trip count
-DEFAULT_MAX_ITERATIONS = 1 << 24
-
-
-def max_iterations() -> int:
-    """The cap on one loop's iterations (LSTMRT_MAX_LOOP_ITERATIONS): a trip count or condition
-    from the data must fail the call, not hang it."""
-    value = os.environ.get("LSTMRT_MAX_LOOP_ITERATIONS", str(DEFAULT_MAX_ITERATIONS))
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(f"LSTMRT_MAX_LOOP_ITERATIONS must be a positive integer, not {value!r}")
-    return int(value)
 
 
 def trip_count_inputs(graph) -> set:

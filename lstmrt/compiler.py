@@ -52,6 +52,10 @@ class ShapeMismatch(CompileError):
     model (the numpy plan then names the node to the caller)."""
 
 
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.3g} MiB"
+
+
 def _count(shape) -> int:
     """Elements of a shape, in Python ints (numpy's int64 product would wrap on a huge one)."""
     return math.prod(int(d) for d in shape)
@@ -307,9 +311,9 @@ class Compiler:
         if arena > max_arena_bytes():
             biggest = max((s for s in self.storages if s.loc == lib.LRT_LOC_ARENA), key=lambda s: s.nbytes)
             raise InputError(f"this feed ({', '.join(f'{n} {list(a.shape)}' for n, a in feed.items())}) needs "
-                             f"{arena / 2**20:.0f} MiB of working memory, over the limit of "
-                             f"{max_arena_bytes() / 2**20:.0f} MiB (LSTMRT_MAX_ARENA_MB); its largest value is "
-                             f"{biggest.nbytes / 2**20:.0f} MiB, made by {self.instrs[max(biggest.first, 0)].label}")
+                             f"{_mib(arena)} of working memory, over the limit of "
+                             f"{_mib(max_arena_bytes())} (LSTMRT_MAX_ARENA_MB); its largest value is "
+                             f"{_mib(biggest.nbytes)}, made by {self.instrs[max(biggest.first, 0)].label}")
         instrs = [self.resolve_instr(i) for i in self.instrs]
         placed = [(name, val.shape, val.dtype, val.storage.offset + val.offset) for name, val in outputs]
         slots = [(name, feed[name].shape, feed[name].dtype, storage.offset) for name, storage in state_storage.items()]

@@ -8,12 +8,13 @@ so threads share it.  `ProgramState` is one caller's arena and call arguments: a
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, KernelError
+from .errors import InputError, KernelError, LstmrtError, UnsupportedModelError
 from .kernel import ffi, lib
 
 ALIGN = 64
@@ -123,7 +124,10 @@ class Program:
         """[(instruction label, seconds per call)], slowest first: each instruction's mean time per
         call in the quickest of `rounds` rounds (a preempted call on a shared machine then lands
         in one round, not in the figure)."""
-        state.run(feed)    # warm: the arena's pages, the caches
+        try:
+            state.run(feed)    # warm: the arena's pages, the caches
+        except Misfit as e:
+            raise UnsupportedModelError(f"nothing to profile: {e}, so this feed runs on the numpy plan") from None
         per_round = max(1, calls // rounds)
         best = [float("inf")] * len(self.instrs)
         for _ in range(rounds):
@@ -220,7 +224,7 @@ class ProgramState:
                                  self.program.arena_bytes)
 
     def _view(self, offset, shape, dtype):
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         return self.arena[offset:offset + nbytes].view(dtype).reshape(shape)
 
     def bind(self, feed: dict) -> list:
@@ -278,11 +282,16 @@ class ProgramState:
                 args.append(arg[1])
             elif arg[0] == "input":
                 name, offset, shape, dtype = arg[1:]
-                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                size = math.prod(shape) * np.dtype(dtype).itemsize
                 args.append(self._feed[name].reshape(-1).view(np.uint8)[offset:offset + size].view(dtype).reshape(shape))
             else:
                 args.append(self._view(*arg[1:]))
-        results = step.kernel(args)
+        try:
+            results = step.kernel(args)
+        except LstmrtError:
+            raise
+        except Exception as e:   # numpy's own complaint, tied to the node, as the numpy plan does
+            raise InputError(f"node {step.label.removesuffix(' [Python]')} failed on these inputs: {e}") from e
         for out, value in zip(step.outputs, results):
             if out is None:
                 continue

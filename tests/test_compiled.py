@@ -203,6 +203,54 @@ def test_a_python_step_whose_shape_follows_the_data_falls_back_to_the_reference(
         np.testing.assert_array_equal(got, -x.reshape(shape))
 
 
+def _reshape_to_data_model():
+    """z = Reshape(Tile(d, 5), d + 5): compiled for d = 0 (zeros), its Reshape a Python step."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Cast", ["d"], ["di"], to=TensorProto.INT64), helper.make_node("Add", ["di", "k5"], ["shp"]),
+             helper.make_node("Tile", ["d", "k5"], ["d5"]), helper.make_node("Reshape", ["d5", "shp"], ["z"], name="reshape"),
+             helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0)]
+    model = _graph_model(nodes, [("d", TensorProto.FLOAT, [1])], {"k5": np.array([5], np.int64)})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_python_step_failing_on_the_data_is_an_input_error_naming_its_node(compiled):
+    """A Reshape to a shape from the data, run between C segments: a shape the data cannot take,
+    or a dim below -1 (numpy would read it as -1; onnxruntime refuses it), fails as on the numpy
+    plan, naming the node."""
+    model = _reshape_to_data_model()
+    sess = lstmrt.InferenceSession(model, backend="native", compiled=compiled)
+    reference = lstmrt.InferenceSession(model, backend="onnxruntime")
+    if compiled:
+        assert "[Python]" in sess.backend_reason
+    np.testing.assert_allclose(sess.run(None, {"d": np.zeros(1, np.float32)})[0],
+                               reference.run(None, {"d": np.zeros(1, np.float32)})[0])
+    for d in (3.0, -10.0):
+        feed = {"d": np.array([d], np.float32)}
+        with pytest.raises(lstmrt.InputError):
+            reference.run(None, feed)
+        with pytest.raises(lstmrt.InputError, match="'reshape' \\(Reshape\\)"):
+            sess.run(None, feed)
+
+
+def test_profiling_a_feed_that_runs_on_the_numpy_plan_says_so():
+    """Range from a count in the data: compiled for the count zeros give, so a feed with another
+    count runs on the numpy plan, and there is no program of that call to profile."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Greater", ["x", "thr"], ["pos"]), helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["posf"], ["s"], keepdims=0), helper.make_node("Cast", ["s"], ["lim"], to=TensorProto.INT64),
+             helper.make_node("Range", ["lim", "hundred", "one"], ["r"]), helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["rf"], ["y"], keepdims=0)]
+    model = _graph_model(nodes, [("x", TensorProto.FLOAT, [1, 4])], {"thr": np.array(-0.5, np.float32),
+                                                                      "hundred": np.array(100), "one": np.array(1)})
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    sess = lstmrt.InferenceSession(model, backend="native")
+    assert sess.profile({"x": -np.ones((1, 4), np.float32)}, calls=3)
+    with pytest.raises(lstmrt.UnsupportedModelError, match="numpy plan"):
+        sess.profile({"x": np.ones((1, 4), np.float32)}, calls=3)
+
+
 def test_a_feed_the_models_shapes_contradict_is_an_input_error_naming_the_node():
     from onnx import TensorProto, helper
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="the_matmul"), helper.make_node("Relu", ["m"], ["y"])]

@@ -152,9 +152,11 @@ def test_a_while_loop_with_its_condition_computed_in_the_body(bound):
     assert got[1] == max(0, int(np.ceil(bound)))       # iterations of one unit each
 
 
-def test_a_loop_past_its_cap_fails_naming_the_node(monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_loop_past_its_cap_fails_naming_the_node(monkeypatch, compiled):
+    """In C and on the numpy plan alike (where a loop with data-long scan outputs runs)."""
     monkeypatch.setenv("LSTMRT_MAX_LOOP_ITERATIONS", "1000")
-    sess = lstmrt.InferenceSession(while_model(), backend="native")
+    sess = lstmrt.InferenceSession(while_model(), backend="native", compiled=compiled)
     feed = {"acc0": np.zeros(3, np.float32), "x": np.array([0.25, 0.5, 0.25], np.float32)}
     assert sess.run(None, {**feed, "bound": np.array(1000.0, np.float32)})[1] == 1000   # the cap itself runs
     with pytest.raises(lstmrt.InputError, match=r"'while' \(Loop\).*1000 iterations"):

@@ -158,6 +158,16 @@ class ProgramCache(OrderedDict):
         super().__init__()
         self.limit = limit
 
+    def recall(self, key):
+        """The entry of `key`, made the most recently used, or None."""
+        entry = self.get(key)
+        if entry is not None:
+            try:
+                self.move_to_end(key)
+            except KeyError:      # dropped by another thread since: still good for this call
+                pass
+        return entry
+
     def put(self, key, entry):
         self[key] = entry
         if len(self) > self.limit:
@@ -332,7 +342,7 @@ class NativeBackend:
 
     def _cached(self, key, feeds: dict, output_names: list, cache=None, **mode):
         cache = self._programs if cache is None else cache
-        entry = cache.get(key)
+        entry = cache.recall(key)
         if entry is None:
             with lock_of(self):
                 entry = cache.get(key)

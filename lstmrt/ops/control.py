@@ -1,9 +1,23 @@
 """If and Loop: their bodies are plans of their own (tf2onnx emits Loop for Keras GRUs)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from ..errors import InputError
 from . import NodeInfo, op
+
+DEFAULT_MAX_ITERATIONS = 1 << 24
+
+
+def max_iterations() -> int:
+    """The cap on one loop's iterations (LSTMRT_MAX_LOOP_ITERATIONS), compiled or not: a trip
+    count or condition from the data must fail the call, not hang it."""
+    value = os.environ.get("LSTMRT_MAX_LOOP_ITERATIONS", str(DEFAULT_MAX_ITERATIONS))
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"LSTMRT_MAX_LOOP_ITERATIONS must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def free_names(graph) -> list[str]:
@@ -68,8 +82,11 @@ class _Loop(_ControlKernel):
         limit = None if trip_limit is None else int(np.asarray(trip_limit).reshape(-1)[0])
         keep_going = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
         scans: list[list] = [[] for _ in range(len(self.body_outputs) - 1 - n_carried)]
-        i = 0
+        i, cap = 0, max_iterations()
         while keep_going and (limit is None or i < limit):
+            if i == cap:
+                raise InputError(f"node '{self.node.name}' (Loop): its trip count and condition ask for more than "
+                                 f"{cap} iterations, the cap (LSTMRT_MAX_LOOP_ITERATIONS)")
             feed = {**scope, self.body_inputs[0]: np.array(i, np.int64),
                     self.body_inputs[1]: np.array(keep_going),
                     **dict(zip(self.body_inputs[2:], carried))}

@@ -75,6 +75,9 @@ def _reshape(node):
 
     def run(inputs):
         x, shape = inputs[0], as_ints(inputs[1])
+        if min(shape, default=0) < -1 or shape.count(-1) > 1:   # numpy would read any negative as -1
+            raise InputError(f"node '{node.name}' (Reshape): target shape {shape} has a dim below -1 or more "
+                             "than one -1")
         if not allow_zero:
             shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
         return [np.reshape(x, shape)]
