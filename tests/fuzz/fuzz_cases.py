@@ -21,7 +21,7 @@ Kinds (each a real oracle, not just "did not crash"):
   fork    a stream forked mid-sequence (after threads=2 calls too): on native, child and parent
           each finish it as an unforked stream does; on onnxruntime (which cannot run a session
           across fork) the child gets an LstmrtError; no child hangs.
-  group   stream groups (native, native compiled=False, onnxruntime): members join (from zeros, a
+  group   stream groups (native, compiled=False, threads=2, onnxruntime): members join (from zeros, a
           given or another member's state) and leave, each call steps a random subset in random
           order, chunks of a random length, some in odd layouts or with NaN/Inf: every member as a
           lone onnxruntime stream fed its chunks (NaN as a lone stream of its own session); bad
@@ -531,7 +531,10 @@ def case_fork(rng) -> None:
 
 
 # -- kind: group ------------------------------------------------------------------------------------
-GROUP_OPTIONS = ({"backend": "native"}, {"backend": "native", "compiled": False}, {"backend": "onnxruntime"})
+GROUP_OPTIONS = ({"backend": "native"}, {"backend": "native", "compiled": False}, {"backend": "onnxruntime"},
+                 {"backend": "native", "threads": 2})   # the kernel splits a group's batch between threads
+# the streamable models, and a two-layer GRU whose state [2, batch, 64] has its rows on axis 1
+GROUP_MODELS = STREAMABLE + [("torch_kws_gru2", onnx.load(ROOT / "tests" / "fixtures" / "models" / "torch_kws_gru2.onnx"))]
 _ORACLES: dict = {}   # model name -> its onnxruntime session (None: onnxruntime cannot run it), per process
 
 
@@ -722,7 +725,7 @@ def case_groups(rng) -> None:
     """A stream group whose members join (from zeros or a given state) and leave, each call
     stepping a random subset in random order, failing calls mixed in: every member gets what
     a lone stream fed its chunks gets; a failing call moves no member's state."""
-    name, model = STREAMABLE[int(rng.integers(0, len(STREAMABLE)))]
+    name, model = GROUP_MODELS[int(rng.integers(0, len(GROUP_MODELS)))]
     options = GROUP_OPTIONS[int(rng.integers(0, len(GROUP_OPTIONS)))]
     where = f"{name}/{options}"
     sess = lstmrt.InferenceSession(model, **options)
