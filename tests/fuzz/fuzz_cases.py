@@ -611,10 +611,14 @@ def _join(group, sess, oracle, members: dict, shapes: dict, issued: set, rng, wh
         state = {n: rng.standard_normal(s).astype(d) for n, (s, d) in shapes.items() if rng.random() < 0.8}
     elif choice < 0.45 and members:
         state = group.state(int(rng.choice(list(members))))    # empty before the group first ran
-    key = group.add(state=state) if state or rng.random() < 0.5 else group.add()
+    given = {n: _odd_layout(v.copy(), rng) if rng.random() < 0.3 else v.copy() for n, v in state.items()}
+    key = group.add(state=given) if given or rng.random() < 0.5 else group.add()
     if key in issued:
         raise Wrong(f"{where}: add() gave key {key} again")
     issued.add(key)
+    for v in given.values():   # the caller's arrays are theirs again: the member keeps its own copy
+        if v.flags.writeable:
+            v[...] = 7
     mine = group.state(key)
     if not state.keys() <= mine.keys() or not all(
             _same([mine[n]], [state.get(n, np.zeros_like(mine[n]))]) for n in mine):
@@ -708,7 +712,8 @@ def _fail_and_move_nothing(group, sess, feeds, shapes, gone, members, rng, at: s
 
 
 def _no_op_calls(group, feeds, members, options, at: str) -> None:
-    """An empty call, and profile() (native compiled: on copies; elsewhere refused): no state moves."""
+    """An empty call, profile() (native compiled: on copies; elsewhere refused) and writing to
+    what state() gave: no state moves."""
     before = _states(group, members)
     empty = expect_lstmrt(lambda: group.run({}), f"{at}: run({{}})")
     if empty != {}:
@@ -717,8 +722,10 @@ def _no_op_calls(group, feeds, members, options, at: str) -> None:
     compiled = options.get("backend") == "native" and options.get("compiled", True)
     if isinstance(profiled, lstmrt.LstmrtError) == compiled:
         raise Wrong(f"{at}: profile() on {options} gave {profiled!r:.200}")
+    for v in group.state(next(iter(members))).values():   # a copy: writing to it moves nothing
+        v[...] = 7
     if not _same_states(before, _states(group, members)):
-        raise Wrong(f"{at}: run({{}}) or profile() moved a member's state")
+        raise Wrong(f"{at}: run({{}}), profile() or writing to a state() copy moved a member's state")
 
 
 def case_groups(rng) -> None:
