@@ -26,7 +26,7 @@ Kinds (each a real oracle, not just "did not crash"):
           order, chunks of a random length, some in odd layouts or with NaN/Inf: every member as a
           lone onnxruntime stream fed its chunks (NaN as a lone stream of its own session); bad
           calls (dtypes, shapes, non-members, bad feeds and add() states) raise an LstmrtError
-          and move no member's state.
+          and move no member's state; threads with members of their own leave idle ones unmoved.
 """
 from __future__ import annotations
 
@@ -728,6 +728,53 @@ def _no_op_calls(group, feeds, members, options, at: str) -> None:
         raise Wrong(f"{at}: run({{}}), profile() or writing to a state() copy moved a member's state")
 
 
+def _threaded_members(group, sess, oracle, members: dict, rng, at: str) -> None:
+    """Threads each adding members of their own, stepping them (a failing call before each step)
+    and removing them, while the case's members sit idle: every thread's member gets what a lone
+    stream gets, and no idle member's state moves through the banks' growing and shrinking."""
+    idle = _states(group, members)
+    plans = [[[_chunk_feed(sess, rng, steps, 1, group) for _ in range(count)]
+              for steps in rng.integers(1, 4, int(rng.integers(2, 5)))]
+             for count in rng.integers(1, 4, int(rng.integers(2, 4)))]
+    got, errors = [None] * len(plans), []
+
+    def work(i):
+        try:
+            keys = [group.add() for _ in plans[i][0]]
+            outs = []
+            for chunks in plans[i]:
+                bad = expect_lstmrt(lambda: group.run({keys[0]: {"nope": chunks[0]}}), "an unknown name")
+                if not isinstance(bad, lstmrt.LstmrtError):
+                    errors.append("a call with an unknown input name succeeded")
+                outs.append(group.run(dict(zip(keys, chunks))))
+            got[i] = (keys, outs, [group.state(k) for k in keys])
+            for k in keys:
+                group.remove(k)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {e}")
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(plans))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(previous)
+    if errors or any(t.is_alive() for t in threads):
+        raise Wrong(f"{at}: members of threads failed or hung: {errors}")
+    for plan, (keys, outs, states) in zip(plans, got):
+        for j, key in enumerate(keys):
+            member = _Member(oracle, sess, {})
+            if not all(member.agrees(out[key], member.run(chunks[j])) for chunks, out in zip(plan, outs)):
+                raise Wrong(f"{at}: member {key} of a thread differs from its lone stream")
+            if not member.state_agrees(states[j]):
+                raise Wrong(f"{at}: member {key} of a thread ended in another state than its lone stream")
+    if len(group) != len(members) or not _same_states(idle, _states(group, members)):
+        raise Wrong(f"{at}: members of threads joining, stepping and leaving moved an idle member's state")
+
+
 def case_groups(rng) -> None:
     """A stream group whose members join (from zeros or a given state) and leave, each call
     stepping a random subset in random order, failing calls mixed in: every member gets what
@@ -766,6 +813,8 @@ def case_groups(rng) -> None:
             _fail_and_move_nothing(group, sess, feeds, shapes, gone, members, rng, at)
         if rng.random() < 0.1:
             _no_op_calls(group, feeds, members, options, at)
+        if rng.random() < 0.05:
+            _threaded_members(group, sess, oracle, members, rng, at)
         got = expect_lstmrt(lambda: group.run(feeds), f"{at}: a good call")
         if isinstance(got, lstmrt.LstmrtError):
             raise Wrong(f"{at}: a good call failed: {type(got).__name__}: {got}")
