@@ -534,7 +534,8 @@ def case_fork(rng) -> None:
 GROUP_OPTIONS = ({"backend": "native"}, {"backend": "native", "compiled": False}, {"backend": "onnxruntime"},
                  {"backend": "native", "threads": 2})   # the kernel splits a group's batch between threads
 # the streamable models, and a two-layer GRU whose state [2, batch, 64] has its rows on axis 1
-GROUP_MODELS = STREAMABLE + [("torch_kws_gru2", onnx.load(ROOT / "tests" / "fixtures" / "models" / "torch_kws_gru2.onnx"))]
+GROUP_MODELS = STREAMABLE + [("torch_kws_gru2", onnx.load(ROOT / "tests" / "fixtures" / "models" /
+                                                           "torch_kws_gru2.onnx"))]
 _ORACLES: dict = {}   # model name -> its onnxruntime session (None: onnxruntime cannot run it), per process
 
 
@@ -679,7 +680,8 @@ def _bad_group_calls(group, sess, feeds: dict, shapes: dict, gone: list, rng) ->
         (f"member {target}'s feed None", lambda: group.run({**feeds, target: None})),
         (f"member {target}'s feed a list", lambda: group.run({**feeds, target: [value]})),
         (f"member {target}'s feed empty", lambda: group.run({**feeds, target: {}})),
-        (f"member {target}'s feed with an unknown name", lambda: group.run({**feeds, target: {**feeds[target], "nope": value}})),
+        (f"member {target}'s feed with an unknown name",
+         lambda: group.run({**feeds, target: {**feeds[target], "nope": value}})),
         (f"member {target}'s feed with its state '{state_name}'",
          lambda: group.run({**feeds, target: {**feeds[target], state_name: one_row}})),
         ("feeds a list", lambda: group.run([feeds[target]])),
@@ -687,7 +689,7 @@ def _bad_group_calls(group, sess, feeds: dict, shapes: dict, gone: list, rng) ->
         (f"remove({stranger!r})", lambda: group.remove(stranger)),
         (f"state({stranger!r})", lambda: group.state(stranger)),
         ("add(state=a string)", lambda: group.add(state="x")),
-        (f"add(state={{'nope': ...}})", lambda: group.add(state={"nope": one_row})),
+        ("add(state={'nope': ...})", lambda: group.add(state={"nope": one_row})),
         (f"add(state='{state_name}' float64)", lambda: group.add(state={state_name: one_row.astype(np.float64)})),
         (f"add(state='{state_name}' a string)", lambda: group.add(state={state_name: "x"})),
         (f"add(state='{state_name}' rank+1)", lambda: group.add(state={state_name: one_row[None]})),
@@ -840,8 +842,8 @@ def case_selftest(rng) -> None:
         signal.pause()
 
 
-CASES = {"selftest": case_selftest, "model": case_model, "feed": case_feed, "stream": case_stream, "threads": case_threads, "fork": case_fork,
-         "group": case_groups}
+CASES = {"selftest": case_selftest, "model": case_model, "feed": case_feed, "stream": case_stream,
+         "threads": case_threads, "fork": case_fork, "group": case_groups}
 
 
 def main(argv: list) -> int:
