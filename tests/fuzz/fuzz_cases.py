@@ -21,6 +21,12 @@ Kinds (each a real oracle, not just "did not crash"):
   fork    a stream forked mid-sequence (after threads=2 calls too): on native, child and parent
           each finish it as an unforked stream does; on onnxruntime (which cannot run a session
           across fork) the child gets an LstmrtError; no child hangs.
+  group   stream groups (native, compiled=False, threads=2, onnxruntime): members join (from zeros, a
+          given or another member's state) and leave, each call steps a random subset in random
+          order, chunks of a random length, some in odd layouts or with NaN/Inf: every member as a
+          lone onnxruntime stream fed its chunks (NaN as a lone stream of its own session); bad
+          calls (dtypes, shapes, non-members, bad feeds and add() states) raise an LstmrtError
+          and move no member's state; threads with members of their own leave idle ones unmoved.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ import lstmrt  # noqa: E402
 from forking import fork_once_threads_sleep  # noqa: E402
 from models import bare_cell, streaming_model  # noqa: E402
 
-KINDS = ("model", "feed", "stream", "threads", "fork")
+KINDS = ("model", "feed", "stream", "threads", "fork", "group")
 CELLS = ("LSTM", "GRU", "RNN")
 
 
@@ -74,7 +80,7 @@ def _streams(model) -> bool:
 
 
 BASES = _base_models()
-STREAMABLE = [(n, m) for n, m in BASES if _streams(m)]    # for the stream, threads and fork kinds
+STREAMABLE = [(n, m) for n, m in BASES if _streams(m)]    # for the stream, threads, fork and group kinds
 
 
 def _dims_for(info, batch: int, steps: int, rng) -> list:
@@ -524,6 +530,306 @@ def case_fork(rng) -> None:
         raise Wrong(f"{name}/{options}: the forked child's stream differs from an unforked one")
 
 
+# -- kind: group ------------------------------------------------------------------------------------
+GROUP_OPTIONS = ({"backend": "native"}, {"backend": "native", "compiled": False}, {"backend": "onnxruntime"},
+                 {"backend": "native", "threads": 2})   # the kernel splits a group's batch between threads
+# the streamable models, and a two-layer GRU whose state [2, batch, 64] has its rows on axis 1
+GROUP_MODELS = STREAMABLE + [("torch_kws_gru2", onnx.load(ROOT / "tests" / "fixtures" / "models" /
+                                                           "torch_kws_gru2.onnx"))]
+_ORACLES: dict = {}   # model name -> its onnxruntime session (None: onnxruntime cannot run it), per process
+
+
+def _oracle_of(name: str, model, sess):
+    """The session lone streams run on as the oracle: onnxruntime's, else (it cannot run the
+    model) the group's own session, as the other kinds do."""
+    if name not in _ORACLES:
+        try:
+            _ORACLES[name] = lstmrt.InferenceSession(model, backend="onnxruntime")
+        except lstmrt.LstmrtError:
+            _ORACLES[name] = None
+    return _ORACLES[name] or sess
+
+
+class _Member:
+    """A group member's oracles: a lone stream on the oracle session and one on the group's own
+    session, fed the same chunks.  `poisoned`: NaN/Inf reached it, so onnxruntime (whose clamped
+    gates may swallow a NaN) only bounds it and its own session's lone stream decides."""
+
+    def __init__(self, oracle, sess, state: dict):
+        self.oracle, self.own = oracle.stream(), sess.stream()
+        if state:
+            self.oracle.set_state(state)
+            self.own.set_state(state)
+        self.poisoned = any(not np.isfinite(v).all() for v in state.values())
+
+    def run(self, feed: dict) -> tuple:
+        if any(not np.isfinite(v).all() for v in feed.values() if v.dtype.kind == "f"):
+            self.poisoned = True
+        return self.oracle.run(feed), self.own.run(feed)
+
+    def agrees(self, got: list, want: tuple) -> bool:
+        oracle, own = want
+        if len(got) != len(oracle):
+            return False
+        if not self.poisoned:
+            return _close(got, oracle)
+        return _close(got, own) and all(np.isnan(np.asarray(a)[np.isnan(b)]).all()
+                                        for a, b in zip(got, oracle) if np.shape(a) == np.shape(b))
+
+    def state_agrees(self, mine: dict) -> bool:
+        """The group's state of it (every state input, zeros where never set) against the lone one's."""
+        lone = (self.own if self.poisoned else self.oracle).state
+        if not lone.keys() <= mine.keys():
+            return False
+        names = sorted(mine)
+        return _close([mine[n] for n in names], [lone.get(n, np.zeros_like(mine[n])) for n in names])
+
+
+def _states(group, keys) -> dict:
+    return {k: group.state(k) for k in keys}
+
+
+def _same_states(before: dict, after: dict) -> bool:
+    """Bit-identical, except that a state never set (absent before the group first ran) may come
+    back as zeros: a failing first call may make the banks before it fails."""
+    def same(a, b):
+        return a.keys() <= b.keys() and _same([a.get(n, np.zeros_like(b[n])) for n in sorted(b)],
+                                              [b[n] for n in sorted(b)])
+    return before.keys() == after.keys() and all(same(before[k], after[k]) for k in before)
+
+
+def _state_shapes(oracle, group) -> dict:
+    """{state input: (shape, dtype)} of one sequence, as a lone stream carries it."""
+    probe = oracle.stream()
+    probe.run(_chunk_feed(oracle, np.random.default_rng(0), 1, 1, group))
+    return {n: (v.shape, v.dtype) for n, v in probe.state.items()}
+
+
+def _join(group, sess, oracle, members: dict, shapes: dict, issued: set, rng, where: str) -> None:
+    """A new member, from zeros, a random (maybe partial) state, or another member's state."""
+    state, choice = {}, rng.random()
+    if choice < 0.3:
+        state = {n: rng.standard_normal(s).astype(d) for n, (s, d) in shapes.items() if rng.random() < 0.8}
+    elif choice < 0.45 and members:
+        state = group.state(int(rng.choice(list(members))))    # empty before the group first ran
+    given = {n: _odd_layout(v.copy(), rng) if rng.random() < 0.3 else v.copy() for n, v in state.items()}
+    key = group.add(state=given) if given or rng.random() < 0.5 else group.add()
+    if key in issued:
+        raise Wrong(f"{where}: add() gave key {key} again")
+    issued.add(key)
+    for v in given.values():   # the caller's arrays are theirs again: the member keeps its own copy
+        if v.flags.writeable:
+            v[...] = 7
+    mine = group.state(key)
+    if not state.keys() <= mine.keys() or not all(
+            _same([mine[n]], [state.get(n, np.zeros_like(mine[n]))]) for n in mine):
+        raise Wrong(f"{where}: member {key} does not start from the state it was given")
+    members[key] = _Member(oracle, sess, state)
+
+
+def _odd_layout(value: np.ndarray, rng) -> np.ndarray:
+    """The same values in another memory layout: a group must take what a lone stream takes."""
+    forms = _equivalents(value, rng)
+    return forms[int(rng.integers(0, len(forms)))][1]
+
+
+def _poison(feed: dict, rng) -> dict:
+    floats = [n for n, v in feed.items() if v.dtype.kind == "f" and v.size]
+    if not floats:
+        return feed
+    name = str(rng.choice(floats))
+    value = feed[name].copy()
+    value.reshape(-1)[int(rng.integers(0, value.size))] = rng.choice([np.nan, np.nan, np.inf, -np.inf])
+    return {**feed, name: value}
+
+
+def _bad_group_calls(group, sess, feeds: dict, shapes: dict, gone: list, rng) -> list:
+    """[(what, a call that must raise an LstmrtError and move no member's state)]."""
+    keys = list(feeds)
+    target = keys[int(rng.integers(0, len(keys)))]
+    name = str(rng.choice(list(feeds[target])))
+    value = feeds[target][name]
+    info = next(i for i in sess.get_inputs() if i.name == name)
+    everyone = bool(rng.random() < 0.3)
+
+    def changed(v):   # the target member's `name` (or everyone's) set to v
+        return {k: ({**f, name: v} if everyone or k == target else f) for k, f in feeds.items()}
+    who = "every member's" if everyone else f"member {target}'s"
+    batch_axes = [a for a, d in enumerate(valid_feed(sess, np.random.default_rng(0), 2, 1)[name].shape) if d == 2]
+    one_length = everyone or len(keys) == 1   # another chunk length for every member is fine
+    bad = [(f"{label} '{name}'", v) for label, v in
+           [("float64", value.astype(np.float64)), ("float16", value.astype(np.float16)),
+            ("int32", value.astype(np.int32)), ("bool", value.astype(bool)), ("object", value.astype(object)),
+            ("rank+1", value[None]), ("rank-1", value[0]), ("None", None),
+            ("a list", value.tolist()), ("a string", "x")]]
+    for axis in range(value.ndim):
+        for label, size in (("zero", 0), ("huge", 1 << 40), ("other", value.shape[axis] + int(rng.integers(1, 3)))):
+            shape = list(value.shape)
+            shape[axis] = size
+            fixed = isinstance((info.shape or [None] * value.ndim)[axis], int)
+            if label == "other" and not fixed and axis not in batch_axes and one_length:   # the time axis
+                continue
+            v = np.broadcast_to(np.zeros((), value.dtype), shape) if size > 1 << 20 else np.zeros(shape, value.dtype)
+            bad.append((f"{label} dim {axis} ({size}) of '{name}'", v))
+    calls = [(f"{who} {label}", lambda v=v: group.run(changed(v))) for label, v in bad]
+    stranger = [*gone, 1 << 40, -1, "a", None, 0.5][int(rng.integers(0, len(gone) + 5))]
+    state_name = str(rng.choice(list(group.pairs)))
+    one_row = np.zeros(*shapes[state_name]) if state_name in shapes else np.zeros((1, 1, 1), np.float32)
+    calls += [
+        (f"a non-member {stranger!r} in the call", lambda: group.run({**feeds, stranger: feeds[target]})),
+        (f"member {target}'s feed None", lambda: group.run({**feeds, target: None})),
+        (f"member {target}'s feed a list", lambda: group.run({**feeds, target: [value]})),
+        (f"member {target}'s feed empty", lambda: group.run({**feeds, target: {}})),
+        (f"member {target}'s feed with an unknown name",
+         lambda: group.run({**feeds, target: {**feeds[target], "nope": value}})),
+        (f"member {target}'s feed with its state '{state_name}'",
+         lambda: group.run({**feeds, target: {**feeds[target], state_name: one_row}})),
+        ("feeds a list", lambda: group.run([feeds[target]])),
+        ("feeds None", lambda: group.run(None)),
+        (f"remove({stranger!r})", lambda: group.remove(stranger)),
+        (f"state({stranger!r})", lambda: group.state(stranger)),
+        ("add(state=a string)", lambda: group.add(state="x")),
+        ("add(state={'nope': ...})", lambda: group.add(state={"nope": one_row})),
+        (f"add(state='{state_name}' float64)", lambda: group.add(state={state_name: one_row.astype(np.float64)})),
+        (f"add(state='{state_name}' a string)", lambda: group.add(state={state_name: "x"})),
+        (f"add(state='{state_name}' rank+1)", lambda: group.add(state={state_name: one_row[None]})),
+    ]
+    for axis in range(one_row.ndim):   # two rows (a batch of 2), or another fixed dim
+        calls.append((f"add(state='{state_name}' doubled on axis {axis})",
+                      lambda axis=axis: group.add(state={state_name: np.concatenate([one_row, one_row], axis)})))
+    if group.pairs and rng.random() < 0.5:
+        calls.append(("profile() of a bad feed", lambda: group.profile(changed(bad[0][1]), calls=1)))
+    return calls
+
+
+def _fail_and_move_nothing(group, sess, feeds, shapes, gone, members, rng, at: str) -> None:
+    calls = _bad_group_calls(group, sess, feeds, shapes, gone, rng)
+    what, call = calls[int(rng.integers(0, len(calls)))]
+    before = _states(group, members)
+    result = expect_lstmrt(call, f"{at}: {what}")
+    if not isinstance(result, lstmrt.LstmrtError):
+        raise Wrong(f"{at}: {what} succeeded: {result!r:.200}")
+    if len(group) != len(members) or not _same_states(before, _states(group, members)):
+        raise Wrong(f"{at}: {what} failed ({type(result).__name__}) but moved a member's state or membership")
+
+
+def _no_op_calls(group, feeds, members, options, at: str) -> None:
+    """An empty call, profile() (native compiled: on copies; elsewhere refused) and writing to
+    what state() gave: no state moves."""
+    before = _states(group, members)
+    empty = expect_lstmrt(lambda: group.run({}), f"{at}: run({{}})")
+    if empty != {}:
+        raise Wrong(f"{at}: run({{}}) gave {empty!r:.200}")
+    profiled = expect_lstmrt(lambda: group.profile(feeds, calls=1), f"{at}: profile()")
+    compiled = options.get("backend") == "native" and options.get("compiled", True)
+    if isinstance(profiled, lstmrt.LstmrtError) == compiled:
+        raise Wrong(f"{at}: profile() on {options} gave {profiled!r:.200}")
+    for v in group.state(next(iter(members))).values():   # a copy: writing to it moves nothing
+        v[...] = 7
+    if not _same_states(before, _states(group, members)):
+        raise Wrong(f"{at}: run({{}}), profile() or writing to a state() copy moved a member's state")
+
+
+def _threaded_members(group, sess, oracle, members: dict, rng, at: str) -> None:
+    """Threads each adding members of their own, stepping them (a failing call before each step)
+    and removing them, while the case's members sit idle: every thread's member gets what a lone
+    stream gets, and no idle member's state moves through the banks' growing and shrinking."""
+    idle = _states(group, members)
+    plans = [[[_chunk_feed(sess, rng, steps, 1, group) for _ in range(count)]
+              for steps in rng.integers(1, 4, int(rng.integers(2, 5)))]
+             for count in rng.integers(1, 4, int(rng.integers(2, 4)))]
+    got, errors = [None] * len(plans), []
+
+    def work(i):
+        try:
+            keys = [group.add() for _ in plans[i][0]]
+            outs = []
+            for chunks in plans[i]:
+                bad = expect_lstmrt(lambda: group.run({keys[0]: {"nope": chunks[0]}}), "an unknown name")
+                if not isinstance(bad, lstmrt.LstmrtError):
+                    errors.append("a call with an unknown input name succeeded")
+                outs.append(group.run(dict(zip(keys, chunks))))
+            got[i] = (keys, outs, [group.state(k) for k in keys])
+            for k in keys:
+                group.remove(k)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {e}")
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(plans))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(previous)
+    if errors or any(t.is_alive() for t in threads):
+        raise Wrong(f"{at}: members of threads failed or hung: {errors}")
+    for plan, (keys, outs, states) in zip(plans, got):
+        for j, key in enumerate(keys):
+            member = _Member(oracle, sess, {})
+            if not all(member.agrees(out[key], member.run(chunks[j])) for chunks, out in zip(plan, outs)):
+                raise Wrong(f"{at}: member {key} of a thread differs from its lone stream")
+            if not member.state_agrees(states[j]):
+                raise Wrong(f"{at}: member {key} of a thread ended in another state than its lone stream")
+    if len(group) != len(members) or not _same_states(idle, _states(group, members)):
+        raise Wrong(f"{at}: members of threads joining, stepping and leaving moved an idle member's state")
+
+
+def case_groups(rng) -> None:
+    """A stream group whose members join (from zeros or a given state) and leave, each call
+    stepping a random subset in random order, failing calls mixed in: every member gets what
+    a lone stream fed its chunks gets; a failing call moves no member's state."""
+    name, model = GROUP_MODELS[int(rng.integers(0, len(GROUP_MODELS)))]
+    options = GROUP_OPTIONS[int(rng.integers(0, len(GROUP_OPTIONS)))]
+    where = f"{name}/{options}"
+    sess = lstmrt.InferenceSession(model, **options)
+    oracle = _oracle_of(name, model, sess)
+    group = sess.stream_group()
+    shapes = _state_shapes(oracle, group)
+    members, issued, gone = {}, set(), []
+    for step in range(int(rng.integers(3, 10))):
+        at = f"{where} step {step}"
+        for _ in range(int(rng.integers(0 if members else 1, 4))):
+            _join(group, sess, oracle, members, shapes, issued, rng, at)
+        leaving = list(members) if rng.random() < 0.05 else [k for k in members if rng.random() < 0.2]
+        for k in leaving:
+            group.remove(k)
+            del members[k]
+            gone.append(k)
+        if len(group) != len(members):
+            raise Wrong(f"{at}: the group has {len(group)} members, not {len(members)}")
+        if not members:
+            continue
+        keys = [int(k) for k in rng.permutation(list(members)) if rng.random() < 0.7] or [next(iter(members))]
+        steps = int(rng.integers(1, 5))
+        feeds = {k: _chunk_feed(sess, rng, steps, 1, group) for k in keys}
+        for k in keys:
+            if rng.random() < 0.08:
+                feeds[k] = _poison(feeds[k], rng)
+            if rng.random() < 0.15:
+                n = str(rng.choice(list(feeds[k])))
+                feeds[k] = {**feeds[k], n: _odd_layout(feeds[k][n], rng)}
+        for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.4 else 0):
+            _fail_and_move_nothing(group, sess, feeds, shapes, gone, members, rng, at)
+        if rng.random() < 0.1:
+            _no_op_calls(group, feeds, members, options, at)
+        if rng.random() < 0.05:
+            _threaded_members(group, sess, oracle, members, rng, at)
+        got = expect_lstmrt(lambda: group.run(feeds), f"{at}: a good call")
+        if isinstance(got, lstmrt.LstmrtError):
+            raise Wrong(f"{at}: a good call failed: {type(got).__name__}: {got}")
+        if list(got) != keys:
+            raise Wrong(f"{at}: the call answered members {list(got)}, not {keys}")
+        for k in keys:
+            if not members[k].agrees(got[k], members[k].run(feeds[k])):
+                raise Wrong(f"{at}: member {k} differs from its lone stream")
+    for k, member in members.items():
+        if not member.state_agrees(group.state(k)):
+            raise Wrong(f"{where}: member {k}'s state differs from its lone stream's")
+
+
 _current = [-1]   # the index of the case running (for the self-test's scripted failures)
 
 
@@ -536,7 +842,8 @@ def case_selftest(rng) -> None:
         signal.pause()
 
 
-CASES = {"selftest": case_selftest, "model": case_model, "feed": case_feed, "stream": case_stream, "threads": case_threads, "fork": case_fork}
+CASES = {"selftest": case_selftest, "model": case_model, "feed": case_feed, "stream": case_stream,
+         "threads": case_threads, "fork": case_fork, "group": case_groups}
 
 
 def main(argv: list) -> int:
