@@ -174,17 +174,21 @@ def test_many_members_in_random_subsets_match_lone_onnxruntime_streams(compiled)
             np.testing.assert_allclose(group.state(k)[name], value, atol=1e-5)
 
 
+def _vad_group(members: int):
+    """A native group of the VAD-shaped fixture with `members` members, and a lone onnxruntime
+    stream for each."""
+    path = str(MODELS / "torch_vad_op18.onnx")
+    group = lstmrt.InferenceSession(path, backend="native").stream_group()
+    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
+    keys = [group.add() for _ in range(members)]
+    return group, keys, {k: reference.stream() for k in keys}
+
+
 def test_vad_model_group_with_state_batched_on_axis_1_and_a_shared_sample_rate():
     """The VAD-shaped fixture packs its state as [2, batch, 128] and takes a sample-rate scalar:
     the group stacks members on the state's axis 1 and passes the shared scalar through."""
-    path = str(MODELS / "torch_vad_op18.onnx")
-    sess = lstmrt.InferenceSession(path, backend="native")
-    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
-    group = sess.stream_group()
-    rng = np.random.default_rng(22)
-    keys = [group.add() for _ in range(5)]
-    lone = {k: reference.stream() for k in keys}
-    sr = np.array(16000, np.int64)
+    group, keys, lone = _vad_group(5)
+    rng, sr = np.random.default_rng(22), np.array(16000, np.int64)
     for members in (keys, keys[1:4], keys[::-1], keys[:1]):
         feeds = {k: {"input": rng.standard_normal((1, 512)).astype(np.float32), "sr": sr} for k in members}
         got = group.run(feeds)
@@ -261,14 +265,8 @@ def test_a_group_profile_times_the_compiled_call_in_c_and_leaves_every_member_st
     """group.profile() times the program a call with these members runs, its gathering and
     scattering of the members' state rows included; the members' state and their next calls
     are as if it had never run."""
-    path = str(MODELS / "torch_vad_op18.onnx")
-    sess = lstmrt.InferenceSession(path, backend="native")
-    reference = lstmrt.InferenceSession(path, backend="onnxruntime")
-    group = sess.stream_group()
-    rng = np.random.default_rng(23)
-    keys = [group.add() for _ in range(3)]
-    lone = {k: reference.stream() for k in keys}
-    sr = np.array(16000, np.int64)
+    group, keys, lone = _vad_group(3)
+    rng, sr = np.random.default_rng(23), np.array(16000, np.int64)
 
     def chunk():
         return {"input": rng.standard_normal((1, 512)).astype(np.float32), "sr": sr}

@@ -464,17 +464,8 @@ def case_threads(rng) -> None:
             got[i] = outs + [s.state]
         except Exception as e:  # noqa: BLE001
             errors.append(f"{type(e).__name__}: {e}")
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(previous)
-    if errors or any(t.is_alive() for t in threads):
+    ended = _in_threads(work, workers)
+    if errors or not ended:
         raise Wrong(f"{name}/{backend}: threads failed or hung: {errors}")
     for i in range(workers):
         outs, state = got[i][:-1], got[i][-1]
@@ -485,6 +476,21 @@ def case_threads(rng) -> None:
         sa, sb = shared.state, alone.state
         if not _same([sa[k] for k in sorted(sa)], [sb[k] for k in sorted(sb)]):
             raise Wrong(f"{name}/{backend}: a stream shared by threads lost or tore an update")
+
+
+def _in_threads(work, count: int) -> bool:
+    """work(i) for each i < count in its own thread, switching often; whether all ended in 60 s."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(previous)
+    return not any(t.is_alive() for t in threads)
 
 
 # -- kind: fork -------------------------------------------------------------------------------------
@@ -754,17 +760,8 @@ def _threaded_members(group, sess, oracle, members: dict, rng, at: str) -> None:
                 group.remove(k)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{type(e).__name__}: {e}")
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(plans))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(previous)
-    if errors or any(t.is_alive() for t in threads):
+    ended = _in_threads(work, len(plans))
+    if errors or not ended:
         raise Wrong(f"{at}: members of threads failed or hung: {errors}")
     for plan, (keys, outs, states) in zip(plans, got):
         for j, key in enumerate(keys):
