@@ -16,7 +16,6 @@ that signature on the numpy plan.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np

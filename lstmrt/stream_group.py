@@ -302,7 +302,7 @@ class StreamGroup:
                                             f"this group's session runs on {self._session.backend}")
             if not isinstance(feeds, dict) or not feeds:
                 raise InputError("group.profile() takes a non-empty dict of member key -> feed dict")
-            keys, batched, rows = self._prepared(feeds)
+            _, batched, rows = self._prepared(feeds)
             return self._programs.profile({**batched, ROWS: rows}, self._banks, self._banked, calls)
 
     def _run(self, feeds: dict) -> dict:
@@ -376,7 +376,11 @@ class StreamGroup:
         declared = self._session.model.output(name).shape
         declared = declared if declared and len(declared) == len(shape) else [None] * len(shape)
         if self._batch_dim is not None and self._batch_dim in declared:
-            return list(declared).index(self._batch_dim)
+            candidates = [list(declared).index(self._batch_dim)]
+            if shape[candidates[0]] == count:
+                return candidates[0]
+            raise StreamError(f"output '{name}' came out {list(shape)} for {count} members, but its batch "
+                              f"dimension '{self._batch_dim}' is axis {candidates[0]}")
         candidates = [a for a, d in enumerate(declared) if not (isinstance(d, int) and d > 0) and shape[a] == count]
         if len(candidates) > 1:
             traced = self._traced_axis(name, batched)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
 from operator import itemgetter
+from typing import Callable
 
 import numpy as np
 
