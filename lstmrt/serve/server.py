@@ -68,6 +68,30 @@ def server_env() -> dict:
     return env
 
 
+def _wait_gone(group: int, timeout: float) -> None:
+    """Until no process of this process group runs (a SIGKILLed stub lingers a moment, and a
+    server restarted at once on its ports would meet it); zombies count as gone."""
+    deadline = time.monotonic() + timeout
+    while _group_running(group) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _group_running(group: int) -> bool:
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:        # no /proc: nothing to wait on
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _, pgrp = f.read().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue           # ended meanwhile
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
+
+
 class Server:
     """`tritonserver` serving one model as lstmrt streams; a context manager.  Ports left at 0
     are picked free on localhost.  log: a file path for Triton's log, or None for this
@@ -183,6 +207,7 @@ class Server:
                 os.killpg(proc.pid, signal.SIGKILL)    # any stub Triton left behind
             except (ProcessLookupError, PermissionError):
                 pass
+            _wait_gone(proc.pid, timeout)
         if self._work is not None:
             self._work.cleanup()
             self._work = None
