@@ -30,7 +30,8 @@ def _split(array: np.ndarray, axis: int | None, count: int) -> list:
     axis None: one member, the whole array."""
     if axis is None:
         return [array] * count
-    return list(np.moveaxis(np.expand_dims(array, axis), axis + 1, 0))
+    kept = array[(slice(None),) * (axis + 1) + (None,)]      # a new axis of 1 after `axis`
+    return list(kept.transpose((axis,) + tuple(a for a in range(kept.ndim) if a != axis)))
 
 
 def _capacity(members: int) -> int:
