@@ -104,14 +104,13 @@ class Program:
         self.static_outputs = static_outputs or {}
         self.output_names = output_names if output_names is not None else [name for name, _, _, _ in outputs]
         self.state_slots = list(state_slots)
+        placed = {name: tuple(shape) for name, shape, _, _ in outputs}
+        # the shapes of the outputs asked for, in order (a group splits them by these before it runs)
+        self.output_shapes = tuple(placed[n] if n in placed else self.static_outputs[n].shape
+                                   for n in self.output_names)
 
     def new_state(self) -> "ProgramState":
         return ProgramState(self)
-
-    def output_shapes(self) -> list:
-        """The shapes of the outputs asked for, in order."""
-        shapes = {name: shape for name, shape, _, _ in self.outputs}
-        return [tuple(shapes[n]) if n in shapes else self.static_outputs[n].shape for n in self.output_names]
 
     def assemble(self, results: list) -> list:
         """The requested outputs, in order: the arrays a call returned, and copies of the static ones."""
@@ -216,6 +215,7 @@ class ProgramState:
         self._call = self._segments[0][1] if [k for k, _, _ in self._segments] == ["c"] else None
         # the outputs as views of the arena: each call returns copies of them
         self._copiers = [self._view(offset, shape, dtype).copy for _, shape, dtype, offset in program.outputs]
+        self._assemble = program.assemble if program.static_outputs else None   # None: outputs as copied
         # a stream program's state inputs, as views of the arena where they live between calls
         self.views = {name: self._view(offset, shape, dtype) for name, shape, dtype, offset in program.state_slots}
 
@@ -259,7 +259,8 @@ class ProgramState:
                 self._raise(status, 0)
         else:
             self._run_segments(seconds)
-        return self.program.assemble([copy() for copy in self._copiers])
+        results = [copy() for copy in self._copiers]
+        return results if self._assemble is None else self._assemble(results)
 
     def _run_segments(self, seconds) -> None:
         for kind, item, first in self._segments:

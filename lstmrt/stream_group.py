@@ -144,11 +144,12 @@ class StreamGroup:
         probe.set_state(state)               # the checks a lone stream makes
         checked = probe.state
         for name, value in checked.items():  # one sequence, where the declared batch dim says where
-            declared = self._session.model.input(name).shape
-            if self._batch_dim is not None and declared and len(declared) == value.ndim and \
-                    self._batch_dim in declared and value.shape[list(declared).index(self._batch_dim)] != 1:
-                raise StreamError(f"state '{name}' of a group member is one sequence (batch 1 on axis "
-                                  f"{list(declared).index(self._batch_dim)}); got {list(value.shape)}")
+            declared = list(self._session.model.input(name).shape or [])
+            axis = declared.index(self._batch_dim) if self._batch_dim is not None and self._batch_dim in declared \
+                else None
+            if axis is not None and len(declared) == value.ndim and value.shape[axis] != 1:
+                raise StreamError(f"state '{name}' of a group member is one sequence (batch 1 on axis {axis}); "
+                                  f"got {list(value.shape)}")
         return checked
 
     # -- batch axes ------------------------------------------------------------------
@@ -362,7 +363,7 @@ class StreamGroup:
     def _output_axes(self, shapes: list, batched: dict, count: int) -> list:
         """Each output's batch axis in a call of `count` members whose outputs come out `shapes`
         (None: one member, whose output is all of it)."""
-        key = (tuple(tuple(s) for s in shapes), count)
+        key = (tuple(map(tuple, shapes)), count)
         axes = self._split_axes.get(key)
         if axes is None:
             axes = [self._output_axis(n, tuple(s), batched, count) for n, s in zip(self._outputs, shapes)]

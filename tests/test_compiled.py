@@ -153,6 +153,10 @@ def test_a_feed_whose_program_would_exceed_the_memory_limit_is_refused_before_ru
     long = {**small, "X": np.zeros((20000, 1, 10), np.float32)}     # Y alone: 20000 x 24 floats, ~1.8 MiB
     with pytest.raises(lstmrt.InputError, match="MiB of working memory.*LSTMRT_MAX_ARENA_MB.*LSTM"):
         sess.run(None, long)
+    monkeypatch.setenv("LSTMRT_MAX_ARENA_MB", "0.1")     # a limit under 1 MiB is said as it is, not "0 MiB"
+    fresh = lstmrt.InferenceSession(bare_cell("LSTM"), backend="native")
+    with pytest.raises(lstmrt.InputError, match=r"over the limit of 0\.1 MiB"):
+        fresh.run(None, {**small, "X": np.zeros((2000, 1, 10), np.float32)})
 
 
 def _graph_model(nodes, inputs, inits, outputs=("y",)):

@@ -249,7 +249,7 @@ class GroupPrograms:
         if type(state) is _Fallback:
             return None
         if before is not None:
-            before(state.program.output_shapes())
+            before(state.program.output_shapes)
         keep = state.bind(feed)
         state.bind_banks(banks)
         try:
