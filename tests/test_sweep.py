@@ -237,12 +237,14 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 # ---------------------------------------------------------------------------
 
 def onnxruntime_diverges(spec) -> bool:
-    """Found by this sweep (onnxruntime 1.31): a bidirectional LSTM whose reverse direction gates
-    through Softplus, with peepholes and clip, grows its cell state apart from the spec after a
-    few steps (Y_c 7.08 where the float64 model, and lstmrt, give 89.1); the same reverse
-    direction run alone agrees.  Such examples are held to the float64 model instead."""
-    return spec.cell == "LSTM" and spec.direction == "bidirectional" and bool(spec.activations) and \
-        spec.activations[3] == "Softplus"
+    """Found by this sweep (onnxruntime 1.31): a bidirectional LSTM with peepholes and clip that
+    gates through Softplus grows one direction's cell state apart from the spec after some steps,
+    while that direction run alone agrees.  Seen with Softplus as the reverse direction's f (Y_c
+    7.08 where the float64 model, and lstmrt, give 89.1) and as the forward direction's h beside
+    an Affine f (Y_c 4.59 against 0.09 at step 8; equal up to step 7).  Such examples are held to
+    the float64 model instead."""
+    return spec.cell == "LSTM" and spec.direction == "bidirectional" and spec.has_peepholes and \
+        spec.clip is not None and "Softplus" in (spec.activations or ())
 
 
 def check_against_oracles(ex: Example):
